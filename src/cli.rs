@@ -1,0 +1,86 @@
+//! The command line (DESIGN.md "Command line"), clap derive only: doc comments
+//! here are the `--help` text. No logic lives here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Exit codes (sysexits.h):
+  0   every selected account synced
+  64  usage error            66  config file not found
+  69  server unreachable     70  internal error (a bug)
+  74  local I/O error (delivery target, disk full, seen-store)
+  75  temporary: lock held, [IN-USE], [LOGIN-DELAY], [SYS/TEMP], timeout
+  76  the server broke the protocol
+  77  authentication failed, or TLS certificate not trusted
+  78  invalid configuration, or a secret that cannot be obtained
+With several accounts: 75 only if every failure was temporary, otherwise the
+code of the first other failure in config order.
+
+Config: $POPSYNC_CONFIG, else $XDG_CONFIG_HOME/popsync/config.toml, else
+~/.config/popsync/config.toml. Keys: host port tls ca_file tls_fingerprint user
+password password_command password_file auth deliver retention max_size
+received_header filter allow_plaintext timeout command_timeout state_dir.
+See `man popsync`.";
+
+/// Fetch mail from POP3 servers into Maildir, over TLS, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "popsync", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Options accepted before or after the subcommand.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Config file [default: $POPSYNC_CONFIG, $XDG_CONFIG_HOME/popsync/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print errors only (nothing at all on success)
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More output: -v one line per message, -vv the protocol dialogue (passwords redacted)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// One JSON object per account on stdout (JSON Lines)
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Download new mail and apply the retention policy
+    Fetch(FetchArgs),
+    /// List the accounts with their resolved settings (secrets hidden)
+    Accounts,
+}
+
+/// Which accounts a command works on.
+#[derive(Debug, Args)]
+pub struct Selection {
+    /// Account names, as in the config's [accounts.NAME]
+    #[arg(value_name = "ACCOUNT", required_unless_present = "all", conflicts_with = "all")]
+    pub accounts: Vec<String>,
+    /// Every account in the config
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Connect and print the plan (ACTION UIDL SIZE REASON) without changing anything
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Accounts fetched at the same time
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// Download again a mailbox whose UIDLs the server renumbered
+    #[arg(long)]
+    pub accept_uidl_reset: bool,
+}

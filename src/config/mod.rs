@@ -1,0 +1,627 @@
+//! Reading the TOML config (DESIGN.md "Config") into settled, typed accounts.
+//!
+//! The raw file is deserialised with spans kept on every value, so that any
+//! error — a syntax error, an unknown key, a bad value, a missing key found only
+//! after `[defaults]` are merged — names the file, the line and the key. After
+//! `load` nothing else in popsync looks at the raw TOML.
+
+mod secret;
+mod values;
+
+use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use secret::{SecretError, SecretSource};
+pub use values::{AuthMech, ByteSize, Fingerprint, Retention, TlsMode};
+
+use crate::exit::ExitCode;
+
+/// A config that could not be loaded. Each variant says which file, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "config file {} not found; create it (see `man popsync`) or pass --config FILE",
+        path.display()
+    )]
+    NotFound { path: PathBuf },
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}, line {line}{}: {message}", path.display(), key_part(key))]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: Option<String>,
+        message: String,
+    },
+    #[error(
+        "{} holds a password but is readable by others (mode {mode:04o}); run `chmod 600 {}` or use password_command",
+        path.display(), path.display()
+    )]
+    InsecurePermissions { path: PathBuf, mode: u32 },
+    #[error("no config path: set --config, $POPSYNC_CONFIG, $XDG_CONFIG_HOME or $HOME")]
+    NoPath,
+}
+
+fn key_part(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!(", key `{k}`")).unwrap_or_default()
+}
+
+impl ConfigError {
+    /// DESIGN.md: a missing config is 66, anything else about it 78.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            ConfigError::NotFound { .. } => ExitCode::NoInput,
+            _ => ExitCode::Config,
+        }
+    }
+}
+
+/// Where delivered mail goes (`deliver = {...}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Maildir(PathBuf),
+    Mbox(PathBuf),
+    /// A shell command run with `/bin/sh -c`, the message on stdin.
+    Mda(String),
+}
+
+impl Delivery {
+    /// Short human description, for `accounts` and messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Delivery::Maildir(p) => format!("maildir {}", p.display()),
+            Delivery::Mbox(p) => format!("mbox {}", p.display()),
+            Delivery::Mda(c) => format!("mda {c}"),
+        }
+    }
+}
+
+/// One account with every setting resolved (defaults merged, paths expanded).
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    pub tls_fingerprint: Option<Fingerprint>,
+    pub user: String,
+    pub secret: SecretSource,
+    /// Mechanisms to try, in order; empty means "strongest the server offers".
+    pub auth: Vec<AuthMech>,
+    pub deliver: Delivery,
+    pub retention: Retention,
+    pub max_size: Option<u64>,
+    pub received_header: bool,
+    pub filter: Option<String>,
+    pub allow_plaintext: bool,
+    pub timeout: Duration,
+    pub command_timeout: Duration,
+}
+
+/// The whole settled config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub state_dir: PathBuf,
+    /// In file order: exit codes are merged in this order.
+    pub accounts: Vec<Account>,
+}
+
+impl Config {
+    /// The accounts a command selected: all of them, or the named ones in the
+    /// order given. An unknown name is an error listing the known ones.
+    pub fn select(&self, names: &[String], all: bool) -> Result<Vec<&Account>, String> {
+        if all {
+            return Ok(self.accounts.iter().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.accounts.iter().find(|a| &a.name == n).ok_or_else(|| {
+                    let known: Vec<&str> = self.accounts.iter().map(|a| a.name.as_str()).collect();
+                    format!(
+                        "no account {n:?} in {}; accounts there: {}",
+                        self.path.display(),
+                        if known.is_empty() {
+                            "(none)".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// The config path: `--config`, else `$POPSYNC_CONFIG`, else
+/// `$XDG_CONFIG_HOME/popsync/config.toml`, else `~/.config/popsync/config.toml`.
+pub fn default_path(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_owned());
+    }
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(p) = env("POPSYNC_CONFIG") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(x) = env("XDG_CONFIG_HOME") {
+        return Ok(PathBuf::from(x).join("popsync/config.toml"));
+    }
+    env("HOME")
+        .map(|h| PathBuf::from(h).join(".config/popsync/config.toml"))
+        .ok_or(ConfigError::NoPath)
+}
+
+/// Read, check and resolve the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ConfigError::NotFound {
+                path: path.to_owned(),
+            }
+        } else {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    })?;
+    let config = parse(path, &text)?;
+    if config.1 {
+        check_permissions(path)?;
+    }
+    Ok(config.0)
+}
+
+/// Parse config text; also says whether the text holds a `password` key, which
+/// makes the file's permissions matter.
+fn parse(path: &Path, text: &str) -> Result<(Config, bool), ConfigError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let line = line_of(text, span.start);
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            line,
+            key: key_on_line(text, line),
+            message: e.message().trim().to_owned(),
+        }
+    })?;
+    Resolver { path, text }.resolve(raw)
+}
+
+fn check_permissions(path: &Path) -> Result<(), ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o044 != 0 {
+        return Err(ConfigError::InsecurePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The key assigned on a line (`key = value`), to name it in an error whose
+/// message does not (a type error only knows the value).
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let (key, _) = l.split_once('=')?;
+    let key = key.trim().trim_start_matches('{').trim();
+    let ok = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'));
+    ok.then(|| key.trim_matches('"').to_owned())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    defaults: Option<RawSettings>,
+    #[serde(default)]
+    accounts: IndexMap<String, Spanned<RawSettings>>,
+}
+
+/// Every key an account (or `[defaults]`) may hold; spans kept for errors.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    state_dir: Option<Spanned<String>>,
+    timeout: Option<Spanned<u64>>,
+    command_timeout: Option<Spanned<u64>>,
+    host: Option<Spanned<String>>,
+    port: Option<Spanned<u16>>,
+    tls: Option<Spanned<TlsMode>>,
+    ca_file: Option<Spanned<String>>,
+    tls_fingerprint: Option<Spanned<Fingerprint>>,
+    user: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_command: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    auth: Option<Spanned<Vec<AuthMech>>>,
+    deliver: Option<Spanned<RawDeliver>>,
+    retention: Option<Spanned<Retention>>,
+    max_size: Option<Spanned<ByteSize>>,
+    received_header: Option<Spanned<bool>>,
+    filter: Option<Spanned<String>>,
+    allow_plaintext: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+enum RawDeliver {
+    Maildir(String),
+    Mbox(String),
+    Mda(String),
+}
+
+struct Resolver<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+/// Take the account's value, else the default's.
+fn pick<T: Clone>(acct: &Option<Spanned<T>>, dflt: &Option<Spanned<T>>) -> Option<Spanned<T>> {
+    acct.clone().or_else(|| dflt.clone())
+}
+
+impl Resolver<'_> {
+    fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line: line_of(self.text, span.start),
+            key: Some(key.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    fn resolve(&self, raw: RawFile) -> Result<(Config, bool), ConfigError> {
+        let dflt = raw.defaults.unwrap_or_default();
+        let mut has_password = dflt.password.is_some();
+        let state_dir = match &dflt.state_dir {
+            Some(s) => self.expand(s, "state_dir")?,
+            None => default_state_dir().ok_or_else(|| ConfigError::Invalid {
+                path: self.path.to_owned(),
+                line: 1,
+                key: Some("state_dir".into()),
+                message: "neither $XDG_STATE_HOME nor $HOME is set; set state_dir in [defaults]"
+                    .into(),
+            })?,
+        };
+        let mut accounts = Vec::with_capacity(raw.accounts.len());
+        for (name, acct) in &raw.accounts {
+            has_password |= acct.get_ref().password.is_some();
+            accounts.push(self.account(name, acct, &dflt)?);
+        }
+        Ok((
+            Config {
+                path: self.path.to_owned(),
+                state_dir,
+                accounts,
+            },
+            has_password,
+        ))
+    }
+
+    fn account(
+        &self,
+        name: &str,
+        spanned: &Spanned<RawSettings>,
+        d: &RawSettings,
+    ) -> Result<Account, ConfigError> {
+        let a = spanned.get_ref();
+        let header = spanned.span();
+        let missing = |key: &str, hint: &str| {
+            self.error(
+                header.clone(),
+                key,
+                format!("account {name:?} has no `{key}`; {hint}"),
+            )
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        {
+            return Err(self.error(
+                header.clone(),
+                "accounts",
+                format!(
+                    "account name {name:?} may only hold letters, digits, '-', '_', '.' and '@'"
+                ),
+            ));
+        }
+        if let Some(s) = &a.state_dir {
+            return Err(self.error(
+                s.span(),
+                "state_dir",
+                "state_dir belongs in [defaults]: one seen-store serves every account",
+            ));
+        }
+
+        let host = pick(&a.host, &d.host)
+            .ok_or_else(|| missing("host", "add host = \"pop.example.com\""))?;
+        if host.get_ref().trim().is_empty() || host.get_ref().contains(char::is_whitespace) {
+            return Err(self.error(host.span(), "host", "host must be a host name or address"));
+        }
+        let user = pick(&a.user, &d.user)
+            .ok_or_else(|| missing("user", "add user = \"you@example.com\""))?;
+        let tls = pick(&a.tls, &d.tls);
+        let tls_mode = tls.as_ref().map_or(TlsMode::Implicit, |t| *t.get_ref());
+        let allow_plaintext = pick(&a.allow_plaintext, &d.allow_plaintext)
+            .map(|s| *s.get_ref())
+            .unwrap_or(false);
+        if tls_mode == TlsMode::None && !allow_plaintext {
+            let span = tls.as_ref().map_or(header.clone(), |t| t.span());
+            return Err(self.error(
+                span,
+                "allow_plaintext",
+                format!(
+                    "account {name:?} has tls = \"none\", which sends the password in clear text; add allow_plaintext = true to accept that, or use tls = \"implicit\" or \"starttls\""
+                ),
+            ));
+        }
+
+        let secrets: Vec<(&str, Spanned<String>)> = [
+            ("password", pick(&a.password, &d.password)),
+            ("password_command", pick(&a.password_command, &d.password_command)),
+            ("password_file", pick(&a.password_file, &d.password_file)),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        let secret = match secrets.as_slice() {
+            [] => {
+                return Err(missing(
+                    "password",
+                    "add password_command = \"pass show mail/NAME\", password_file = \"...\" or password = \"...\"",
+                ));
+            }
+            [(key, value)] => match *key {
+                "password" => SecretSource::Password(value.get_ref().clone()),
+                "password_command" => SecretSource::Command(value.get_ref().clone()),
+                _ => SecretSource::File(self.expand(value, key)?),
+            },
+            [_, (key, value), ..] => {
+                return Err(self.error(
+                    value.span(),
+                    key,
+                    format!(
+                        "account {name:?} has more than one of password, password_command and password_file; keep one"
+                    ),
+                ));
+            }
+        };
+
+        let deliver_raw = pick(&a.deliver, &d.deliver).ok_or_else(|| {
+            missing(
+                "deliver",
+                "add deliver = { maildir = \"~/Mail/NAME\" } (or mbox = \"...\", or mda = \"procmail\")",
+            )
+        })?;
+        let deliver = match deliver_raw.get_ref() {
+            RawDeliver::Maildir(p) => Delivery::Maildir(self.expand_str(p, &deliver_raw, "deliver")?),
+            RawDeliver::Mbox(p) => Delivery::Mbox(self.expand_str(p, &deliver_raw, "deliver")?),
+            RawDeliver::Mda(c) if c.trim().is_empty() => {
+                return Err(self.error(deliver_raw.span(), "deliver", "mda command is empty"));
+            }
+            RawDeliver::Mda(c) => Delivery::Mda(c.clone()),
+        };
+
+        let auth = pick(&a.auth, &d.auth);
+        if let Some(list) = &auth
+            && list.get_ref().is_empty()
+        {
+            return Err(self.error(
+                list.span(),
+                "auth",
+                "auth is an empty list; remove it to use the strongest mechanism the server offers",
+            ));
+        }
+
+        let seconds = |v: Option<Spanned<u64>>, key: &str, default: u64| match v {
+            Some(s) if *s.get_ref() == 0 => Err(self.error(s.span(), key, format!("{key} must be at least 1 second"))),
+            Some(s) => Ok(Duration::from_secs(*s.get_ref())),
+            None => Ok(Duration::from_secs(default)),
+        };
+
+        let ca_file = match pick(&a.ca_file, &d.ca_file) {
+            Some(p) => Some(self.expand(&p, "ca_file")?),
+            None => None,
+        };
+        let port = pick(&a.port, &d.port)
+            .map(|p| *p.get_ref())
+            .unwrap_or_else(|| tls_mode.default_port());
+        if port == 0 {
+            return Err(self.error(header.clone(), "port", "port 0 is not a valid port"));
+        }
+
+        Ok(Account {
+            name: name.to_owned(),
+            host: host.into_inner(),
+            port,
+            tls: tls_mode,
+            ca_file,
+            tls_fingerprint: pick(&a.tls_fingerprint, &d.tls_fingerprint).map(|s| *s.get_ref()),
+            user: user.into_inner(),
+            secret,
+            auth: auth.map(|s| s.into_inner()).unwrap_or_default(),
+            deliver,
+            retention: pick(&a.retention, &d.retention).map_or(Retention::Forever, |s| *s.get_ref()),
+            max_size: pick(&a.max_size, &d.max_size).map(|s| s.get_ref().0),
+            received_header: pick(&a.received_header, &d.received_header).is_none_or(|s| *s.get_ref()),
+            filter: pick(&a.filter, &d.filter).map(|s| s.into_inner()),
+            allow_plaintext,
+            timeout: seconds(pick(&a.timeout, &d.timeout), "timeout", 60)?,
+            command_timeout: seconds(pick(&a.command_timeout, &d.command_timeout), "command_timeout", 300)?,
+        })
+    }
+
+    fn expand(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        self.expand_str(value.get_ref(), value, key)
+    }
+
+    /// `~` and `$VARS` in paths; an unset variable is an error, not an empty string.
+    fn expand_str<T>(&self, s: &str, at: &Spanned<T>, key: &str) -> Result<PathBuf, ConfigError> {
+        if s.trim().is_empty() {
+            return Err(self.error(at.span(), key, "path is empty"));
+        }
+        shellexpand::full(s)
+            .map(|p| PathBuf::from(p.as_ref()))
+            .map_err(|e| self.error(at.span(), key, format!("cannot expand {s:?}: {e}")))
+    }
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    env("XDG_STATE_HOME")
+        .map(|x| PathBuf::from(x).join("popsync"))
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".local/state/popsync")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Config {
+        match parse(Path::new("c.toml"), text) {
+            Ok((c, _)) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn parse_err(text: &str) -> String {
+        match parse(Path::new("c.toml"), text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const GOOD: &str = r#"
+[defaults]
+state_dir = "/tmp/st"
+retention = "14d"
+
+[accounts.work]
+host = "pop.example.com"
+user = "me"
+password = "pw"
+deliver = { maildir = "/tmp/mail" }
+
+[accounts.home]
+host = "pop.home"
+tls = "starttls"
+user = "me"
+password_command = "pass show x"
+deliver = { mbox = "/tmp/m.mbox" }
+retention = "forever"
+max_size = "25MB"
+"#;
+
+    #[test]
+    fn accounts_keep_file_order_and_inherit_defaults() {
+        let c = parse_ok(GOOD);
+        let names: Vec<_> = c.accounts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["work", "home"]);
+        let work = &c.accounts[0];
+        assert_eq!(work.port, 995);
+        assert_eq!(work.retention, Retention::Days(14));
+        assert!(work.received_header);
+        let home = &c.accounts[1];
+        assert_eq!(home.port, 110);
+        assert_eq!(home.retention, Retention::Forever);
+        assert_eq!(home.max_size, Some(25_000_000));
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/st"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse_err("[accounts.a]\nhost = \"h\"\nhots = \"x\"\n");
+        assert!(e.starts_with("c.toml, line 3"), "{e}");
+        assert!(e.contains("hots"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key_and_line() {
+        let base = "[accounts.a]\nhost = \"h\"\nuser = \"u\"\npassword = \"p\"\ndeliver = { maildir = \"/m\" }\n";
+        for (extra, key) in [
+            ("retention = \"14x\"", "retention"),
+            ("port = \"abc\"", "port"),
+            ("tls = \"ssl\"", "tls"),
+            ("max_size = \"9 parsecs\"", "max_size"),
+            ("auth = [\"md4\"]", "auth"),
+            ("tls_fingerprint = \"sha256:00\"", "tls_fingerprint"),
+            ("timeout = 0", "timeout"),
+        ] {
+            let e = parse_err(&format!("{base}{extra}\n"));
+            assert!(e.contains("line 6"), "{extra}: {e}");
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_keys_are_named_at_the_account_header() {
+        let e = parse_err("[accounts.a]\nuser = \"u\"\npassword = \"p\"\ndeliver = { maildir = \"/m\" }\n");
+        assert!(e.contains("`host`") && e.contains("\"a\""), "{e}");
+        let e = parse_err("[accounts.a]\nhost = \"h\"\nuser = \"u\"\ndeliver = { maildir = \"/m\" }\n");
+        assert!(e.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_requires_allow_plaintext() {
+        let base = "[accounts.a]\nhost = \"h\"\nuser = \"u\"\npassword = \"p\"\ndeliver = { maildir = \"/m\" }\ntls = \"none\"\n";
+        let e = parse_err(base);
+        assert!(e.contains("allow_plaintext") && e.contains("line 6"), "{e}");
+        let c = parse_ok(&format!("{base}allow_plaintext = true\n"));
+        assert_eq!(c.accounts[0].port, 110);
+    }
+
+    #[test]
+    fn two_secret_sources_are_refused() {
+        let e = parse_err(
+            "[accounts.a]\nhost = \"h\"\nuser = \"u\"\npassword = \"p\"\npassword_file = \"/f\"\ndeliver = { maildir = \"/m\" }\n",
+        );
+        assert!(e.contains("more than one"), "{e}");
+    }
+
+    #[test]
+    fn state_dir_inside_an_account_is_refused() {
+        let e = parse_err(
+            "[accounts.a]\nhost = \"h\"\nuser = \"u\"\npassword = \"p\"\ndeliver = { maildir = \"/m\" }\nstate_dir = \"/s\"\n",
+        );
+        assert!(e.contains("state_dir") && e.contains("[defaults]"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let e = parse_err("[accounts.a]\nhost = \"h\nuser = \"u\"\n");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn selecting_an_unknown_account_lists_the_known_ones() {
+        let c = parse_ok(GOOD);
+        let e = c.select(&["nope".into()], false).unwrap_err();
+        assert!(e.contains("work, home"), "{e}");
+        assert_eq!(c.select(&["home".into()], false).unwrap()[0].name, "home");
+    }
+}

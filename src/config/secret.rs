@@ -1,0 +1,199 @@
+//! Where an account's password (or OAuth token) comes from, and getting it.
+//!
+//! Secrets are fetched only when a session needs them, so `accounts` and
+//! `--dry-run` planning never run a user's password command needlessly.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One of `password`, `password_file` (first line) or `password_command`
+/// (first line of its stdout).
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Password(String),
+    File(PathBuf),
+    Command(String),
+}
+
+impl std::fmt::Debug for SecretSource {
+    // Never print the password itself, not even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Password(_) => f.write_str("Password(<hidden>)"),
+            SecretSource::File(p) => write!(f, "File({})", p.display()),
+            SecretSource::Command(c) => write!(f, "Command({c:?})"),
+        }
+    }
+}
+
+/// A secret that could not be obtained (exit 78).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read password_file {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("password_file {} is empty", path.display())]
+    EmptyFile { path: PathBuf },
+    #[error("password_command `{command}` could not be started: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("password_command `{command}` failed ({status}){}", stderr_part(stderr))]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("password_command `{command}` printed nothing on stdout")]
+    EmptyOutput { command: String },
+    #[error("password_command `{command}` did not finish within {}s (command_timeout)", timeout.as_secs())]
+    TimedOut { command: String, timeout: Duration },
+}
+
+fn stderr_part(s: &str) -> String {
+    let s = s.trim();
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", crate::pop3::codec::sanitize(s.as_bytes(), 300))
+    }
+}
+
+impl SecretSource {
+    /// The secret, first line only, without its line end.
+    pub fn resolve(&self, timeout: Duration) -> Result<String, SecretError> {
+        match self {
+            SecretSource::Password(p) => Ok(p.clone()),
+            SecretSource::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                first_line(&text).ok_or_else(|| SecretError::EmptyFile { path: path.clone() })
+            }
+            SecretSource::Command(command) => run_command(command, timeout),
+        }
+    }
+}
+
+fn first_line(text: &str) -> Option<String> {
+    let line = text.lines().next()?.trim_end_matches('\r');
+    (!line.is_empty()).then(|| line.to_owned())
+}
+
+fn run_command(command: &str, timeout: Duration) -> Result<String, SecretError> {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| SecretError::Spawn {
+            command: command.to_owned(),
+            source,
+        })?;
+    // Read both pipes on threads so a chatty command cannot block on a full pipe
+    // while we wait for it.
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let out_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.take(1 << 20).read_to_end(&mut buf);
+        }
+        buf
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.take(64 << 10).read_to_end(&mut buf);
+        }
+        buf
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SecretError::TimedOut {
+                    command: command.to_owned(),
+                    timeout,
+                });
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(source) => {
+                return Err(SecretError::Spawn {
+                    command: command.to_owned(),
+                    source,
+                });
+            }
+        }
+    };
+    let stdout = out_thread.join().unwrap_or_default();
+    let stderr = err_thread.join().unwrap_or_default();
+    if !status.success() {
+        return Err(SecretError::Failed {
+            command: command.to_owned(),
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        });
+    }
+    first_line(&String::from_utf8_lossy(&stdout)).ok_or_else(|| SecretError::EmptyOutput {
+        command: command.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn command_output_first_line_is_the_secret() {
+        let s = SecretSource::Command("printf 'tok\\nsecond\\n'".into());
+        assert_eq!(s.resolve(T).unwrap(), "tok");
+    }
+
+    #[test]
+    fn failing_command_is_an_error_naming_it_with_its_stderr() {
+        let s = SecretSource::Command("echo nope >&2; exit 3".into());
+        let e = s.resolve(T).unwrap_err().to_string();
+        assert!(e.contains("echo nope") && e.contains("nope") && e.contains('3'), "{e}");
+    }
+
+    #[test]
+    fn empty_command_output_is_an_error() {
+        let e = SecretSource::Command("true".into()).resolve(T).unwrap_err();
+        assert!(matches!(e, SecretError::EmptyOutput { .. }));
+    }
+
+    #[test]
+    fn hanging_command_is_killed_after_the_timeout() {
+        let e = SecretSource::Command("sleep 30".into())
+            .resolve(Duration::from_millis(200))
+            .unwrap_err();
+        assert!(matches!(e, SecretError::TimedOut { .. }));
+    }
+
+    #[test]
+    fn password_file_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "secret\r\nignored\n").unwrap();
+        assert_eq!(SecretSource::File(p).resolve(T).unwrap(), "secret");
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        assert!(!format!("{:?}", SecretSource::Password("hunter2".into())).contains("hunter2"));
+    }
+}

@@ -1,0 +1,13 @@
+//! popsync: a one-shot POP3 fetcher. The binary (`src/main.rs`) is a thin edge
+//! over this library; everything that can be tested without a process lives here.
+
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod exit;
+pub mod net;
+pub mod pop3;
+pub mod policy;
+pub mod store;
+pub mod sync;
+pub mod ui;

@@ -1,0 +1,205 @@
+//! The binary's edge: parse the command line, run, print errors (the only
+//! place that does), and exit with the code `exit::merge` decided.
+
+use std::process::ExitCode as ProcessExit;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::Parser;
+
+use popsync::cli::{Cli, Cmd, FetchArgs};
+use popsync::config::{self, Config};
+use popsync::exit::{self, ExitCode};
+use popsync::sync::{self, AccountReport, RunOptions};
+use popsync::ui::{self, Ui, Verbosity};
+
+fn main() -> ProcessExit {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { ExitCode::Usage } else { ExitCode::Ok };
+            let _ = e.print();
+            return ProcessExit::from(code.code() as u8);
+        }
+    };
+    let ui = Ui {
+        verbosity: match (cli.global.quiet, cli.global.verbose) {
+            (true, _) => Verbosity::Quiet,
+            (false, 0) => Verbosity::Normal,
+            (false, 1) => Verbosity::Verbose,
+            (false, _) => Verbosity::Trace,
+        },
+        json: cli.global.json,
+    };
+    let code = match run(&cli, ui) {
+        Ok(code) => code,
+        Err(failure) => {
+            ui.error(&format!("{:#}", failure.error));
+            failure.code
+        }
+    };
+    ProcessExit::from(code.code() as u8)
+}
+
+/// An error that ends the whole run, with its exit code.
+struct Failure {
+    code: ExitCode,
+    error: anyhow::Error,
+}
+
+fn fail(code: ExitCode, error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code,
+        error: error.into(),
+    }
+}
+
+fn run(cli: &Cli, ui: Ui) -> Result<ExitCode, Failure> {
+    let path = config::default_path(cli.global.config.as_deref()).map_err(|e| fail(e.exit_code(), e))?;
+    let config = config::load(&path).map_err(|e| fail(e.exit_code(), e))?;
+    match &cli.command {
+        Cmd::Fetch(args) => fetch(&config, args, ui),
+        Cmd::Accounts => accounts(&config, ui),
+    }
+}
+
+/// `POPSYNC_NOW` replaces the clock (tests, "what would retention do then?").
+fn now() -> Result<DateTime<Utc>, Failure> {
+    match std::env::var("POPSYNC_NOW") {
+        Ok(s) if !s.is_empty() => DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .with_context(|| format!("POPSYNC_NOW={s:?} is not an RFC 3339 time such as 2027-01-01T00:00:00Z"))
+            .map_err(|e| fail(ExitCode::Usage, e)),
+        _ => Ok(Utc::now()),
+    }
+}
+
+fn fetch(config: &Config, args: &FetchArgs, ui: Ui) -> Result<ExitCode, Failure> {
+    let selected = config
+        .select(&args.selection.accounts, args.selection.all)
+        .map_err(|e| fail(ExitCode::Usage, anyhow::anyhow!(e)))?;
+    let opts = Arc::new(RunOptions {
+        state_dir: config.state_dir.clone(),
+        now: now()?,
+        dry_run: args.dry_run,
+        accept_uidl_reset: args.accept_uidl_reset,
+        ui,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.jobs).min(8))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(|e| fail(ExitCode::Software, e))?;
+    let accounts: Vec<_> = selected.into_iter().cloned().collect();
+    let jobs = usize::from(args.jobs);
+    let reports = runtime.block_on(async move {
+        let limit = Arc::new(tokio::sync::Semaphore::new(jobs));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, account) in accounts.into_iter().enumerate() {
+            let limit = limit.clone();
+            let opts = opts.clone();
+            tasks.spawn(async move {
+                // The semaphore is never closed, so acquire only fails if it
+                // were; then run without a slot rather than not at all.
+                let _slot = limit.acquire_owned().await.ok();
+                let report = match sync::unsupported_delivery(&account) {
+                    Some(msg) => AccountReport {
+                        account: account.name.clone(),
+                        status: ExitCode::Config.status_word(),
+                        new: 0,
+                        fetched: 0,
+                        bytes: 0,
+                        deleted: 0,
+                        skipped: 0,
+                        error: Some(msg),
+                        elapsed_ms: 0,
+                        code: ExitCode::Config,
+                    },
+                    None => sync::run_account(&account, &opts).await,
+                };
+                report_account(&report, &opts.ui);
+                (index, report)
+            });
+        }
+        let mut reports = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(r) => reports.push(r),
+                Err(e) => {
+                    ui.error(&format!("internal error: an account's task failed: {e}"));
+                    reports.push((usize::MAX, internal_report()));
+                }
+            }
+        }
+        reports.sort_by_key(|(i, _)| *i);
+        reports
+    });
+    Ok(exit::merge(reports.iter().map(|(_, r)| r.code)))
+}
+
+fn internal_report() -> AccountReport {
+    AccountReport {
+        account: String::new(),
+        status: "failed",
+        new: 0,
+        fetched: 0,
+        bytes: 0,
+        deleted: 0,
+        skipped: 0,
+        error: Some("internal error".into()),
+        elapsed_ms: 0,
+        code: ExitCode::Software,
+    }
+}
+
+/// Print one account's outcome as DESIGN.md says: JSON on stdout, the summary
+/// or the error on stderr.
+fn report_account(report: &AccountReport, ui: &Ui) {
+    if let Some(err) = &report.error {
+        ui.error(&format!("{}: {err}", report.account));
+    } else if !ui.json {
+        ui.info(&report.summary());
+    }
+    if ui.json {
+        match serde_json::to_string(report) {
+            Ok(line) => {
+                let _ = ui::stdout_line(&line);
+            }
+            Err(e) => ui.error(&format!("cannot encode JSON report: {e}")),
+        }
+    }
+}
+
+fn accounts(config: &Config, ui: Ui) -> Result<ExitCode, Failure> {
+    for a in &config.accounts {
+        let line = if ui.json {
+            serde_json::json!({
+                "account": a.name,
+                "host": a.host,
+                "port": a.port,
+                "tls": a.tls.as_str(),
+                "user": a.user,
+                "deliver": a.deliver.describe(),
+                "retention": a.retention.to_string(),
+            })
+            .to_string()
+        } else {
+            format!(
+                "{}: {}@{}:{} tls={} deliver={} retention={}",
+                a.name,
+                a.user,
+                a.host,
+                a.port,
+                a.tls.as_str(),
+                a.deliver.describe(),
+                a.retention
+            )
+        };
+        ui::stdout_line(&line)
+            .context("cannot write to stdout")
+            .map_err(|e| fail(ExitCode::IoError, e))?;
+    }
+    Ok(ExitCode::Ok)
+}

@@ -1,0 +1,318 @@
+//! The plan of a session: a pure function of (server listing, seen-store rows,
+//! now, account settings) that says, for each message on the server, whether
+//! to fetch, skip, delete or keep it, and why.
+//!
+//! `sync` only executes plans and `--dry-run` prints them, so what a dry run
+//! shows is exactly what a real run would do.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::config::Retention;
+use crate::pop3::session::Listed;
+use crate::store::{MessageKey, SeenRow};
+
+/// The settings the plan depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanSettings {
+    pub retention: Retention,
+    pub max_size: Option<u64>,
+    pub accept_uidl_reset: bool,
+}
+
+/// What to do with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Download and deliver; with `then_delete`, DELE once committed (`0d`).
+    Fetch { then_delete: bool },
+    /// Leave on the server, not downloaded, not marked seen.
+    Skip(SkipReason),
+    /// Already delivered; DELE now without downloading again.
+    Delete { first_seen: DateTime<Utc> },
+    /// Already delivered; leave on the server.
+    Keep { until: Option<DateTime<Utc>> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    TooBig { limit: u64 },
+}
+
+/// One message and its action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub listed: Listed,
+    /// Which copy of a UIDL the server lists more than once (0 for the first).
+    pub copy: u32,
+    pub action: Action,
+}
+
+impl Planned {
+    pub fn key(&self) -> MessageKey {
+        (self.listed.uidl.clone(), self.copy)
+    }
+}
+
+/// The plan of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub messages: Vec<Planned>,
+    /// Every UIDL on the server is unknown though the store knows many for
+    /// this account: the server probably renumbered them. Nothing is fetched.
+    pub uidl_reset: Option<UidlReset>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidlReset {
+    pub on_server: usize,
+    pub known: usize,
+}
+
+/// The store must know at least this many messages (still expected on the
+/// server) before "all unknown" is read as a UIDL reset rather than a mailbox
+/// emptied by another client and refilled.
+const RESET_MIN_KNOWN: usize = 5;
+
+impl Plan {
+    /// Messages not yet seen (fetch and skip both count, DESIGN.md `new`).
+    pub fn new_count(&self) -> usize {
+        self.messages
+            .iter()
+            .filter(|p| matches!(p.action, Action::Fetch { .. } | Action::Skip(_)))
+            .count()
+    }
+
+    /// Every (UIDL, copy) on the server, for pruning the store.
+    pub fn keys(&self) -> HashSet<MessageKey> {
+        self.messages.iter().map(Planned::key).collect()
+    }
+}
+
+/// Decide the session. Pure: same inputs, same plan.
+pub fn plan(
+    listing: &[Listed],
+    seen: &HashMap<MessageKey, SeenRow>,
+    now: DateTime<Utc>,
+    settings: PlanSettings,
+) -> Plan {
+    let mut copies: HashMap<&str, u32> = HashMap::new();
+    let mut messages = Vec::with_capacity(listing.len());
+    for listed in listing {
+        let n = copies.entry(listed.uidl.as_str()).or_insert(0);
+        let copy = *n;
+        *n += 1;
+        let row = seen
+            .get(&(listed.uidl.clone(), copy))
+            .filter(|r| r.delivered_at.is_some());
+        let action = match row {
+            None => match settings.max_size {
+                Some(limit) if listed.size > limit => Action::Skip(SkipReason::TooBig { limit }),
+                _ => Action::Fetch {
+                    then_delete: settings.retention == Retention::Days(0),
+                },
+            },
+            Some(row) => match settings.retention {
+                Retention::Forever => Action::Keep { until: None },
+                Retention::Days(days) => {
+                    let due = row.first_seen + Duration::days(i64::from(days));
+                    if now >= due {
+                        Action::Delete {
+                            first_seen: row.first_seen,
+                        }
+                    } else {
+                        Action::Keep { until: Some(due) }
+                    }
+                }
+            },
+        };
+        messages.push(Planned {
+            listed: listed.clone(),
+            copy,
+            action,
+        });
+    }
+
+    let known = seen
+        .values()
+        .filter(|r| r.delivered_at.is_some() && r.deleted_at.is_none())
+        .count();
+    let all_unknown = messages
+        .iter()
+        .all(|p| matches!(p.action, Action::Fetch { .. } | Action::Skip(_)));
+    let uidl_reset = (!settings.accept_uidl_reset
+        && !messages.is_empty()
+        && all_unknown
+        && known >= RESET_MIN_KNOWN
+        && messages.len() * 2 >= known)
+        .then_some(UidlReset {
+            on_server: messages.len(),
+            known,
+        });
+    Plan {
+        messages,
+        uidl_reset,
+    }
+}
+
+impl fmt::Display for Planned {
+    /// The `--dry-run` line: `ACTION UIDL SIZE REASON`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (action, reason) = match &self.action {
+            Action::Fetch { then_delete: false } => ("fetch", "new".to_owned()),
+            Action::Fetch { then_delete: true } => {
+                ("fetch", "new; deleted after delivery (retention 0d)".to_owned())
+            }
+            Action::Skip(SkipReason::TooBig { limit }) => {
+                ("skip", format!("larger than max_size ({limit} bytes)"))
+            }
+            Action::Delete { first_seen } => (
+                "delete",
+                format!("retention: first downloaded {}", first_seen.format("%Y-%m-%dT%H:%M:%SZ")),
+            ),
+            Action::Keep { until: None } => ("keep", "retention forever".to_owned()),
+            Action::Keep { until: Some(t) } => (
+                "keep",
+                format!("retention: delete after {}", t.format("%Y-%m-%dT%H:%M:%SZ")),
+            ),
+        };
+        write!(f, "{action} {} {} {reason}", self.listed.uidl, self.listed.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 15, 12, 0, 0).unwrap()
+    }
+
+    fn listed(msg: u32, uidl: &str, size: u64) -> Listed {
+        Listed {
+            msg,
+            uidl: uidl.into(),
+            size,
+        }
+    }
+
+    fn delivered(uidl: &str, copy: u32, days_ago: i64) -> (MessageKey, SeenRow) {
+        let t = now() - Duration::days(days_ago);
+        (
+            (uidl.into(), copy),
+            SeenRow {
+                uidl: uidl.into(),
+                copy,
+                size: 10,
+                first_seen: t,
+                delivered_at: Some(t),
+                location: Some("x".into()),
+                deleted_at: None,
+            },
+        )
+    }
+
+    fn settings(retention: Retention, max_size: Option<u64>) -> PlanSettings {
+        PlanSettings {
+            retention,
+            max_size,
+            accept_uidl_reset: false,
+        }
+    }
+
+    fn actions(p: &Plan) -> Vec<&Action> {
+        p.messages.iter().map(|m| &m.action).collect()
+    }
+
+    #[test]
+    fn retention_boundary_table() {
+        // (retention, days since first download, expected)
+        let cases = [
+            (Retention::Forever, 1000, "keep"),
+            (Retention::Days(14), 13, "keep"),
+            (Retention::Days(14), 14, "delete"),
+            (Retention::Days(14), 15, "delete"),
+            (Retention::Days(0), 0, "delete"),
+        ];
+        for (retention, age, want) in cases {
+            let seen = [delivered("a", 0, age)].into_iter().collect();
+            let p = plan(&[listed(1, "a", 10)], &seen, now(), settings(retention, None));
+            let got = p.messages[0].to_string();
+            assert!(got.starts_with(want), "{retention} age {age}: {got}");
+        }
+    }
+
+    #[test]
+    fn new_messages_are_fetched_and_zero_days_deletes_after_delivery() {
+        let seen = HashMap::new();
+        let p = plan(&[listed(1, "a", 10)], &seen, now(), settings(Retention::Days(0), None));
+        assert_eq!(actions(&p), [&Action::Fetch { then_delete: true }]);
+        let p = plan(&[listed(1, "a", 10)], &seen, now(), settings(Retention::Days(3), None));
+        assert_eq!(actions(&p), [&Action::Fetch { then_delete: false }]);
+    }
+
+    #[test]
+    fn max_size_boundary_table() {
+        let seen = HashMap::new();
+        for (size, want_skip) in [(99, false), (100, false), (101, true)] {
+            let p = plan(&[listed(1, "a", size)], &seen, now(), settings(Retention::Forever, Some(100)));
+            assert_eq!(matches!(p.messages[0].action, Action::Skip(_)), want_skip, "size {size}");
+        }
+    }
+
+    #[test]
+    fn never_fetched_messages_are_never_deleted_by_retention() {
+        let seen = HashMap::new();
+        let p = plan(&[listed(1, "a", 500)], &seen, now(), settings(Retention::Days(0), Some(100)));
+        assert!(matches!(p.messages[0].action, Action::Skip(_)));
+    }
+
+    #[test]
+    fn duplicated_uidls_are_separate_copies_each_fetched_once() {
+        let seen = [delivered("dup", 0, 1)].into_iter().collect();
+        let p = plan(
+            &[listed(1, "dup", 10), listed(2, "dup", 10), listed(3, "x", 10)],
+            &seen,
+            now(),
+            settings(Retention::Forever, None),
+        );
+        assert_eq!(
+            actions(&p),
+            [
+                &Action::Keep { until: None },
+                &Action::Fetch { then_delete: false },
+                &Action::Fetch { then_delete: false }
+            ]
+        );
+        assert_eq!(p.messages[1].copy, 1);
+        assert_eq!(p.keys().len(), 3);
+    }
+
+    #[test]
+    fn all_unknown_uidls_with_a_full_store_is_a_reset() {
+        let seen: HashMap<_, _> = (0..10).map(|i| delivered(&format!("old{i}"), 0, 1)).collect();
+        let listing: Vec<_> = (1..=10).map(|i| listed(i, &format!("new{i}"), 10)).collect();
+        let p = plan(&listing, &seen, now(), settings(Retention::Forever, None));
+        assert_eq!(p.uidl_reset, Some(UidlReset { on_server: 10, known: 10 }));
+        let mut s = settings(Retention::Forever, None);
+        s.accept_uidl_reset = true;
+        assert_eq!(plan(&listing, &seen, now(), s).uidl_reset, None);
+    }
+
+    #[test]
+    fn a_few_new_messages_after_a_mailbox_was_emptied_elsewhere_is_not_a_reset() {
+        let seen: HashMap<_, _> = (0..10).map(|i| delivered(&format!("old{i}"), 0, 1)).collect();
+        let p = plan(&[listed(1, "fresh", 10)], &seen, now(), settings(Retention::Forever, None));
+        assert_eq!(p.uidl_reset, None);
+        let empty = plan(&[listed(1, "x", 1)], &HashMap::new(), now(), settings(Retention::Forever, None));
+        assert_eq!(empty.uidl_reset, None);
+    }
+
+    #[test]
+    fn dry_run_lines_have_action_uidl_size_reason() {
+        let p = plan(&[listed(1, "abc", 42)], &HashMap::new(), now(), settings(Retention::Forever, None));
+        assert_eq!(p.messages[0].to_string(), "fetch abc 42 new");
+    }
+}

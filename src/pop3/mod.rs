@@ -1,0 +1,6 @@
+//! The POP3 protocol: a sans-io codec, SASL mechanisms as pure step functions,
+//! and the async session built on both.
+
+pub mod auth;
+pub mod codec;
+pub mod session;

@@ -1,0 +1,647 @@
+//! The async POP3 client over any `AsyncRead + AsyncWrite` stream.
+//!
+//! Protocol states are types: `Greeted` (AUTHORIZATION state) can only log in or
+//! upgrade to TLS; only `Transaction` can RETR or DELE. The async code here only
+//! moves bytes and applies timeouts; parsing is `codec`'s. Server replies are
+//! read in command order, so a caller may send several commands before reading
+//! their replies (pipelining).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::auth::{self, Mechanism};
+use super::codec::{
+    self, Capabilities, CodecError, Command, Decoded, MultilineDecoder, RespCode, Status,
+    StatusLine,
+};
+use crate::exit::ExitCode;
+
+/// Most bytes of a listing (UIDL, LIST, CAPA) kept in memory: bounds what a
+/// hostile server can make us allocate. 64 MiB is about a million messages.
+const MAX_LISTING: usize = 64 << 20;
+
+/// How a session failed. Every variant names the server and the command.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{server}: connection lost during {command}: {source}")]
+    Io {
+        server: String,
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("{server}: connection closed by the server during {command}")]
+    Closed { server: String, command: String },
+    #[error("{server}: no reply to {command} within {}s (timeout)", timeout.as_secs())]
+    Timeout {
+        server: String,
+        command: String,
+        timeout: Duration,
+    },
+    #[error("{server}: {command} failed: {}", describe_err(text, code))]
+    Rejected {
+        server: String,
+        command: String,
+        code: Option<RespCode>,
+        text: String,
+    },
+    #[error("{server}: authentication failed for user {user:?} ({mechanism}): {}", describe_err(text, code))]
+    AuthFailed {
+        server: String,
+        user: String,
+        mechanism: String,
+        code: Option<RespCode>,
+        text: String,
+    },
+    #[error("{server}: protocol error in reply to {command}: {source}")]
+    Malformed {
+        server: String,
+        command: String,
+        source: CodecError,
+    },
+    #[error("{server}: {command}: {message}")]
+    Protocol {
+        server: String,
+        command: String,
+        message: String,
+    },
+    #[error("{server}: {message}")]
+    NoUsableAuth { server: String, message: String },
+    #[error("{server}: {source}")]
+    Auth {
+        server: String,
+        source: auth::AuthError,
+    },
+    #[error("{server}: refusing to send {command}: {source}")]
+    Unsafe {
+        server: String,
+        command: String,
+        source: CodecError,
+    },
+    /// The message sink (delivery) failed; carried through unchanged.
+    #[error("{0}")]
+    Sink(Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn describe_err(text: &str, code: &Option<RespCode>) -> String {
+    let code = match code {
+        Some(RespCode::InUse) => " [IN-USE: the mailbox is locked by another session; try again later]",
+        Some(RespCode::LoginDelay) => " [LOGIN-DELAY: the server allows logins only every so often]",
+        Some(RespCode::SysTemp) => " [SYS/TEMP: a temporary server problem]",
+        Some(RespCode::SysPerm) => " [SYS/PERM: a permanent server problem; contact the provider]",
+        Some(RespCode::Auth) => " [AUTH: wrong credentials]",
+        _ => "",
+    };
+    format!("server said {text:?}{code}")
+}
+
+impl SessionError {
+    /// DESIGN.md exit code of this failure.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            SessionError::Io { .. } => ExitCode::Unavailable,
+            SessionError::Timeout { .. } => ExitCode::TempFail,
+            SessionError::Closed { .. }
+            | SessionError::Malformed { .. }
+            | SessionError::Protocol { .. } => ExitCode::Protocol,
+            SessionError::Rejected { code, .. } => match code {
+                Some(c) if c.is_temporary() => ExitCode::TempFail,
+                Some(RespCode::Auth) => ExitCode::NoPerm,
+                _ => ExitCode::Protocol,
+            },
+            SessionError::AuthFailed { code, .. } => match code {
+                Some(c) if c.is_temporary() => ExitCode::TempFail,
+                Some(RespCode::SysPerm) => ExitCode::Protocol,
+                _ => ExitCode::NoPerm,
+            },
+            SessionError::NoUsableAuth { .. } => ExitCode::NoPerm,
+            SessionError::Auth { source, .. } => source.exit_code(),
+            SessionError::Unsafe { .. } => ExitCode::Config,
+            SessionError::Sink(_) => ExitCode::IoError,
+        }
+    }
+}
+
+/// Where `-vv` protocol lines go. Passwords never reach it: commands are
+/// traced in `Command::redacted` form and server text is sanitised.
+pub type Trace = Box<dyn Fn(&str) + Send + Sync>;
+
+/// A byte stream to one server with a read buffer and per-read timeout.
+pub struct Connection<S> {
+    stream: S,
+    buf: Vec<u8>,
+    /// Start of unread bytes in `buf`.
+    pos: usize,
+    server: String,
+    timeout: Duration,
+    trace: Option<Trace>,
+    read_size: usize,
+}
+
+/// A connection's settings without its stream, while TLS is being set up.
+pub struct Settings {
+    server: String,
+    timeout: Duration,
+    trace: Option<Trace>,
+}
+
+impl Settings {
+    /// Continue over a new stream (the TLS one), with an empty read buffer.
+    pub fn resume<T: AsyncRead + AsyncWrite + Unpin>(self, stream: T) -> Connection<T> {
+        Connection::new(stream, self.server, self.timeout, self.trace)
+    }
+}
+
+/// Reply to one command.
+pub type Reply = StatusLine;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub fn new(stream: S, server: String, timeout: Duration, trace: Option<Trace>) -> Self {
+        Connection {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            pos: 0,
+            server,
+            timeout,
+            trace,
+            read_size: 64 * 1024,
+        }
+    }
+
+    /// The server as named in errors ("host:port").
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Give back the stream, for the STLS upgrade. Bytes the server sent after
+    /// its STLS reply and before the handshake would be injected plaintext:
+    /// refuse rather than silently drop or use them.
+    pub fn into_parts(self, command: &str) -> Result<(S, Settings), SessionError> {
+        if self.pos < self.buf.len() {
+            return Err(SessionError::Protocol {
+                server: self.server,
+                command: command.to_owned(),
+                message: "the server sent data before the TLS handshake (possible injection attack); refusing to continue".into(),
+            });
+        }
+        Ok((
+            self.stream,
+            Settings {
+                server: self.server,
+                timeout: self.timeout,
+                trace: self.trace,
+            },
+        ))
+    }
+
+
+    fn trace(&self, line: impl FnOnce() -> String) {
+        if let Some(t) = &self.trace {
+            t(&line());
+        }
+    }
+
+    /// Send one command (it is buffered by the caller's order, not flushed
+    /// separately from the others when pipelining: see `send_many`).
+    pub async fn send(&mut self, cmd: &Command) -> Result<(), SessionError> {
+        self.send_many(std::slice::from_ref(cmd)).await
+    }
+
+    /// Send several commands in one write (pipelining, RFC 2449).
+    pub async fn send_many(&mut self, cmds: &[Command]) -> Result<(), SessionError> {
+        let mut wire = Vec::new();
+        for cmd in cmds {
+            let bytes = cmd.to_wire().map_err(|source| SessionError::Unsafe {
+                server: self.server.clone(),
+                command: cmd.name(),
+                source,
+            })?;
+            self.trace(|| format!("C: {}", cmd.redacted()));
+            wire.extend_from_slice(&bytes);
+        }
+        let name = cmds.first().map(|c| c.name()).unwrap_or_default();
+        let write = async {
+            self.stream.write_all(&wire).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(SessionError::Io {
+                server: self.server.clone(),
+                command: name,
+                source,
+            }),
+            Err(_) => Err(SessionError::Timeout {
+                server: self.server.clone(),
+                command: name,
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Read more bytes into the buffer; an error when the server closed.
+    async fn fill(&mut self, command: &str) -> Result<(), SessionError> {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > self.buf.capacity() / 2 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let start = self.buf.len();
+        self.buf.resize(start + self.read_size, 0);
+        let read = tokio::time::timeout(self.timeout, self.stream.read(&mut self.buf[start..])).await;
+        let n = match read {
+            Ok(Ok(n)) => n,
+            Ok(Err(source)) => {
+                self.buf.truncate(start);
+                return Err(SessionError::Io {
+                    server: self.server.clone(),
+                    command: command.to_owned(),
+                    source,
+                });
+            }
+            Err(_) => {
+                self.buf.truncate(start);
+                return Err(SessionError::Timeout {
+                    server: self.server.clone(),
+                    command: command.to_owned(),
+                    timeout: self.timeout,
+                });
+            }
+        };
+        self.buf.truncate(start + n);
+        if n == 0 {
+            return Err(SessionError::Closed {
+                server: self.server.clone(),
+                command: command.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Read one status line.
+    pub async fn read_status(&mut self, command: &str) -> Result<Reply, SessionError> {
+        loop {
+            let found = codec::split_line(&self.buf[self.pos..]).map_err(|source| {
+                SessionError::Malformed {
+                    server: self.server.clone(),
+                    command: command.to_owned(),
+                    source,
+                }
+            })?;
+            if let Some((len, consumed)) = found {
+                let line = &self.buf[self.pos..self.pos + len];
+                let parsed = codec::parse_status(line);
+                self.trace(|| format!("S: {}", codec::sanitize(line, 200)));
+                self.pos += consumed;
+                return parsed.map_err(|source| SessionError::Malformed {
+                    server: self.server.clone(),
+                    command: command.to_owned(),
+                    source,
+                });
+            }
+            self.fill(command).await?;
+        }
+    }
+
+    /// Read the body of a multi-line reply, handing decoded bytes (LF line
+    /// ends) to `sink` as they arrive. Returns the decoded length.
+    pub async fn read_body<F>(&mut self, command: &str, mut sink: F) -> Result<u64, SessionError>
+    where
+        F: FnMut(&[u8]) -> Result<(), SessionError>,
+    {
+        let mut decoder = MultilineDecoder::new();
+        let mut out = Vec::with_capacity(self.read_size + 16);
+        let mut total = 0u64;
+        loop {
+            if self.pos < self.buf.len() {
+                out.clear();
+                let (consumed, state) = decoder.decode(&self.buf[self.pos..], &mut out);
+                self.pos += consumed;
+                if !out.is_empty() {
+                    total += out.len() as u64;
+                    sink(&out)?;
+                }
+                if let Decoded::End = state {
+                    self.trace(|| format!("S: <{total} octets> ."));
+                    return Ok(total);
+                }
+            }
+            self.fill(command).await?;
+        }
+    }
+
+    /// Read a whole multi-line body into memory, bounded by `MAX_LISTING`.
+    pub async fn read_listing(&mut self, command: &str) -> Result<Vec<u8>, SessionError> {
+        let server = self.server.clone();
+        let mut body = Vec::new();
+        self.read_body(command, |chunk| {
+            if body.len() + chunk.len() > MAX_LISTING {
+                return Err(SessionError::Protocol {
+                    server: server.clone(),
+                    command: command.to_owned(),
+                    message: format!("reply longer than {MAX_LISTING} octets"),
+                });
+            }
+            body.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(body)
+    }
+
+    /// Send a command and read its status; `-ERR` becomes `Rejected`.
+    pub async fn simple(&mut self, cmd: &Command) -> Result<Reply, SessionError> {
+        self.send(cmd).await?;
+        self.expect_ok(&cmd.name()).await
+    }
+
+    /// Read a status line and require +OK.
+    pub async fn expect_ok(&mut self, command: &str) -> Result<Reply, SessionError> {
+        let reply = self.read_status(command).await?;
+        match reply.status {
+            Status::Ok => Ok(reply),
+            Status::Err => Err(SessionError::Rejected {
+                server: self.server.clone(),
+                command: command.to_owned(),
+                code: reply.code,
+                text: reply.text,
+            }),
+            Status::Continue => Err(SessionError::Protocol {
+                server: self.server.clone(),
+                command: command.to_owned(),
+                message: "unexpected \"+\" continuation".into(),
+            }),
+        }
+    }
+}
+
+/// A connection in the AUTHORIZATION state.
+pub struct Greeted<S> {
+    pub conn: Connection<S>,
+    /// The greeting text; holds the APOP timestamp when the server offers APOP.
+    pub greeting: String,
+    pub capa: Capabilities,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
+    /// Read the server greeting and its capabilities.
+    pub async fn start(mut conn: Connection<S>) -> Result<Greeted<S>, SessionError> {
+        let reply = conn.expect_ok("greeting").await?;
+        let mut g = Greeted {
+            conn,
+            greeting: reply.text,
+            capa: Capabilities::default(),
+        };
+        g.refresh_capa().await?;
+        Ok(g)
+    }
+
+    /// Ask CAPA again (after STLS and after login the answer can change).
+    /// A server without CAPA (RFC 1939 only) has an empty capability list.
+    pub async fn refresh_capa(&mut self) -> Result<(), SessionError> {
+        self.capa = capa(&mut self.conn).await?;
+        Ok(())
+    }
+
+    /// Send STLS and, on +OK, hand back the bare stream for the handshake.
+    pub async fn stls(mut self) -> Result<(S, Settings), SessionError> {
+        self.conn.simple(&Command::Stls).await?;
+        self.conn.into_parts("STLS")
+    }
+
+    /// Log in with the first mechanism of `mechs` (already ordered by the
+    /// caller) that the server offers; each rejection is reported as failed
+    /// authentication, as trying the next one would double the failed logins.
+    pub async fn login(
+        mut self,
+        user: &str,
+        password: &str,
+        mech: Mechanism,
+    ) -> Result<Transaction<S>, SessionError> {
+        match mech {
+            Mechanism::User => {
+                self.conn
+                    .send(&Command::User(user.to_owned()))
+                    .await?;
+                self.auth_reply(user, "USER").await?;
+                self.conn.send(&Command::Pass(password.to_owned())).await?;
+                self.auth_reply(user, "USER/PASS").await?;
+            }
+            Mechanism::Apop => {
+                let digest = auth::apop_digest(&self.greeting, password).map_err(|source| {
+                    SessionError::Auth {
+                        server: self.conn.server.clone(),
+                        source,
+                    }
+                })?;
+                self.conn
+                    .send(&Command::Apop {
+                        user: user.to_owned(),
+                        digest,
+                    })
+                    .await?;
+                self.auth_reply(user, "APOP").await?;
+            }
+            Mechanism::Sasl(kind) => self.sasl(user, password, kind).await?,
+        }
+        let mut t = Transaction {
+            conn: self.conn,
+            capa: self.capa,
+        };
+        // Some servers (Gmail) announce PIPELINING, TOP, UIDL only after login.
+        t.capa = capa(&mut t.conn).await.unwrap_or(t.capa);
+        Ok(t)
+    }
+
+    async fn auth_reply(&mut self, user: &str, mechanism: &str) -> Result<Reply, SessionError> {
+        let reply = self.conn.read_status(mechanism).await?;
+        match reply.status {
+            Status::Ok => Ok(reply),
+            _ => Err(SessionError::AuthFailed {
+                server: self.conn.server.clone(),
+                user: user.to_owned(),
+                mechanism: mechanism.to_owned(),
+                code: reply.code,
+                text: reply.text,
+            }),
+        }
+    }
+
+    async fn sasl(&mut self, user: &str, password: &str, kind: auth::Sasl) -> Result<(), SessionError> {
+        let server = self.conn.server.clone();
+        let wrap = |source| SessionError::Auth {
+            server: server.clone(),
+            source,
+        };
+        let mut client = auth::SaslClient::new(kind, user, password).map_err(&wrap)?;
+        let name = kind.name();
+        let initial = client.initial_response().map_err(&wrap)?;
+        // RFC 5034: the whole command must fit in 255 octets, else send the
+        // initial response after an empty challenge.
+        let cmd = match initial {
+            Some(ir) if 5 + name.len() + 1 + ir.len() + 2 <= 255 => Command::Auth {
+                mechanism: name.to_owned(),
+                initial_response: Some(ir),
+            },
+            Some(ir) => {
+                client.defer_initial(ir);
+                Command::Auth {
+                    mechanism: name.to_owned(),
+                    initial_response: None,
+                }
+            }
+            None => Command::Auth {
+                mechanism: name.to_owned(),
+                initial_response: None,
+            },
+        };
+        self.conn.send(&cmd).await?;
+        let label = format!("AUTH {name}");
+        loop {
+            let reply = self.conn.read_status(&label).await?;
+            match reply.status {
+                Status::Ok => {
+                    client.finish(&reply.text).map_err(&wrap)?;
+                    return Ok(());
+                }
+                Status::Err => {
+                    return Err(SessionError::AuthFailed {
+                        server: self.conn.server.clone(),
+                        user: user.to_owned(),
+                        mechanism: label,
+                        code: reply.code,
+                        text: client.error_detail().unwrap_or(reply.text),
+                    });
+                }
+                Status::Continue => {
+                    let answer = client.step(&reply.text).map_err(&wrap)?;
+                    self.conn.send(&Command::AuthResponse(answer)).await?;
+                }
+            }
+        }
+    }
+}
+
+async fn capa<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+) -> Result<Capabilities, SessionError> {
+    conn.send(&Command::Capa).await?;
+    let reply = conn.read_status("CAPA").await?;
+    match reply.status {
+        Status::Ok => Ok(Capabilities::parse(&conn.read_listing("CAPA").await?)),
+        // RFC 1939-only servers answer -ERR: they simply have no extensions.
+        _ => Ok(Capabilities::default()),
+    }
+}
+
+/// One message as listed by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub msg: u32,
+    pub uidl: String,
+    pub size: u64,
+}
+
+/// A logged-in session (TRANSACTION state).
+pub struct Transaction<S> {
+    pub conn: Connection<S>,
+    pub capa: Capabilities,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
+    /// UIDL and LIST of the whole mailbox, joined by message number.
+    pub async fn listing(&mut self) -> Result<Vec<Listed>, SessionError> {
+        let server = self.conn.server.clone();
+        let malformed = |command: &str| {
+            let server = server.clone();
+            let command = command.to_owned();
+            move |source| SessionError::Malformed {
+                server: server.clone(),
+                command: command.clone(),
+                source,
+            }
+        };
+        self.conn.send_many(&[Command::Uidl(None), Command::List(None)]).await?;
+        let uidl_reply = self.conn.read_status("UIDL").await;
+        let uidls = match uidl_reply {
+            Ok(r) if r.status == Status::Ok => {
+                let body = self.conn.read_listing("UIDL").await?;
+                Some(codec::parse_uidl_listing(&body).map_err(malformed("UIDL"))?)
+            }
+            Ok(_) => None,
+            Err(e) => return Err(e),
+        };
+        self.conn.expect_ok("LIST").await?;
+        let body = self.conn.read_listing("LIST").await?;
+        let sizes = codec::parse_list_listing(&body).map_err(malformed("LIST"))?;
+        let Some(uidls) = uidls else {
+            return Err(SessionError::Protocol {
+                server,
+                command: "UIDL".into(),
+                message: "the server does not support UIDL, which popsync needs to tell new mail from old; ask the provider to enable it".into(),
+            });
+        };
+        let size_of: std::collections::HashMap<u32, u64> = sizes.into_iter().collect();
+        let mut out = Vec::with_capacity(uidls.len());
+        for (msg, uidl) in uidls {
+            let Some(&size) = size_of.get(&msg) else {
+                return Err(SessionError::Protocol {
+                    server,
+                    command: "LIST".into(),
+                    message: format!("message {msg} is in the UIDL listing but not in LIST"),
+                });
+            };
+            out.push(Listed { msg, uidl, size });
+        }
+        out.sort_by_key(|l| l.msg);
+        Ok(out)
+    }
+
+    /// Send RETR for a message without waiting (pipelining).
+    pub async fn send_retr(&mut self, msgs: &[u32]) -> Result<(), SessionError> {
+        let cmds: Vec<Command> = msgs.iter().map(|&m| Command::Retr(m)).collect();
+        self.conn.send_many(&cmds).await
+    }
+
+    /// Read the reply to a RETR sent earlier, streaming the message into `sink`.
+    pub async fn read_retr<F>(&mut self, msg: u32, sink: F) -> Result<u64, SessionError>
+    where
+        F: FnMut(&[u8]) -> Result<(), SessionError>,
+    {
+        let label = format!("RETR {msg}");
+        self.conn.expect_ok(&label).await?;
+        self.conn.read_body(&label, sink).await
+    }
+
+    /// Mark messages deleted; they go at QUIT.
+    pub async fn dele(&mut self, msgs: &[u32]) -> Result<(), SessionError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let cmds: Vec<Command> = msgs.iter().map(|&m| Command::Dele(m)).collect();
+        if self.capa.pipelining() {
+            self.conn.send_many(&cmds).await?;
+            for m in msgs {
+                self.conn.expect_ok(&format!("DELE {m}")).await?;
+            }
+        } else {
+            for cmd in &cmds {
+                self.conn.simple(cmd).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undo DELEs of this session.
+    pub async fn rset(&mut self) -> Result<(), SessionError> {
+        self.conn.simple(&Command::Rset).await.map(|_| ())
+    }
+
+    /// QUIT: the server commits DELEs (UPDATE state). Only an +OK means they
+    /// were committed.
+    pub async fn quit(mut self) -> Result<(), SessionError> {
+        self.conn.simple(&Command::Quit).await.map(|_| ())
+    }
+}

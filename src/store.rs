@@ -1,0 +1,539 @@
+//! The seen-store: one SQLite file (`$state_dir/seen.sqlite3`, WAL) that records,
+//! per account and UIDL, what popsync delivered and deleted.
+//!
+//! It is the only state popsync keeps. Rows are written in the order that keeps
+//! DESIGN.md's promises: a `pending` row before a delivery starts, the
+//! `messages` row (and removal of the pending row) in one transaction once the
+//! delivery is durable, and `deleted_at` only after the server committed DELE.
+//! Only `sync` calls the writing methods.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE messages (
+    account      TEXT    NOT NULL,
+    uidl         TEXT    NOT NULL,
+    -- nth copy of a UIDL that a broken server lists more than once (RFC 1939 allows it)
+    copy         INTEGER NOT NULL DEFAULT 0,
+    size         INTEGER NOT NULL,
+    first_seen   TEXT    NOT NULL,
+    delivered_at TEXT,
+    location     TEXT,
+    deleted_at   TEXT,
+    PRIMARY KEY (account, uidl, copy)
+);
+CREATE TABLE pending (
+    account    TEXT    NOT NULL,
+    uidl       TEXT    NOT NULL,
+    copy       INTEGER NOT NULL DEFAULT 0,
+    target     TEXT    NOT NULL,
+    location   TEXT    NOT NULL,
+    offset     INTEGER,
+    started_at TEXT    NOT NULL,
+    PRIMARY KEY (account, uidl, copy)
+);
+CREATE TABLE logins (
+    account    TEXT PRIMARY KEY,
+    last_login TEXT NOT NULL
+);
+";
+
+/// A seen-store failure (exit 74). Names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open seen-store {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "seen-store {} is damaged or not a popsync store ({source}); move it aside (mv {} {}.bad) — the next run then treats all mail on the server as new",
+        path.display(), path.display(), path.display()
+    )]
+    Corrupt {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "seen-store {} has schema version {found}, newer than this popsync understands ({SCHEMA_VERSION}); upgrade popsync",
+        path.display()
+    )]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("seen-store {}: {source}", path.display())]
+    Sql {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+/// What the store knows about one message of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRow {
+    pub uidl: String,
+    pub copy: u32,
+    pub size: u64,
+    pub first_seen: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub location: Option<String>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// A delivery that was started but not recorded as finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRow {
+    pub uidl: String,
+    pub copy: u32,
+    /// The delivery target as configured ("maildir:/path", "mbox:/path", "mda:cmd").
+    pub target: String,
+    /// Maildir: the unique file name prefix; mbox: the mbox path.
+    pub location: String,
+    /// mbox: the file length before the append began.
+    pub offset: Option<u64>,
+}
+
+/// Key of a message within an account: its UIDL and which copy of it.
+pub type MessageKey = (String, u32);
+
+/// An open seen-store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl Store {
+    /// Open (creating when missing) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir)?;
+        }
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut store = Store {
+            conn,
+            path: path.to_owned(),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn init(&mut self) -> Result<(), StoreError> {
+        let corrupt = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Corrupt { path, source }
+        };
+        // Several popsync processes (one per overlapping cron run) may share the
+        // file; wait for each other's short transactions rather than fail.
+        self.conn
+            .busy_timeout(Duration::from_secs(30))
+            .map_err(corrupt(&self.path))?;
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(corrupt(&self.path))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                source: rusqlite::Error::InvalidQuery,
+            });
+        }
+        // FULL: a commit is on disk before DELE is sent (promise 1).
+        self.conn
+            .execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+            .map_err(corrupt(&self.path))?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(corrupt(&self.path))?;
+        match version {
+            0 => {
+                // Several accounts (or runs) may open a new store at once: take
+                // the write lock, then look again before creating the schema.
+                let tx = self
+                    .conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(corrupt(&self.path))?;
+                let again: i64 = tx
+                    .query_row("PRAGMA user_version", [], |r| r.get(0))
+                    .map_err(corrupt(&self.path))?;
+                if again == 0 {
+                    tx.execute_batch(SCHEMA_V1).map_err(corrupt(&self.path))?;
+                    tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))
+                        .map_err(corrupt(&self.path))?;
+                }
+                tx.commit().map_err(corrupt(&self.path))?;
+            }
+            SCHEMA_VERSION => {
+                // Cheap check that the tables are what we expect: a foreign or
+                // damaged file must not be written to.
+                self.conn
+                    .query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))
+                    .map_err(corrupt(&self.path))?;
+            }
+            found if found > SCHEMA_VERSION => {
+                return Err(StoreError::TooNew {
+                    path: self.path.clone(),
+                    found,
+                });
+            }
+            _ => {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    source: rusqlite::Error::InvalidQuery,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn sql(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every row the store holds for `account`, keyed by (UIDL, copy).
+    pub fn rows(&self, account: &str) -> Result<HashMap<MessageKey, SeenRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT uidl, copy, size, first_seen, delivered_at, location, deleted_at
+                 FROM messages WHERE account = ?1",
+            )
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map(params![account], |r| {
+                let first: String = r.get(3)?;
+                let delivered: Option<String> = r.get(4)?;
+                let deleted: Option<String> = r.get(6)?;
+                Ok(SeenRow {
+                    uidl: r.get(0)?,
+                    copy: r.get(1)?,
+                    size: r.get::<_, i64>(2)?.max(0) as u64,
+                    first_seen: parse_ts(&first).unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+                    delivered_at: delivered.as_deref().and_then(parse_ts),
+                    location: r.get(5)?,
+                    deleted_at: deleted.as_deref().and_then(parse_ts),
+                })
+            })
+            .map_err(self.sql())?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let row = row.map_err(self.sql())?;
+            out.insert((row.uidl.clone(), row.copy), row);
+        }
+        Ok(out)
+    }
+
+    /// Record that delivery of a message is about to start, durably, so that a
+    /// run killed mid-delivery can be finished or rolled back by the next one.
+    pub fn begin_pending(
+        &mut self,
+        account: &str,
+        key: &MessageKey,
+        pending: &PendingRow,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO pending (account, uidl, copy, target, location, offset, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    account,
+                    key.0,
+                    key.1,
+                    pending.target,
+                    pending.location,
+                    pending.offset.map(|o| o as i64),
+                    ts(now)
+                ],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Deliveries begun but never recorded as finished, for `account`.
+    pub fn pending(&self, account: &str) -> Result<Vec<PendingRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT uidl, copy, target, location, offset FROM pending WHERE account = ?1 ORDER BY started_at",
+            )
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map(params![account], |r| {
+                Ok(PendingRow {
+                    uidl: r.get(0)?,
+                    copy: r.get(1)?,
+                    target: r.get(2)?,
+                    location: r.get(3)?,
+                    offset: r.get::<_, Option<i64>>(4)?.map(|o| o.max(0) as u64),
+                })
+            })
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// Forget a pending delivery that did not happen (it will be fetched again).
+    pub fn drop_pending(&mut self, account: &str, key: &MessageKey) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM pending WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
+                params![account, key.0, key.1],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Record a finished, durable delivery and clear its pending row, in one
+    /// transaction. Only after this returns may the message be DELEted.
+    pub fn mark_delivered(
+        &mut self,
+        account: &str,
+        key: &MessageKey,
+        size: u64,
+        location: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = move |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&sql)?;
+        tx.execute(
+            "INSERT INTO messages (account, uidl, copy, size, first_seen, delivered_at, location)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
+             ON CONFLICT (account, uidl, copy) DO UPDATE SET
+                size = excluded.size, delivered_at = excluded.delivered_at,
+                location = excluded.location, deleted_at = NULL",
+            params![account, key.0, key.1, size as i64, ts(now), location],
+        )
+        .map_err(&sql)?;
+        tx.execute(
+            "DELETE FROM pending WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
+            params![account, key.0, key.1],
+        )
+        .map_err(&sql)?;
+        tx.commit().map_err(&sql)
+    }
+
+    /// Record that the server committed the DELE of these messages (after QUIT).
+    pub fn mark_deleted(
+        &mut self,
+        account: &str,
+        keys: &[MessageKey],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = move |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&sql)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE messages SET deleted_at = ?4 WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
+                )
+                .map_err(&sql)?;
+            for key in keys {
+                stmt.execute(params![account, key.0, key.1, ts(now)])
+                    .map_err(&sql)?;
+            }
+        }
+        tx.commit().map_err(&sql)
+    }
+
+    /// Remove rows of messages no longer on the server (after a successful
+    /// session). Returns how many were removed.
+    pub fn prune(
+        &mut self,
+        account: &str,
+        on_server: &std::collections::HashSet<MessageKey>,
+    ) -> Result<usize, StoreError> {
+        let stale: Vec<MessageKey> = self
+            .rows(account)?
+            .into_keys()
+            .filter(|k| !on_server.contains(k))
+            .collect();
+        let path = self.path.clone();
+        let sql = move |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&sql)?;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM messages WHERE account = ?1 AND uidl = ?2 AND copy = ?3")
+                .map_err(&sql)?;
+            for key in &stale {
+                stmt.execute(params![account, key.0, key.1]).map_err(&sql)?;
+            }
+        }
+        tx.commit().map_err(&sql)?;
+        Ok(stale.len())
+    }
+
+    /// When this account last logged in (for LOGIN-DELAY).
+    pub fn last_login(&self, account: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let s: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT last_login FROM logins WHERE account = ?1",
+                params![account],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        Ok(s.as_deref().and_then(parse_ts))
+    }
+
+    /// Remember a successful login.
+    pub fn record_login(&mut self, account: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO logins (account, last_login) VALUES (?1, ?2)
+                 ON CONFLICT (account) DO UPDATE SET last_login = excluded.last_login",
+                params![account, ts(now)],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+}
+
+/// The state directory holds credentials-adjacent data (what mail someone has):
+/// create it private.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+    }
+
+    fn key(u: &str) -> MessageKey {
+        (u.to_owned(), 0)
+    }
+
+    #[test]
+    fn delivered_rows_survive_reopen_and_clear_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/seen.sqlite3");
+        {
+            let mut s = Store::open(&path).unwrap();
+            let p = PendingRow {
+                uidl: "u1".into(),
+                copy: 0,
+                target: "maildir:/m".into(),
+                location: "123.M1P2Q3.host".into(),
+                offset: None,
+            };
+            s.begin_pending("a", &key("u1"), &p, now()).unwrap();
+            assert_eq!(s.pending("a").unwrap(), vec![p]);
+            s.mark_delivered("a", &key("u1"), 42, "/m/new/x", now()).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert!(s.pending("a").unwrap().is_empty());
+        let rows = s.rows("a").unwrap();
+        let r = &rows[&key("u1")];
+        assert_eq!((r.size, r.first_seen, r.delivered_at), (42, now(), Some(now())));
+        assert!(s.rows("other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn prune_removes_only_vanished_uidls() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("s.db")).unwrap();
+        for u in ["a", "b", "c"] {
+            s.mark_delivered("acct", &key(u), 1, "x", now()).unwrap();
+        }
+        let present = [key("b")].into_iter().collect();
+        assert_eq!(s.prune("acct", &present).unwrap(), 2);
+        let left: Vec<_> = s.rows("acct").unwrap().into_keys().collect();
+        assert_eq!(left, vec![key("b")]);
+    }
+
+    #[test]
+    fn garbage_file_is_reported_as_corrupt_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seen.sqlite3");
+        std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+        let e = match Store::open(&path) {
+            Err(e) => e,
+            Ok(_) => panic!("garbage accepted"),
+        };
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("move it aside"), "{e}");
+    }
+
+    #[test]
+    fn stores_opened_concurrently_on_a_new_file_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seen.sqlite3");
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || Store::open(&path).map(|_| ()).map_err(|e| e.to_string()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+    }
+
+    #[test]
+    fn login_time_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("s.db")).unwrap();
+        assert_eq!(s.last_login("a").unwrap(), None);
+        s.record_login("a", now()).unwrap();
+        assert_eq!(s.last_login("a").unwrap(), Some(now()));
+    }
+}

@@ -1,0 +1,518 @@
+//! One account, end to end: lock, resolve interrupted deliveries, connect,
+//! log in, list, plan, then deliver → commit → DELE → QUIT. That order, which
+//! keeps DESIGN.md's promises, lives here and only here.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::{Account, Delivery, Retention, SecretError, TlsMode};
+use crate::deliver::maildir::Maildir;
+use crate::deliver::{self, DeliveryError, MessageInfo, Prepared, Target};
+use crate::exit::ExitCode;
+use crate::net::{self, NetError, TlsSettings, Transport};
+use crate::policy::{self, Action, Plan, PlanSettings};
+use crate::pop3::auth::{self, AuthError};
+use crate::pop3::codec::{Expire, sanitize};
+use crate::pop3::session::{Connection, Greeted, SessionError, Trace, Transaction};
+use crate::store::{self, PendingRow, Store, StoreError};
+use crate::ui::Ui;
+
+/// Commands kept in flight when the server offers PIPELINING.
+const PIPELINE_WINDOW: usize = 16;
+
+/// Settings of one run that are not per account.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub state_dir: PathBuf,
+    pub now: DateTime<Utc>,
+    pub dry_run: bool,
+    pub accept_uidl_reset: bool,
+    pub ui: Ui,
+}
+
+/// What happened to one account: the `--json` object and the summary line.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountReport {
+    pub account: String,
+    pub status: &'static str,
+    pub new: u64,
+    pub fetched: u64,
+    pub bytes: u64,
+    pub deleted: u64,
+    pub skipped: u64,
+    pub error: Option<String>,
+    pub elapsed_ms: u64,
+    #[serde(skip)]
+    pub code: ExitCode,
+}
+
+impl AccountReport {
+    /// The default summary line on stderr.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{}: {} new, {} fetched ({}), {} deleted",
+            self.account,
+            self.new,
+            self.fetched,
+            crate::ui::human_bytes(self.bytes),
+            self.deleted
+        );
+        if self.skipped > 0 {
+            s.push_str(&format!(", {} skipped", self.skipped));
+        }
+        s
+    }
+}
+
+/// Why an account's session failed. Each says what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(
+        "another popsync run is working on this account (lock {}); skipped, the next run will catch up",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+    #[error("cannot create lock file {}: {source}", path.display())]
+    LockFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Session(SessionError),
+    #[error("{server}: {source}")]
+    Auth { server: String, source: AuthError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+    #[error(
+        "{server} does not offer STLS, and tls = \"starttls\" forbids continuing in clear text; use tls = \"implicit\" (port 995) if the server has it"
+    )]
+    NoStls { server: String },
+    #[error(
+        "{server}: refusing to send the password over a connection without TLS; set tls = \"implicit\" or \"starttls\""
+    )]
+    Plaintext { server: String },
+    #[error(
+        "{server}: every one of the {on_server} UIDLs on the server is unknown, while the seen-store knows {known} messages of this account: the server has probably renumbered its UIDLs. Nothing was fetched, to avoid downloading the whole mailbox again. If you do want everything again, run `popsync fetch {account} --accept-uidl-reset`"
+    )]
+    UidlReset {
+        server: String,
+        account: String,
+        on_server: usize,
+        known: usize,
+    },
+    #[error("the seen-store records an interrupted delivery to {target:?}, which popsync cannot check; resolve it with `popsync seen forget`")]
+    UnknownPending { target: String },
+}
+
+impl From<SessionError> for SyncError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            // A delivery failure surfaced from inside a RETR stream.
+            SessionError::Sink(inner) => match inner.downcast::<DeliveryError>() {
+                Ok(d) => SyncError::Delivery(*d),
+                Err(other) => SyncError::Session(SessionError::Sink(other)),
+            },
+            other => SyncError::Session(other),
+        }
+    }
+}
+
+impl SyncError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            SyncError::Locked { .. } => ExitCode::TempFail,
+            SyncError::LockFile { .. } => ExitCode::IoError,
+            SyncError::Secret(_) => ExitCode::Config,
+            SyncError::Net(e) => e.exit_code(),
+            SyncError::Session(e) => e.exit_code(),
+            SyncError::Auth { source, .. } => source.exit_code(),
+            SyncError::Store(_) => ExitCode::IoError,
+            SyncError::Delivery(e) => e.exit_code(),
+            SyncError::NoStls { .. } => ExitCode::NoPerm,
+            SyncError::Plaintext { .. } => ExitCode::Config,
+            SyncError::UidlReset { .. } => ExitCode::Protocol,
+            SyncError::UnknownPending { .. } => ExitCode::IoError,
+        }
+    }
+}
+
+/// Counters of one session, filled in as it goes so that a failed session
+/// still reports what it did deliver.
+#[derive(Debug, Default)]
+struct Tally {
+    new: u64,
+    fetched: u64,
+    bytes: u64,
+    deleted: u64,
+    skipped: u64,
+}
+
+/// Sync one account. Never panics on server or disk input; every failure
+/// becomes the report's error and exit code.
+pub async fn run_account(account: &Account, opts: &RunOptions) -> AccountReport {
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let result = sync(account, opts, &mut tally).await;
+    let (code, error) = match result {
+        Ok(()) => (ExitCode::Ok, None),
+        Err(e) => (e.exit_code(), Some(e.to_string())),
+    };
+    AccountReport {
+        account: account.name.clone(),
+        status: code.status_word(),
+        new: tally.new,
+        fetched: tally.fetched,
+        bytes: tally.bytes,
+        deleted: tally.deleted,
+        skipped: tally.skipped,
+        error,
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        code,
+    }
+}
+
+async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result<(), SyncError> {
+    let _lock = lock_account(&opts.state_dir, &account.name)?;
+    let mut store = Store::open(&opts.state_dir.join("seen.sqlite3"))?;
+    let mut target = open_target(&account.deliver);
+    if !opts.dry_run {
+        resolve_pending(account, &mut store, opts)?;
+    }
+    let password = account.secret.resolve(account.command_timeout)?;
+
+    let mut session = login(account, &password, opts).await?;
+    let server = session.conn.server().to_owned();
+    if !opts.dry_run {
+        store.record_login(&account.name, opts.now)?;
+    }
+    warn_about_expire(account, &session, opts);
+
+    let listing = session.listing().await?;
+    let seen = store.rows(&account.name)?;
+    let plan = policy::plan(
+        &listing,
+        &seen,
+        opts.now,
+        PlanSettings {
+            retention: account.retention,
+            max_size: account.max_size,
+            accept_uidl_reset: opts.accept_uidl_reset,
+        },
+    );
+    tally.new = plan.new_count() as u64;
+    if let Some(reset) = plan.uidl_reset {
+        return Err(SyncError::UidlReset {
+            server,
+            account: account.name.clone(),
+            on_server: reset.on_server,
+            known: reset.known,
+        });
+    }
+
+    if opts.dry_run {
+        for p in &plan.messages {
+            let _ = crate::ui::stdout_line(&p.to_string());
+        }
+        // Nothing was RETRieved or DELEted: QUIT changes nothing.
+        session.quit().await?;
+        return Ok(());
+    }
+
+    for p in &plan.messages {
+        if let Action::Skip(_) = p.action {
+            tally.skipped += 1;
+            opts.ui.verbose(&format!(
+                "{}: skipped {} ({} bytes): larger than max_size",
+                account.name,
+                sanitize(p.listed.uidl.as_bytes(), 80),
+                p.listed.size
+            ));
+        }
+    }
+
+    let mut to_delete = fetch_new(account, opts, &plan, &mut session, &mut store, target.as_mut(), tally).await?;
+    for p in &plan.messages {
+        if let Action::Delete { .. } = p.action {
+            to_delete.push((p.listed.msg, p.key()));
+        }
+    }
+
+    // Only committed deliveries reach this point: DELE them, then QUIT.
+    let msgs: Vec<u32> = to_delete.iter().map(|(m, _)| *m).collect();
+    session.dele(&msgs).await?;
+    session.quit().await?;
+    let keys: Vec<_> = to_delete.into_iter().map(|(_, k)| k).collect();
+    store.mark_deleted(&account.name, &keys, opts.now)?;
+    tally.deleted = keys.len() as u64;
+    for (uidl, _) in &keys {
+        opts.ui.verbose(&format!(
+            "{}: deleted {} on the server",
+            account.name,
+            sanitize(uidl.as_bytes(), 80)
+        ));
+    }
+    let on_server: HashSet<_> = plan.keys();
+    store.prune(&account.name, &on_server)?;
+    Ok(())
+}
+
+/// RETR every message the plan fetches, deliver it, and commit it to the
+/// store. Returns the messages to DELE because retention is `0d`.
+async fn fetch_new(
+    account: &Account,
+    opts: &RunOptions,
+    plan: &Plan,
+    session: &mut Transaction<Transport>,
+    store: &mut Store,
+    target: &mut dyn Target,
+    tally: &mut Tally,
+) -> Result<Vec<(u32, store::MessageKey)>, SyncError> {
+    let fetch: Vec<_> = plan
+        .messages
+        .iter()
+        .filter(|p| matches!(p.action, Action::Fetch { .. }))
+        .collect();
+    let window = if session.capa.pipelining() { PIPELINE_WINDOW } else { 1 };
+    let proto = match account.tls {
+        TlsMode::Implicit => "POP3S",
+        TlsMode::Starttls => "POP3 (STLS)",
+        TlsMode::None => "POP3",
+    };
+    let mut to_delete = Vec::new();
+    let mut sent = 0;
+    for (i, p) in fetch.iter().enumerate() {
+        // Keep up to `window` RETRs in flight; replies come back in order.
+        let upto = (i + window).min(fetch.len());
+        if sent < upto {
+            let msgs: Vec<u32> = fetch[sent..upto].iter().map(|p| p.listed.msg).collect();
+            session.send_retr(&msgs).await?;
+            sent = upto;
+        }
+        let key = p.key();
+        let prepared = target.prepare()?;
+        store.begin_pending(
+            &account.name,
+            &key,
+            &PendingRow {
+                uidl: key.0.clone(),
+                copy: key.1,
+                target: target.describe(),
+                location: prepared.location.clone(),
+                offset: prepared.offset,
+            },
+            opts.now,
+        )?;
+        let received = account
+            .received_header
+            .then(|| deliver::received_header(&account.host, &account.user, proto, opts.now));
+        let mut sink = target.start(
+            &prepared,
+            &MessageInfo {
+                server_size: p.listed.size,
+                received: received.as_deref(),
+            },
+        )?;
+        session
+            .read_retr(p.listed.msg, |chunk| {
+                sink.write(chunk)
+                    .map_err(|e| SessionError::Sink(Box::new(e)))
+            })
+            .await?;
+        let (location, size) = sink.commit()?;
+        store.mark_delivered(&account.name, &key, size, &location, opts.now)?;
+        tally.fetched += 1;
+        tally.bytes += size;
+        opts.ui.verbose(&format!(
+            "{}: fetched {} ({} bytes) -> {}",
+            account.name,
+            sanitize(key.0.as_bytes(), 80),
+            size,
+            location
+        ));
+        if let Action::Fetch { then_delete: true } = p.action {
+            to_delete.push((p.listed.msg, key));
+        }
+    }
+    Ok(to_delete)
+}
+
+fn open_target(deliver: &Delivery) -> Box<dyn Target> {
+    match deliver {
+        Delivery::Maildir(path) => Box::new(Maildir::new(path.clone())),
+        // mbox and MDA targets are not built yet; the config accepts them so
+        // that files stay valid, and `fetch` refuses them up front (see
+        // `unsupported_delivery`).
+        Delivery::Mbox(_) | Delivery::Mda(_) => Box::new(Maildir::new(PathBuf::new())),
+    }
+}
+
+/// Finish or roll back deliveries that a killed run left pending: a Maildir
+/// file that made it into new/ or cur/ is recorded as delivered; anything
+/// else is forgotten, so the message is fetched again.
+fn resolve_pending(account: &Account, store: &mut Store, opts: &RunOptions) -> Result<(), SyncError> {
+    for row in store.pending(&account.name)? {
+        let key = (row.uidl.clone(), row.copy);
+        let Some(dir) = row.target.strip_prefix("maildir:") else {
+            return Err(SyncError::UnknownPending { target: row.target });
+        };
+        let mut md = Maildir::new(PathBuf::from(dir));
+        let prepared = Prepared {
+            location: row.location.clone(),
+            offset: row.offset,
+        };
+        match md.recover(&prepared)? {
+            Some(location) => {
+                let size = std::fs::metadata(&location).map(|m| m.len()).unwrap_or(0);
+                store.mark_delivered(&account.name, &key, size, &location, opts.now)?;
+                opts.ui.verbose(&format!(
+                    "{}: interrupted delivery of {} had completed ({location})",
+                    account.name, row.uidl
+                ));
+            }
+            None => {
+                store.drop_pending(&account.name, &key)?;
+                opts.ui.verbose(&format!(
+                    "{}: interrupted delivery of {} rolled back; it will be fetched again",
+                    account.name, row.uidl
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An exclusive, non-waiting lock per account: a second run skips at once.
+fn lock_account(state_dir: &Path, name: &str) -> Result<File, SyncError> {
+    let dir = state_dir.join("locks");
+    store::create_private_dir(&dir)?;
+    let path = dir.join(format!("{name}.lock"));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| SyncError::LockFile {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SyncError::Locked { path }),
+        Err(std::fs::TryLockError::Error(source)) => Err(SyncError::LockFile { path, source }),
+    }
+}
+
+/// Connect, secure the connection as configured, and log in.
+async fn login(account: &Account, password: &str, opts: &RunOptions) -> Result<Transaction<Transport>, SyncError> {
+    let server = format!("{}:{}", account.host, account.port);
+    let trace: Option<Trace> = opts.ui.tracing().then(|| {
+        let name = account.name.clone();
+        Box::new(move |line: &str| eprintln!("{name}: {line}")) as Trace
+    });
+    let tls = match account.tls {
+        TlsMode::None => None,
+        _ => Some(TlsSettings::new(
+            &account.host,
+            account.port,
+            account.ca_file.as_deref(),
+            account.tls_fingerprint,
+        )?),
+    };
+    let tcp = net::connect_tcp(&account.host, account.port, account.timeout).await?;
+    let greeted = match (&tls, account.tls) {
+        (Some(tls), TlsMode::Implicit) => {
+            let stream = tls.handshake(tcp, account.timeout).await?;
+            Greeted::start(Connection::new(stream, server.clone(), account.timeout, trace)).await?
+        }
+        (Some(tls), TlsMode::Starttls) => {
+            let plain = Greeted::start(Connection::new(
+                Transport::Plain(tcp),
+                server.clone(),
+                account.timeout,
+                trace,
+            ))
+            .await?;
+            if !plain.capa.stls() {
+                return Err(SyncError::NoStls { server });
+            }
+            let greeting = plain.greeting.clone();
+            let (stream, settings) = plain.stls().await?;
+            let Transport::Plain(tcp) = stream else {
+                return Err(SyncError::NoStls { server });
+            };
+            let secured = tls.handshake(tcp, account.timeout).await?;
+            // RFC 2595: forget what was learnt in clear text; ask CAPA again.
+            let mut g = Greeted {
+                conn: settings.resume(secured),
+                greeting,
+                capa: Default::default(),
+            };
+            g.refresh_capa().await?;
+            g
+        }
+        _ => {
+            if !account.allow_plaintext {
+                return Err(SyncError::Plaintext { server });
+            }
+            Greeted::start(Connection::new(
+                Transport::Plain(tcp),
+                server.clone(),
+                account.timeout,
+                trace,
+            ))
+            .await?
+        }
+    };
+    let mech = auth::choose(&account.auth, &greeted.capa, &greeted.greeting).map_err(|source| SyncError::Auth {
+        server: server.clone(),
+        source,
+    })?;
+    opts.ui.verbose(&format!(
+        "{}: logging in to {server} as {} with {}",
+        account.name,
+        account.user,
+        mech.name()
+    ));
+    Ok(greeted.login(&account.user, password, mech).await?)
+}
+
+/// RFC 2449 EXPIRE: the server deletes mail itself after N days; say so when
+/// retention asks to keep it longer.
+fn warn_about_expire(account: &Account, session: &Transaction<Transport>, opts: &RunOptions) {
+    let Some(Expire::Days(days)) = session.capa.expire() else {
+        return;
+    };
+    let longer = match account.retention {
+        Retention::Forever => true,
+        Retention::Days(n) => u64::from(n) > days,
+    };
+    if longer {
+        opts.ui.warn(&format!(
+            "{}: the server deletes mail after {days} days (EXPIRE), sooner than retention = \"{}\" asks",
+            account.name, account.retention
+        ));
+    }
+}
+
+/// The delivery targets this build cannot write yet, named for the user.
+pub fn unsupported_delivery(account: &Account) -> Option<String> {
+    match &account.deliver {
+        Delivery::Maildir(_) => None,
+        other => Some(format!(
+            "account {:?}: delivery to {} is not available in this version of popsync; use deliver = {{ maildir = \"...\" }}",
+            account.name,
+            other.describe()
+        )),
+    }
+}

@@ -1,0 +1,798 @@
+//! Shared harness for the integration tests: a throwaway Dovecot POP3 server
+//! (`tests/dovecot/start.sh`) and a `TestEnv` that runs the real `popsync`
+//! binary in a private temp dir.
+//!
+//! Each test file says `mod common;` and uses what it needs, so parts of this
+//! module are unused in some test binaries; hence the `dead_code` allowance.
+//!
+//! Typical use:
+//! ```ignore
+//! let dovecot = common::require_dovecot!();     // or the test is skipped
+//! let alice = dovecot.add_user("alice", "secret");
+//! alice.deliver(&common::sample_message(1, 10));
+//! let env = common::TestEnv::new();
+//! let maildir = env.maildir("alice");
+//! env.write_accounts(&[common::account_toml("alice", &dovecot, &alice, "implicit", &maildir, "")]);
+//! let out = env.run(&["fetch", "--all"]);
+//! out.assert_code_with(0, &dovecot);
+//! ```
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long one `popsync` run may take before the harness kills it.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often `Dovecot::start` retries when a port it picked was taken by a
+/// concurrently starting test in the meantime.
+const START_ATTEMPTS: usize = 3;
+
+/// Starts a throwaway Dovecot, or skips the calling test (prints
+/// "skipped: dovecot not installed" and returns) when Dovecot is missing and
+/// `CI` is not "true". In CI a missing Dovecot is a failure (panic).
+#[allow(unused_macros)]
+macro_rules! require_dovecot {
+    () => {
+        match $crate::common::Dovecot::start() {
+            Some(dovecot) => dovecot,
+            None => {
+                eprintln!("skipped: dovecot not installed");
+                return;
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_dovecot;
+
+/// Like `require_dovecot!` but the server offers no TLS at all: the plain port
+/// does not advertise STLS and there is no POP3S port.
+#[allow(unused_macros)]
+macro_rules! require_dovecot_without_stls {
+    () => {
+        match $crate::common::Dovecot::start_without_stls() {
+            Some(dovecot) => dovecot,
+            None => {
+                eprintln!("skipped: dovecot not installed");
+                return;
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_dovecot_without_stls;
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Is a `dovecot` binary available (on PATH or in the usual sbin dirs, which
+/// a normal user's PATH often lacks)?
+pub fn dovecot_installed() -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .any(|dir| dir.join("dovecot").is_file())
+}
+
+/// A private Dovecot POP3 server on 127.0.0.1, stopped (and waited for) when
+/// dropped, also when the test panics.
+pub struct Dovecot {
+    dir: tempfile::TempDir,
+    pop3_port: u16,
+    pop3s_port: Option<u16>,
+    ca_file: PathBuf,
+    pid: u32,
+    stopped: bool,
+}
+
+impl Dovecot {
+    /// Starts a server with a plain port (offering STLS) and a POP3S port.
+    /// `None` means "not installed, skip the test" (never returned in CI).
+    pub fn start() -> Option<Dovecot> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server without any TLS: its plain port does not offer STLS,
+    /// and `pop3s_port()` panics.
+    pub fn start_without_stls() -> Option<Dovecot> {
+        Self::start_with(&["--no-stls"])
+    }
+
+    fn start_with(args: &[&str]) -> Option<Dovecot> {
+        if !dovecot_installed() {
+            if in_ci() {
+                panic!(
+                    "dovecot is not installed, and CI=true: the integration tests need it \
+                     (Debian/Ubuntu: apt-get install dovecot-pop3d; .ci/run installs it)"
+                );
+            }
+            return None;
+        }
+        let script = manifest_dir().join("tests/dovecot/start.sh");
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            // Under /tmp, not $TMPDIR: Dovecot's unix sockets need a short path.
+            let dir = tempfile::Builder::new()
+                .prefix("popsync-dc.")
+                .tempdir_in("/tmp")
+                .expect("create a temp dir for Dovecot under /tmp");
+            let out = Command::new("bash")
+                .arg(&script)
+                .arg(dir.path())
+                .args(args)
+                .env_remove("POP3_PORT")
+                .env_remove("POP3S_PORT")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() {
+                return Some(Self::from_start_output(dir, &stdout));
+            }
+            last_error = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+            // Another test may have bound a port between start.sh picking it
+            // and Dovecot binding it; anything else is a real failure.
+            if !stderr.contains("Address already in use") {
+                break;
+            }
+        }
+        panic!("tests/dovecot/start.sh failed: {last_error}");
+    }
+
+    fn from_start_output(dir: tempfile::TempDir, stdout: &str) -> Dovecot {
+        let field = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let port = |key: &str| {
+            field(key).map(|v| {
+                v.parse::<u16>()
+                    .unwrap_or_else(|e| panic!("start.sh printed {key}={v}: {e}"))
+            })
+        };
+        Dovecot {
+            pop3_port: port("pop3_port").expect("start.sh printed no pop3_port"),
+            pop3s_port: port("pop3s_port"),
+            ca_file: PathBuf::from(field("ca").expect("start.sh printed no ca")),
+            pid: field("pid")
+                .and_then(|p| p.parse().ok())
+                .expect("start.sh printed no pid"),
+            dir,
+            stopped: false,
+        }
+    }
+
+    /// The plain POP3 port (STLS offered unless started without it).
+    pub fn pop3_port(&self) -> u16 {
+        self.pop3_port
+    }
+
+    /// The implicit-TLS POP3S port.
+    pub fn pop3s_port(&self) -> u16 {
+        self.pop3s_port
+            .expect("this Dovecot was started without TLS and has no POP3S port")
+    }
+
+    /// The PEM file of the private CA that signed the server certificate
+    /// (SAN IP:127.0.0.1, DNS:localhost). Not in the system roots.
+    pub fn ca_file(&self) -> PathBuf {
+        self.ca_file.clone()
+    }
+
+    /// The server's directory (config, certificates, homes, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Adds a mail user with an empty Maildir. `name` is `[A-Za-z0-9._@+-]+`;
+    /// `password` has no ':' or newline.
+    pub fn add_user(&self, name: &str, password: &str) -> User {
+        let script = manifest_dir().join("tests/dovecot/add-user.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(self.dir())
+            .arg(name)
+            .arg(password)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "add-user.sh {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let maildir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let owner = fs::read_to_string(self.dir().join("mail-owner")).expect("read mail-owner");
+        let id = |key: &str| -> u32 {
+            owner
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("mail-owner lacks {key}"))
+        };
+        User {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            maildir,
+            owner: (id("mail_uid"), id("mail_gid")),
+        }
+    }
+
+    /// The server log, for failure diagnostics.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir().join("dovecot.log"))
+            .unwrap_or_else(|e| format!("(no Dovecot log: {e})"))
+    }
+
+    /// Stops the server and waits until its master process has exited.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let stop = self.dir().join("stop.sh");
+        let stopped = Command::new("bash")
+            .arg(&stop)
+            .stdin(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A mail user on a `Dovecot`; its mailbox is a Maildir the harness writes to
+/// and reads from directly ("server side").
+pub struct User {
+    pub name: String,
+    pub password: String,
+    maildir: PathBuf,
+    owner: (u32, u32),
+}
+
+static DELIVERY_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl User {
+    /// The user's server-side Maildir.
+    pub fn maildir(&self) -> &Path {
+        &self.maildir
+    }
+
+    /// Puts a message into the server mailbox (Maildir new/), as an MTA would.
+    /// CRLF line ends are stored as LF, which is how Dovecot keeps them, so
+    /// `server_messages` and a byte-exact client see the same bytes. Messages
+    /// get increasing file names, so Dovecot numbers them in delivery order.
+    pub fn deliver(&self, raw: &[u8]) {
+        let bytes = crlf_to_lf(raw);
+        let seq = DELIVERY_SEQ.fetch_add(1, Ordering::Relaxed);
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        let name = format!(
+            "{secs}.M{seq:06}P{pid}Q{seq}.popsync-harness",
+            pid = std::process::id()
+        );
+        let tmp = self.maildir.join("tmp").join(&name);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
+        file.write_all(&bytes).expect("write message");
+        drop(file);
+        // As root the mail owner is an unprivileged account; as a normal user it
+        // is that user, and chown to oneself is allowed.
+        std::os::unix::fs::chown(&tmp, Some(self.owner.0), Some(self.owner.1))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", tmp.display()));
+        fs::rename(&tmp, self.maildir.join("new").join(&name)).expect("move message into new/");
+    }
+
+    /// The bytes of the messages now in the server mailbox (new/ and cur/),
+    /// in delivery order (sorted by file name).
+    pub fn server_messages(&self) -> Vec<Vec<u8>> {
+        maildir_files(&self.maildir)
+            .into_iter()
+            .map(|f| f.bytes)
+            .collect()
+    }
+}
+
+fn crlf_to_lf(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'\r' && raw.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    out
+}
+
+/// A realistic RFC 5322 message (LF line ends) with the lines that trip
+/// careless POP3 clients: a line that is only ".", lines starting with "." and
+/// "..", a "From " line in the body (mbox quoting), a line longer than 1000
+/// octets, UTF-8 text and trailing white space. Messages differ by `i` in
+/// headers, body and size; `body_lines` adds that many ordinary lines.
+pub fn sample_message(i: usize, body_lines: usize) -> Vec<u8> {
+    let mut m = String::new();
+    let minute = i % 60;
+    let _ = write!(
+        m,
+        "Return-Path: <sender{i}@example.org>\n\
+         Received: from mx.example.org (mx.example.org [192.0.2.{host}])\n\
+         \tby pop.example.net with ESMTPS id msg{i}; Mon, 2 Jun 2025 10:{minute:02}:00 +0000\n\
+         From: Sender Number {i} <sender{i}@example.org>\n\
+         To: Alice <alice@example.net>\n\
+         Subject: Test message {i}\n\
+         Date: Mon, 2 Jun 2025 10:{minute:02}:00 +0000\n\
+         Message-ID: <{i}.popsync-test@example.org>\n\
+         MIME-Version: 1.0\n\
+         Content-Type: text/plain; charset=utf-8\n\
+         Content-Transfer-Encoding: 8bit\n\
+         \n\
+         Hello Alice,\n\
+         \n\
+         this is message {i}. The next line is a single dot:\n\
+         .\n\
+         ..this line starts with two dots\n\
+         .and this one with one\n\
+         From me, with a line that mbox would have to quote\n\
+         >From an already quoted line\n\
+         Grüße aus Köln — ünïcödé\n\
+         trailing white space   \n",
+        host = i % 250 + 1,
+    );
+    // A line longer than the 1000 octets RFC 5322 allows: servers and
+    // clients must still pass it through unchanged.
+    let long: String = (0..1200 + i)
+        .map(|k| char::from(b'a' + (k % 26) as u8))
+        .collect();
+    m.push_str(&long);
+    m.push('\n');
+    for k in 0..body_lines {
+        let _ = writeln!(m, "Body line {k} of message {i}: the quick brown fox.");
+    }
+    m.push_str("..\n-- \nSender Number ");
+    let _ = writeln!(m, "{i}");
+    m.into_bytes()
+}
+
+/// One file of a Maildir.
+#[derive(Debug, Clone)]
+pub struct MaildirFile {
+    /// "new" or "cur".
+    pub subdir: &'static str,
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The files in `maildir`'s new/ and cur/ (not tmp/), sorted by file name.
+/// A missing Maildir has no files.
+pub fn maildir_files(maildir: &Path) -> Vec<MaildirFile> {
+    let mut files = Vec::new();
+    for subdir in ["new", "cur"] {
+        let dir = maildir.join(subdir);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("read {}: {e}", dir.display()),
+        };
+        for entry in entries {
+            let entry = entry.expect("read dir entry");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let bytes = fs::read(entry.path())
+                .unwrap_or_else(|e| panic!("read {}: {e}", entry.path().display()));
+            files.push(MaildirFile {
+                subdir,
+                name,
+                bytes,
+            });
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files
+}
+
+/// The messages in `maildir` (new/ and cur/), sorted by content, so two
+/// mailboxes can be compared as multisets regardless of file names and
+/// delivery order. A missing Maildir is empty.
+pub fn maildir_messages(maildir: &Path) -> Vec<Vec<u8>> {
+    let mut messages: Vec<Vec<u8>> = maildir_files(maildir)
+        .into_iter()
+        .map(|f| f.bytes)
+        .collect();
+    messages.sort();
+    messages
+}
+
+/// The names of the files in `maildir`/tmp (a finished delivery leaves none).
+pub fn maildir_tmp_files(maildir: &Path) -> Vec<String> {
+    match fs::read_dir(maildir.join("tmp")) {
+        Ok(entries) => entries
+            .map(|e| {
+                e.expect("read dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("read {}/tmp: {e}", maildir.display()),
+    }
+}
+
+/// `v` sorted, for comparing messages as multisets.
+pub fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    v.sort();
+    v
+}
+
+/// A TOML basic string holding `s`.
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// An `[accounts.NAME]` block for a Dovecot user: host 127.0.0.1, the POP3S
+/// port for `tls = "implicit"` or the plain port for `"starttls"`, the test
+/// CA as `ca_file`, the user's name and password, delivery into `maildir`,
+/// `received_header = false` (so delivered bytes equal the server's), then
+/// the `extra` lines verbatim. Use `Account` to vary anything else.
+pub fn account_toml(
+    name: &str,
+    dovecot: &Dovecot,
+    user: &User,
+    tls: &str,
+    maildir: &Path,
+    extra: &str,
+) -> String {
+    Account::new(name, dovecot, user)
+        .tls(tls)
+        .maildir(maildir)
+        .extra(extra)
+        .toml()
+}
+
+/// Builder for an account block; starts from what `account_toml` writes.
+pub struct Account {
+    name: String,
+    port: u16,
+    pop3_port: u16,
+    pop3s_port: Option<u16>,
+    tls: String,
+    ca_file: Option<PathBuf>,
+    user: String,
+    password: String,
+    maildir: Option<PathBuf>,
+    extra: String,
+}
+
+impl Account {
+    pub fn new(name: &str, dovecot: &Dovecot, user: &User) -> Account {
+        Account {
+            name: name.to_owned(),
+            port: dovecot.pop3s_port.unwrap_or(dovecot.pop3_port),
+            pop3_port: dovecot.pop3_port,
+            pop3s_port: dovecot.pop3s_port,
+            tls: "implicit".to_owned(),
+            ca_file: Some(dovecot.ca_file()),
+            user: user.name.clone(),
+            password: user.password.clone(),
+            maildir: None,
+            extra: String::new(),
+        }
+    }
+
+    /// "implicit" (POP3S port), "starttls" or "none" (plain port).
+    pub fn tls(mut self, tls: &str) -> Account {
+        self.port = match tls {
+            "implicit" => self
+                .pop3s_port
+                .expect("tls = \"implicit\" needs a Dovecot with a POP3S port"),
+            "starttls" | "none" => self.pop3_port,
+            other => panic!("unknown tls mode {other:?}"),
+        };
+        self.tls = tls.to_owned();
+        self
+    }
+
+    pub fn port(mut self, port: u16) -> Account {
+        self.port = port;
+        self
+    }
+
+    /// Leave `ca_file` out: the test CA is then not trusted.
+    pub fn without_ca_file(mut self) -> Account {
+        self.ca_file = None;
+        self
+    }
+
+    pub fn password(mut self, password: &str) -> Account {
+        password.clone_into(&mut self.password);
+        self
+    }
+
+    pub fn maildir(mut self, maildir: &Path) -> Account {
+        self.maildir = Some(maildir.to_owned());
+        self
+    }
+
+    /// Lines appended verbatim to the block (e.g. `retention = "0d"`).
+    pub fn extra(mut self, extra: &str) -> Account {
+        self.extra.push_str(extra);
+        if !self.extra.is_empty() && !self.extra.ends_with('\n') {
+            self.extra.push('\n');
+        }
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "[accounts.{}]", self.name);
+        let _ = writeln!(t, "host = \"127.0.0.1\"");
+        let _ = writeln!(t, "port = {}", self.port);
+        let _ = writeln!(t, "tls = {}", toml_string(&self.tls));
+        if let Some(ca) = &self.ca_file {
+            let _ = writeln!(t, "ca_file = {}", toml_string(&ca.to_string_lossy()));
+        }
+        let _ = writeln!(t, "user = {}", toml_string(&self.user));
+        let _ = writeln!(t, "password = {}", toml_string(&self.password));
+        if let Some(maildir) = &self.maildir {
+            let _ = writeln!(
+                t,
+                "deliver = {{ maildir = {} }}",
+                toml_string(&maildir.to_string_lossy())
+            );
+        }
+        let _ = writeln!(t, "received_header = false");
+        t.push_str(&self.extra);
+        t
+    }
+}
+
+/// What one run of the binary did. A run killed by a signal has code
+/// 128 + signal, as a shell reports it.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    fn describe(&self) -> String {
+        format!(
+            "exit code {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    /// Panics, showing stdout and stderr, unless the exit code is `expected`.
+    pub fn assert_code(&self, expected: i32) -> &Output {
+        assert_eq!(
+            self.code,
+            expected,
+            "popsync exited {} (expected {expected})\n{}",
+            self.code,
+            self.describe()
+        );
+        self
+    }
+
+    /// Like `assert_code`, and also shows the Dovecot log on failure.
+    pub fn assert_code_with(&self, expected: i32, dovecot: &Dovecot) -> &Output {
+        assert_eq!(
+            self.code,
+            expected,
+            "popsync exited {} (expected {expected})\n{}\n--- dovecot log ---\n{}",
+            self.code,
+            self.describe(),
+            dovecot.log()
+        );
+        self
+    }
+}
+
+/// A private directory to run the real `popsync` binary in: its config at
+/// DIR/config.toml, `HOME` = DIR/home, `XDG_CONFIG_HOME` = DIR/home/.config,
+/// `XDG_STATE_HOME` = DIR/home/.local/state, and (via `defaults_toml`) the
+/// seen-store in DIR/state.
+pub struct TestEnv {
+    dir: tempfile::TempDir,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("popsync-test.")
+            .tempdir()
+            .expect("create a temp dir");
+        fs::create_dir_all(dir.path().join("home")).expect("create DIR/home");
+        TestEnv { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// DIR/config.toml, passed as `--config` by `run`.
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("config.toml")
+    }
+
+    /// DIR/state, the `state_dir` written by `defaults_toml`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    /// DIR/mail/NAME: a place for a delivery Maildir (not created).
+    pub fn maildir(&self, name: &str) -> PathBuf {
+        self.path().join("mail").join(name)
+    }
+
+    /// `[defaults]` with `state_dir = "DIR/state"`.
+    pub fn defaults_toml(&self) -> String {
+        format!(
+            "[defaults]\nstate_dir = {}\n",
+            toml_string(&self.state_dir().to_string_lossy())
+        )
+    }
+
+    /// Writes DIR/config.toml (mode 0600) and returns its path.
+    pub fn write_config(&self, toml: &str) -> PathBuf {
+        let path = self.config_path();
+        let _ = fs::remove_file(&path);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        file.write_all(toml.as_bytes()).expect("write config");
+        // The mode passed to open is filtered by the umask; be exact.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod config");
+        path
+    }
+
+    /// Writes a config of `defaults_toml()` followed by the account blocks.
+    pub fn write_accounts(&self, accounts: &[String]) -> PathBuf {
+        let mut toml = self.defaults_toml();
+        for account in accounts {
+            toml.push('\n');
+            toml.push_str(account);
+        }
+        self.write_config(&toml)
+    }
+
+    /// `popsync --config DIR/config.toml ARGS...` with a clean environment
+    /// (no `POPSYNC_*`), stdin from /dev/null; killed after 60 s (a panic).
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_env(args, &[])
+    }
+
+    /// `run` with extra environment variables (e.g. `POPSYNC_NOW`).
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command();
+        cmd.arg("--config").arg(self.config_path()).args(args);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        run_with_timeout(cmd, RUN_TIMEOUT)
+    }
+
+    /// The binary with the environment `run` uses and no arguments.
+    pub fn command(&self) -> Command {
+        let home = self.path().join("home");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_popsync"));
+        cmd.current_dir(self.path())
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_STATE_HOME", home.join(".local/state"))
+            .env_remove("POPSYNC_CONFIG")
+            .env_remove("POPSYNC_NOW")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+}
+
+fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    let stdout = reader(&mut child, true);
+    let stderr = reader(&mut child, false);
+    let deadline = Instant::now() + timeout;
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait().expect("wait for popsync") {
+            break (status, false);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break (child.wait().expect("wait for killed popsync"), true);
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let output = Output {
+        code: status.code().unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        }),
+        stdout: String::from_utf8_lossy(&stdout.join().expect("stdout reader")).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr.join().expect("stderr reader")).into_owned(),
+    };
+    assert!(
+        !timed_out,
+        "popsync did not finish within {timeout:?} and was killed\n{}",
+        output.describe()
+    );
+    output
+}
+
+fn reader(child: &mut Child, stdout: bool) -> thread::JoinHandle<Vec<u8>> {
+    let mut pipe: Box<dyn Read + Send> = if stdout {
+        Box::new(child.stdout.take().expect("piped stdout"))
+    } else {
+        Box::new(child.stderr.take().expect("piped stderr"))
+    };
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}

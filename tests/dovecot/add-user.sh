@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Add a mail user to the throwaway Dovecot made by start.sh.
+#
+#   tests/dovecot/add-user.sh DIR USER PASSWORD
+#
+# Appends a passwd-file line to DIR/users (password stored {PLAIN}, so every
+# SASL mechanism works) and creates the empty Maildir DIR/home/USER/Maildir
+# (new/ cur/ tmp/). Dovecot re-reads the passwd-file when it changes. Prints
+# the Maildir path on stdout.
+#
+# The mail owner is the invoking user, or an unprivileged account when run as
+# root (Dovecot refuses mail access as UID 0); start.sh records which.
+set -euo pipefail
+
+die() { echo "add-user.sh: $*" >&2; exit 1; }
+
+[[ $# -eq 3 ]] || die "usage: add-user.sh DIR USER PASSWORD"
+dir=$1 user=$2 password=$3
+[[ -f $dir/mail-owner ]] || die "$dir is not a server made by start.sh"
+dir=$(cd "$dir" && pwd -P)
+[[ $user =~ ^[A-Za-z0-9._@+-]+$ ]] || die "user name must match [A-Za-z0-9._@+-]+: $user"
+[[ $password != *:* && $password != *$'\n'* ]] || die "password must not contain ':' or a newline"
+if grep -q "^$user:" "$dir/users"; then die "user $user exists already"; fi
+
+# shellcheck source=/dev/null
+source "$dir/mail-owner"   # mail_uid, mail_gid
+home=$dir/home/$user
+mkdir -p "$home/Maildir/new" "$home/Maildir/cur" "$home/Maildir/tmp"
+if [[ $(id -u) -eq 0 ]]; then
+    chown -R "$mail_uid:$mail_gid" "$home"
+    # The harness (root) drops messages into new/ as root; Dovecot reads them.
+fi
+
+printf '%s:{PLAIN}%s:%s:%s::%s::\n' "$user" "$password" "$mail_uid" "$mail_gid" "$home" >> "$dir/users"
+echo "$home/Maildir"

@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Start a private, throwaway Dovecot POP3 server under DIR, on 127.0.0.1 only.
+#
+# Used by the Rust test harness (tests/common/mod.rs) and by tests/demo.sh.
+#
+#   tests/dovecot/start.sh DIR [--no-stls]
+#
+# Creates DIR (if missing) and in it: a private CA (ca.pem, ca.key), a server
+# certificate signed by it (server.pem, server.key; SAN IP:127.0.0.1,
+# DNS:localhost), dovecot.conf, users (passwd-file, filled by add-user.sh),
+# home/ (one home with a Maildir per user), dovecot.log, stop.sh.
+#
+# On success it prints machine-readable lines on stdout and exits 0:
+#   pop3_port=P        plain POP3 (offers STLS unless --no-stls)
+#   pop3s_port=S       implicit TLS (absent with --no-stls)
+#   ca=DIR/ca.pem      the CA that signed the server certificate
+#   pid=N              the Dovecot master process
+#   stop=DIR/stop.sh   stops the server and waits until it has exited
+#
+# Ports: two free ports on 127.0.0.1 are picked unless POP3_PORT / POP3S_PORT
+# are set.
+#
+# --no-stls: the server has TLS switched off entirely (`ssl = no`), so the
+# plain port does not offer STLS and there is no POP3S listener. Dovecot 2.3
+# cannot switch STLS off for one listener only, hence the separate mode.
+#
+# Note: Dovecot treats a connection whose remote IP equals its local IP (any
+# loopback connection to 127.0.0.1) as "secured", so `disable_plaintext_auth`
+# does NOT refuse USER/PASS before STLS here. Whether a client sends
+# credentials in clear text must be checked on the client side.
+#
+# Works as root (the mail user is then an unprivileged account, because
+# Dovecot refuses mail access as UID 0) and as a normal user (everything runs
+# as the invoking user).
+set -euo pipefail
+
+die() { echo "start.sh: $*" >&2; exit 1; }
+
+[[ $# -ge 1 ]] || die "usage: start.sh DIR [--no-stls]"
+dir=$1
+shift
+no_stls=false
+for arg in "$@"; do
+    case $arg in
+        --no-stls) no_stls=true ;;
+        *) die "unknown argument: $arg" ;;
+    esac
+done
+
+dovecot_bin=$(command -v dovecot || true)
+[[ -n $dovecot_bin ]] || for candidate in /usr/sbin/dovecot /usr/local/sbin/dovecot; do
+    [[ -x $candidate ]] && dovecot_bin=$candidate && break
+done
+[[ -n $dovecot_bin ]] || die "dovecot is not installed (Debian/Ubuntu: apt-get install dovecot-pop3d)"
+command -v openssl >/dev/null || die "openssl is not installed"
+command -v python3 >/dev/null || die "python3 is not installed"
+
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd -P)
+
+# Unix sockets live under base_dir; sun_path holds 107 bytes and Dovecot's
+# longest socket names are about 30 bytes, so keep the directory short.
+base_dir=$dir/run
+if (( ${#base_dir} > 70 )); then
+    die "DIR is too long for Dovecot's unix sockets (${#base_dir} > 70 bytes): $base_dir; use a short directory such as one made by mktemp -d /tmp/pop.XXXXXX"
+fi
+
+# --- users -------------------------------------------------------------------
+if [[ $(id -u) -eq 0 ]]; then
+    # Dovecot refuses mail access as UID 0, and its login and auth processes
+    # run as the unprivileged users the package creates.
+    login_user=dovenull
+    internal_user=dovecot
+    internal_group=$(id -gn dovecot 2>/dev/null) || die "user 'dovecot' missing; is dovecot-pop3d installed?"
+    id dovenull >/dev/null 2>&1 || die "user 'dovenull' missing; is dovecot-pop3d installed?"
+    mail_user=nobody
+    id "$mail_user" >/dev/null 2>&1 || die "user '$mail_user' missing"
+    chroot_setting=""   # keep Dovecot's default chroots
+    # The unprivileged processes must be able to reach DIR.
+    chmod 0755 "$dir"
+else
+    login_user=$(id -un)
+    internal_user=$(id -un)
+    internal_group=$(id -gn)
+    mail_user=$(id -un)
+    chroot_setting="chroot ="   # chroot needs root
+fi
+mail_uid=$(id -u "$mail_user")
+mail_gid=$(id -g "$mail_user")
+
+# --- certificates ------------------------------------------------------------
+# A private CA and a server certificate it signed. ECDSA P-256 keys are quick
+# to generate and accepted by rustls and Python's ssl module alike.
+if [[ ! -s $dir/server.pem ]]; then
+    (
+        cd "$dir"
+        openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout ca.key -out ca.pem -days 3650 -subj "/CN=popsync test CA" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
+        cat > server.ext <<EXT
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1,DNS:localhost
+EXT
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -out server.pem -days 825 -extfile server.ext 2>/dev/null
+        rm -f server.csr server.ext ca.srl
+        chmod 0600 ca.key
+        chmod 0644 ca.pem server.pem
+        chmod 0600 server.key   # read by the master process (root or the invoking user)
+    ) || die "openssl failed to create the certificates"
+fi
+
+# --- ports -------------------------------------------------------------------
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+pop3_port=${POP3_PORT:-$(free_port)}
+pop3s_port=${POP3S_PORT:-$(free_port)}
+while [[ -z ${POP3S_PORT:-} && $pop3s_port == "$pop3_port" ]]; do pop3s_port=$(free_port); done
+
+# --- configuration -----------------------------------------------------------
+mkdir -p "$base_dir" "$dir/lib" "$dir/home"
+touch "$dir/users" "$dir/dovecot.log"
+if [[ $(id -u) -eq 0 ]]; then
+    # auth runs as the internal user and must read the passwd-file; the log
+    # file is opened by the master (root).
+    chgrp "$internal_group" "$dir/users"
+    chmod 0640 "$dir/users"
+else
+    chmod 0600 "$dir/users"
+fi
+# Remembered for add-user.sh.
+printf 'mail_uid=%s\nmail_gid=%s\n' "$mail_uid" "$mail_gid" > "$dir/mail-owner"
+
+if $no_stls; then
+    ssl_block="ssl = no"
+    pop3s_listener=""
+else
+    ssl_block="ssl = yes
+ssl_cert = <$dir/server.pem
+ssl_key = <$dir/server.key
+ssl_min_protocol = TLSv1.2"
+    pop3s_listener="inet_listener pop3s {
+    port = $pop3s_port
+    ssl = yes
+  }"
+fi
+
+cat > "$dir/dovecot.conf" <<CONF
+# Throwaway test server written by tests/dovecot/start.sh; do not edit.
+listen = 127.0.0.1
+base_dir = $base_dir
+state_dir = $dir/lib
+instance_name = popsync-test-$pop3_port
+protocols = pop3
+log_path = $dir/dovecot.log
+info_log_path = $dir/dovecot.log
+debug_log_path = $dir/dovecot.log
+
+$ssl_block
+disable_plaintext_auth = yes
+auth_mechanisms = plain login cram-md5 scram-sha-1 scram-sha-256
+auth_verbose = yes
+# Failed logins answer at once (the default waits 2 s), so tests stay fast.
+auth_failure_delay = 0
+
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN $dir/users
+}
+userdb {
+  driver = passwd-file
+  args = $dir/users
+}
+
+mail_location = maildir:~/Maildir
+pop3_uidl_format = %08Xu%08Xv
+first_valid_uid = 0
+first_valid_gid = 0
+default_login_user = $login_user
+default_internal_user = $internal_user
+default_internal_group = $internal_group
+
+service pop3-login {
+  $chroot_setting
+  inet_listener pop3 {
+    port = $pop3_port
+  }
+  $pop3s_listener
+}
+service imap-login {
+  inet_listener imap {
+    port = 0
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+service anvil {
+  $chroot_setting
+  # The auth process cannot connect to a mode-0 socket, so it switches the
+  # per-IP auth penalty off: otherwise one test's failed login would delay
+  # every later login from 127.0.0.1 by seconds (up to 15).
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
+CONF
+
+cat > "$dir/stop.sh" <<STOP
+#!/usr/bin/env bash
+# Stops the throwaway Dovecot started by start.sh and waits until it has exited.
+pidfile=$base_dir/master.pid
+pid=\$(cat "\$pidfile" 2>/dev/null) || exit 0
+kill -TERM "\$pid" 2>/dev/null || exit 0
+gone() {
+    # Exited, or a zombie waiting for its parent (often init) to reap it.
+    local state
+    state=\$(awk '{print \$3}' "/proc/\$pid/stat" 2>/dev/null) || return 0
+    [[ -z \$state || \$state == Z ]]
+}
+for _ in \$(seq 200); do
+    gone && exit 0
+    sleep 0.05
+done
+echo "stop.sh: Dovecot (pid \$pid) did not stop within 10 s; killing its process group" >&2
+kill -KILL -- "-\$pid" 2>/dev/null || kill -KILL "\$pid" 2>/dev/null || true
+STOP
+chmod 0755 "$dir/stop.sh"
+
+# --- start -------------------------------------------------------------------
+if ! "$dovecot_bin" -c "$dir/dovecot.conf" >>"$dir/dovecot.log" 2>&1; then
+    cat "$dir/dovecot.log" >&2
+    die "dovecot failed to start (config: $dir/dovecot.conf)"
+fi
+
+port_open() {
+    python3 - "$1" <<'PY'
+import socket, sys
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.5).close()
+except OSError:
+    sys.exit(1)
+PY
+}
+
+ports=("$pop3_port")
+$no_stls || ports+=("$pop3s_port")
+deadline=$((SECONDS + 10))
+for port in "${ports[@]}"; do
+    until port_open "$port"; do
+        if (( SECONDS >= deadline )); then
+            cat "$dir/dovecot.log" >&2
+            "$dir/stop.sh" || true
+            die "dovecot did not accept connections on 127.0.0.1:$port within 10 s (log above: $dir/dovecot.log)"
+        fi
+        sleep 0.1
+    done
+done
+
+pid=$(cat "$base_dir/master.pid")
+echo "pop3_port=$pop3_port"
+$no_stls || echo "pop3s_port=$pop3s_port"
+echo "ca=$dir/ca.pem"
+echo "pid=$pid"
+echo "stop=$dir/stop.sh"
