@@ -63,7 +63,11 @@ pub enum Cmd {
 #[derive(Debug, Args)]
 pub struct Selection {
     /// Account names, as in the config's [accounts.NAME]
-    #[arg(value_name = "ACCOUNT", required_unless_present = "all", conflicts_with = "all")]
+    #[arg(
+        value_name = "ACCOUNT",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
     pub accounts: Vec<String>,
     /// Every account in the config
     #[arg(long)]

@@ -18,7 +18,11 @@ fn main() -> ProcessExit {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { ExitCode::Usage } else { ExitCode::Ok };
+            let code = if e.use_stderr() {
+                ExitCode::Usage
+            } else {
+                ExitCode::Ok
+            };
             let _ = e.print();
             return ProcessExit::from(code.code() as u8);
         }
@@ -56,7 +60,8 @@ fn fail(code: ExitCode, error: impl Into<anyhow::Error>) -> Failure {
 }
 
 fn run(cli: &Cli, ui: Ui) -> Result<ExitCode, Failure> {
-    let path = config::default_path(cli.global.config.as_deref()).map_err(|e| fail(e.exit_code(), e))?;
+    let path =
+        config::default_path(cli.global.config.as_deref()).map_err(|e| fail(e.exit_code(), e))?;
     let config = config::load(&path).map_err(|e| fail(e.exit_code(), e))?;
     match &cli.command {
         Cmd::Fetch(args) => fetch(&config, args, ui),
@@ -69,7 +74,9 @@ fn now() -> Result<DateTime<Utc>, Failure> {
     match std::env::var("POPSYNC_NOW") {
         Ok(s) if !s.is_empty() => DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))
-            .with_context(|| format!("POPSYNC_NOW={s:?} is not an RFC 3339 time such as 2027-01-01T00:00:00Z"))
+            .with_context(|| {
+                format!("POPSYNC_NOW={s:?} is not an RFC 3339 time such as 2027-01-01T00:00:00Z")
+            })
             .map_err(|e| fail(ExitCode::Usage, e)),
         _ => Ok(Utc::now()),
     }
@@ -104,21 +111,7 @@ fn fetch(config: &Config, args: &FetchArgs, ui: Ui) -> Result<ExitCode, Failure>
                 // The semaphore is never closed, so acquire only fails if it
                 // were; then run without a slot rather than not at all.
                 let _slot = limit.acquire_owned().await.ok();
-                let report = match sync::unsupported_delivery(&account) {
-                    Some(msg) => AccountReport {
-                        account: account.name.clone(),
-                        status: ExitCode::Config.status_word(),
-                        new: 0,
-                        fetched: 0,
-                        bytes: 0,
-                        deleted: 0,
-                        skipped: 0,
-                        error: Some(msg),
-                        elapsed_ms: 0,
-                        code: ExitCode::Config,
-                    },
-                    None => sync::run_account(&account, &opts).await,
-                };
+                let report = sync::run_account(&account, &opts).await;
                 report_account(&report, &opts.ui);
                 (index, report)
             });

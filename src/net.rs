@@ -17,10 +17,10 @@ use pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
-use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto::WebPkiSupportedAlgorithms;
 use tokio_rustls::rustls::{
     self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -123,7 +123,11 @@ impl AsyncRead for Transport {
 }
 
 impl AsyncWrite for Transport {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s).poll_write(cx, buf),
@@ -146,16 +150,17 @@ impl AsyncWrite for Transport {
 /// Connect over TCP to `host:port`, trying each resolved address in turn.
 pub async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, NetError> {
     let server = format!("{host}:{port}");
-    let addrs: Vec<_> = match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
-        Ok(Ok(a)) => a.collect(),
-        Ok(Err(source)) => {
-            return Err(NetError::Resolve {
-                host: host.to_owned(),
-                source,
-            });
-        }
-        Err(_) => return Err(NetError::ConnectTimeout { server, timeout }),
-    };
+    let addrs: Vec<_> =
+        match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(source)) => {
+                return Err(NetError::Resolve {
+                    host: host.to_owned(),
+                    source,
+                });
+            }
+            Err(_) => return Err(NetError::ConnectTimeout { server, timeout }),
+        };
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no addresses");
     for addr in addrs {
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -167,7 +172,10 @@ pub async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<Tcp
             Err(_) => return Err(NetError::ConnectTimeout { server, timeout }),
         }
     }
-    Err(NetError::Connect { server, source: last })
+    Err(NetError::Connect {
+        server,
+        source: last,
+    })
 }
 
 /// TLS settings for one account.
@@ -232,9 +240,10 @@ impl TlsSettings {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        let server_name = ServerName::try_from(host.to_owned()).map_err(|_| NetError::ServerName {
-            host: host.to_owned(),
-        })?;
+        let server_name =
+            ServerName::try_from(host.to_owned()).map_err(|_| NetError::ServerName {
+                host: host.to_owned(),
+            })?;
         Ok(TlsSettings {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
@@ -246,9 +255,18 @@ impl TlsSettings {
 
     /// Run the TLS handshake over an established TCP stream (implicit TLS, or
     /// after STLS was accepted).
-    pub async fn handshake(&self, tcp: TcpStream, timeout: Duration) -> Result<Transport, NetError> {
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        timeout: Duration,
+    ) -> Result<Transport, NetError> {
         let server = format!("{}:{}", self.host, self.port);
-        match tokio::time::timeout(timeout, self.connector.connect(self.server_name.clone(), tcp)).await {
+        match tokio::time::timeout(
+            timeout,
+            self.connector.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        {
             Ok(Ok(s)) => Ok(Transport::Tls(s)),
             Ok(Err(e)) => Err(self.classify(server, e)),
             Err(_) => Err(NetError::HandshakeTimeout { server, timeout }),
@@ -271,9 +289,7 @@ impl TlsSettings {
         };
         let host = &self.host;
         let problem = match cert {
-            CertificateError::UnknownIssuer => format!(
-                "is not trusted: it is issued by an authority that is neither in the system roots nor in ca_file; if you run your own CA, set ca_file = \"/path/to/ca.pem\", or pin this certificate with tls_fingerprint (see `popsync probe`)"
-            ),
+            CertificateError::UnknownIssuer => "is not trusted: it is issued by an authority that is neither in the system roots nor in ca_file; if you run your own CA, set ca_file = \"/path/to/ca.pem\", or pin this certificate with tls_fingerprint (see `popsync probe`)".to_owned(),
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(
                 "is not valid for the host name {host:?} ({cert:?}); set host to a name the certificate lists"
             ),
@@ -327,12 +343,18 @@ impl ServerCertVerifier for Verifier {
             let cert = webpki::EndEntityCert::try_from(end_entity)
                 .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
             cert.verify_is_valid_for_subject_name(server_name)
-                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
+                .map_err(|_| {
+                    rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
+                })?;
             return Ok(ServerCertVerified::assertion());
         }
         match &self.webpki {
-            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
-            None => Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+            Some(v) => {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
         }
     }
 
@@ -358,4 +380,3 @@ impl ServerCertVerifier for Verifier {
         self.algorithms.supported_schemes()
     }
 }
-

@@ -161,15 +161,19 @@ impl fmt::Display for Planned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (action, reason) = match &self.action {
             Action::Fetch { then_delete: false } => ("fetch", "new".to_owned()),
-            Action::Fetch { then_delete: true } => {
-                ("fetch", "new; deleted after delivery (retention 0d)".to_owned())
-            }
+            Action::Fetch { then_delete: true } => (
+                "fetch",
+                "new; deleted after delivery (retention 0d)".to_owned(),
+            ),
             Action::Skip(SkipReason::TooBig { limit }) => {
                 ("skip", format!("larger than max_size ({limit} bytes)"))
             }
             Action::Delete { first_seen } => (
                 "delete",
-                format!("retention: first downloaded {}", first_seen.format("%Y-%m-%dT%H:%M:%SZ")),
+                format!(
+                    "retention: first downloaded {}",
+                    first_seen.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
             ),
             Action::Keep { until: None } => ("keep", "retention forever".to_owned()),
             Action::Keep { until: Some(t) } => (
@@ -177,7 +181,11 @@ impl fmt::Display for Planned {
                 format!("retention: delete after {}", t.format("%Y-%m-%dT%H:%M:%SZ")),
             ),
         };
-        write!(f, "{action} {} {} {reason}", self.listed.uidl, self.listed.size)
+        write!(
+            f,
+            "{action} {} {} {reason}",
+            self.listed.uidl, self.listed.size
+        )
     }
 }
 
@@ -238,7 +246,12 @@ mod tests {
         ];
         for (retention, age, want) in cases {
             let seen = [delivered("a", 0, age)].into_iter().collect();
-            let p = plan(&[listed(1, "a", 10)], &seen, now(), settings(retention, None));
+            let p = plan(
+                &[listed(1, "a", 10)],
+                &seen,
+                now(),
+                settings(retention, None),
+            );
             let got = p.messages[0].to_string();
             assert!(got.starts_with(want), "{retention} age {age}: {got}");
         }
@@ -247,9 +260,19 @@ mod tests {
     #[test]
     fn new_messages_are_fetched_and_zero_days_deletes_after_delivery() {
         let seen = HashMap::new();
-        let p = plan(&[listed(1, "a", 10)], &seen, now(), settings(Retention::Days(0), None));
+        let p = plan(
+            &[listed(1, "a", 10)],
+            &seen,
+            now(),
+            settings(Retention::Days(0), None),
+        );
         assert_eq!(actions(&p), [&Action::Fetch { then_delete: true }]);
-        let p = plan(&[listed(1, "a", 10)], &seen, now(), settings(Retention::Days(3), None));
+        let p = plan(
+            &[listed(1, "a", 10)],
+            &seen,
+            now(),
+            settings(Retention::Days(3), None),
+        );
         assert_eq!(actions(&p), [&Action::Fetch { then_delete: false }]);
     }
 
@@ -257,15 +280,29 @@ mod tests {
     fn max_size_boundary_table() {
         let seen = HashMap::new();
         for (size, want_skip) in [(99, false), (100, false), (101, true)] {
-            let p = plan(&[listed(1, "a", size)], &seen, now(), settings(Retention::Forever, Some(100)));
-            assert_eq!(matches!(p.messages[0].action, Action::Skip(_)), want_skip, "size {size}");
+            let p = plan(
+                &[listed(1, "a", size)],
+                &seen,
+                now(),
+                settings(Retention::Forever, Some(100)),
+            );
+            assert_eq!(
+                matches!(p.messages[0].action, Action::Skip(_)),
+                want_skip,
+                "size {size}"
+            );
         }
     }
 
     #[test]
     fn never_fetched_messages_are_never_deleted_by_retention() {
         let seen = HashMap::new();
-        let p = plan(&[listed(1, "a", 500)], &seen, now(), settings(Retention::Days(0), Some(100)));
+        let p = plan(
+            &[listed(1, "a", 500)],
+            &seen,
+            now(),
+            settings(Retention::Days(0), Some(100)),
+        );
         assert!(matches!(p.messages[0].action, Action::Skip(_)));
     }
 
@@ -273,7 +310,11 @@ mod tests {
     fn duplicated_uidls_are_separate_copies_each_fetched_once() {
         let seen = [delivered("dup", 0, 1)].into_iter().collect();
         let p = plan(
-            &[listed(1, "dup", 10), listed(2, "dup", 10), listed(3, "x", 10)],
+            &[
+                listed(1, "dup", 10),
+                listed(2, "dup", 10),
+                listed(3, "x", 10),
+            ],
             &seen,
             now(),
             settings(Retention::Forever, None),
@@ -292,10 +333,20 @@ mod tests {
 
     #[test]
     fn all_unknown_uidls_with_a_full_store_is_a_reset() {
-        let seen: HashMap<_, _> = (0..10).map(|i| delivered(&format!("old{i}"), 0, 1)).collect();
-        let listing: Vec<_> = (1..=10).map(|i| listed(i, &format!("new{i}"), 10)).collect();
+        let seen: HashMap<_, _> = (0..10)
+            .map(|i| delivered(&format!("old{i}"), 0, 1))
+            .collect();
+        let listing: Vec<_> = (1..=10)
+            .map(|i| listed(i, &format!("new{i}"), 10))
+            .collect();
         let p = plan(&listing, &seen, now(), settings(Retention::Forever, None));
-        assert_eq!(p.uidl_reset, Some(UidlReset { on_server: 10, known: 10 }));
+        assert_eq!(
+            p.uidl_reset,
+            Some(UidlReset {
+                on_server: 10,
+                known: 10
+            })
+        );
         let mut s = settings(Retention::Forever, None);
         s.accept_uidl_reset = true;
         assert_eq!(plan(&listing, &seen, now(), s).uidl_reset, None);
@@ -303,16 +354,33 @@ mod tests {
 
     #[test]
     fn a_few_new_messages_after_a_mailbox_was_emptied_elsewhere_is_not_a_reset() {
-        let seen: HashMap<_, _> = (0..10).map(|i| delivered(&format!("old{i}"), 0, 1)).collect();
-        let p = plan(&[listed(1, "fresh", 10)], &seen, now(), settings(Retention::Forever, None));
+        let seen: HashMap<_, _> = (0..10)
+            .map(|i| delivered(&format!("old{i}"), 0, 1))
+            .collect();
+        let p = plan(
+            &[listed(1, "fresh", 10)],
+            &seen,
+            now(),
+            settings(Retention::Forever, None),
+        );
         assert_eq!(p.uidl_reset, None);
-        let empty = plan(&[listed(1, "x", 1)], &HashMap::new(), now(), settings(Retention::Forever, None));
+        let empty = plan(
+            &[listed(1, "x", 1)],
+            &HashMap::new(),
+            now(),
+            settings(Retention::Forever, None),
+        );
         assert_eq!(empty.uidl_reset, None);
     }
 
     #[test]
     fn dry_run_lines_have_action_uidl_size_reason() {
-        let p = plan(&[listed(1, "abc", 42)], &HashMap::new(), now(), settings(Retention::Forever, None));
+        let p = plan(
+            &[listed(1, "abc", 42)],
+            &HashMap::new(),
+            now(),
+            settings(Retention::Forever, None),
+        );
         assert_eq!(p.messages[0].to_string(), "fetch abc 42 new");
     }
 }

@@ -395,7 +395,9 @@ impl Store {
         let tx = self.conn.transaction().map_err(&sql)?;
         {
             let mut stmt = tx
-                .prepare_cached("DELETE FROM messages WHERE account = ?1 AND uidl = ?2 AND copy = ?3")
+                .prepare_cached(
+                    "DELETE FROM messages WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
+                )
                 .map_err(&sql)?;
             for key in &stale {
                 stmt.execute(params![account, key.0, key.1]).map_err(&sql)?;
@@ -477,13 +479,17 @@ mod tests {
             };
             s.begin_pending("a", &key("u1"), &p, now()).unwrap();
             assert_eq!(s.pending("a").unwrap(), vec![p]);
-            s.mark_delivered("a", &key("u1"), 42, "/m/new/x", now()).unwrap();
+            s.mark_delivered("a", &key("u1"), 42, "/m/new/x", now())
+                .unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert!(s.pending("a").unwrap().is_empty());
         let rows = s.rows("a").unwrap();
         let r = &rows[&key("u1")];
-        assert_eq!((r.size, r.first_seen, r.delivered_at), (42, now(), Some(now())));
+        assert_eq!(
+            (r.size, r.first_seen, r.delivered_at),
+            (42, now(), Some(now()))
+        );
         assert!(s.rows("other").unwrap().is_empty());
     }
 
@@ -520,7 +526,9 @@ mod tests {
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let path = path.clone();
-                std::thread::spawn(move || Store::open(&path).map(|_| ()).map_err(|e| e.to_string()))
+                std::thread::spawn(move || {
+                    Store::open(&path).map(|_| ()).map_err(|e| e.to_string())
+                })
             })
             .collect();
         for t in threads {

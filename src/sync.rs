@@ -12,6 +12,8 @@ use serde::Serialize;
 
 use crate::config::{Account, Delivery, Retention, SecretError, TlsMode};
 use crate::deliver::maildir::Maildir;
+use crate::deliver::mbox::Mbox;
+use crate::deliver::mda::Mda;
 use crate::deliver::{self, DeliveryError, MessageInfo, Prepared, Target};
 use crate::exit::ExitCode;
 use crate::net::{self, NetError, TlsSettings, Transport};
@@ -111,7 +113,9 @@ pub enum SyncError {
         on_server: usize,
         known: usize,
     },
-    #[error("the seen-store records an interrupted delivery to {target:?}, which popsync cannot check; resolve it with `popsync seen forget`")]
+    #[error(
+        "the seen-store records an interrupted delivery to {target:?}, which popsync cannot check; resolve it with `popsync seen forget`"
+    )]
     UnknownPending { target: String },
 }
 
@@ -185,7 +189,7 @@ pub async fn run_account(account: &Account, opts: &RunOptions) -> AccountReport 
 async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result<(), SyncError> {
     let _lock = lock_account(&opts.state_dir, &account.name)?;
     let mut store = Store::open(&opts.state_dir.join("seen.sqlite3"))?;
-    let mut target = open_target(&account.deliver);
+    let mut target = open_target(&account.deliver, account, opts);
     if !opts.dry_run {
         resolve_pending(account, &mut store, opts)?;
     }
@@ -241,7 +245,16 @@ async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result
         }
     }
 
-    let mut to_delete = fetch_new(account, opts, &plan, &mut session, &mut store, target.as_mut(), tally).await?;
+    let mut to_delete = fetch_new(
+        account,
+        opts,
+        &plan,
+        &mut session,
+        &mut store,
+        target.as_mut(),
+        tally,
+    )
+    .await?;
     for p in &plan.messages {
         if let Action::Delete { .. } = p.action {
             to_delete.push((p.listed.msg, p.key()));
@@ -283,7 +296,11 @@ async fn fetch_new(
         .iter()
         .filter(|p| matches!(p.action, Action::Fetch { .. }))
         .collect();
-    let window = if session.capa.pipelining() { PIPELINE_WINDOW } else { 1 };
+    let window = if session.capa.pipelining() {
+        PIPELINE_WINDOW
+    } else {
+        1
+    };
     let proto = match account.tls {
         TlsMode::Implicit => "POP3S",
         TlsMode::Starttls => "POP3 (STLS)",
@@ -329,7 +346,11 @@ async fn fetch_new(
                     .map_err(|e| SessionError::Sink(Box::new(e)))
             })
             .await?;
-        let (location, size) = sink.commit()?;
+        let committed = sink.commit();
+        for w in target.take_warnings() {
+            opts.ui.warn(&format!("{}: {w}", account.name));
+        }
+        let (location, size) = committed?;
         store.mark_delivered(&account.name, &key, size, &location, opts.now)?;
         tally.fetched += 1;
         tally.bytes += size;
@@ -347,44 +368,72 @@ async fn fetch_new(
     Ok(to_delete)
 }
 
-fn open_target(deliver: &Delivery) -> Box<dyn Target> {
+fn open_target(deliver: &Delivery, account: &Account, opts: &RunOptions) -> Box<dyn Target> {
     match deliver {
         Delivery::Maildir(path) => Box::new(Maildir::new(path.clone())),
-        // mbox and MDA targets are not built yet; the config accepts them so
-        // that files stay valid, and `fetch` refuses them up front (see
-        // `unsupported_delivery`).
-        Delivery::Mbox(_) | Delivery::Mda(_) => Box::new(Maildir::new(PathBuf::new())),
+        Delivery::Mbox(path) => Box::new(Mbox::new(path.clone(), opts.now, account.timeout)),
+        Delivery::Mda(command) => Box::new(Mda::new(
+            command.clone(),
+            account.user.clone(),
+            account.command_timeout,
+        )),
     }
 }
 
+/// The target a pending row was recorded for (`Target::describe` form); the
+/// config may have changed since.
+fn target_of_pending(
+    description: &str,
+    account: &Account,
+    opts: &RunOptions,
+) -> Option<Box<dyn Target>> {
+    let (kind, rest) = description.split_once(':')?;
+    let deliver = match kind {
+        "maildir" => Delivery::Maildir(PathBuf::from(rest)),
+        "mbox" => Delivery::Mbox(PathBuf::from(rest)),
+        "mda" => Delivery::Mda(rest.to_owned()),
+        _ => return None,
+    };
+    Some(open_target(&deliver, account, opts))
+}
+
 /// Finish or roll back deliveries that a killed run left pending: a Maildir
-/// file that made it into new/ or cur/ is recorded as delivered; anything
-/// else is forgotten, so the message is fetched again.
-fn resolve_pending(account: &Account, store: &mut Store, opts: &RunOptions) -> Result<(), SyncError> {
+/// file that made it into new/ or cur/ is recorded as delivered; a torn mbox
+/// append is cut off; anything else is forgotten, so the message is fetched
+/// again.
+fn resolve_pending(
+    account: &Account,
+    store: &mut Store,
+    opts: &RunOptions,
+) -> Result<(), SyncError> {
     for row in store.pending(&account.name)? {
         let key = (row.uidl.clone(), row.copy);
-        let Some(dir) = row.target.strip_prefix("maildir:") else {
+        let Some(mut target) = target_of_pending(&row.target, account, opts) else {
             return Err(SyncError::UnknownPending { target: row.target });
         };
-        let mut md = Maildir::new(PathBuf::from(dir));
         let prepared = Prepared {
             location: row.location.clone(),
             offset: row.offset,
         };
-        match md.recover(&prepared)? {
+        let outcome = target.recover(&prepared);
+        for w in target.take_warnings() {
+            opts.ui.warn(&format!("{}: {w}", account.name));
+        }
+        let uidl = sanitize(row.uidl.as_bytes(), 80);
+        match outcome? {
             Some(location) => {
                 let size = std::fs::metadata(&location).map(|m| m.len()).unwrap_or(0);
                 store.mark_delivered(&account.name, &key, size, &location, opts.now)?;
                 opts.ui.verbose(&format!(
-                    "{}: interrupted delivery of {} had completed ({location})",
-                    account.name, row.uidl
+                    "{}: interrupted delivery of {uidl} had completed ({location})",
+                    account.name
                 ));
             }
             None => {
                 store.drop_pending(&account.name, &key)?;
                 opts.ui.verbose(&format!(
-                    "{}: interrupted delivery of {} rolled back; it will be fetched again",
-                    account.name, row.uidl
+                    "{}: interrupted delivery of {uidl} rolled back; it will be fetched again",
+                    account.name
                 ));
             }
         }
@@ -414,7 +463,11 @@ fn lock_account(state_dir: &Path, name: &str) -> Result<File, SyncError> {
 }
 
 /// Connect, secure the connection as configured, and log in.
-async fn login(account: &Account, password: &str, opts: &RunOptions) -> Result<Transaction<Transport>, SyncError> {
+async fn login(
+    account: &Account,
+    password: &str,
+    opts: &RunOptions,
+) -> Result<Transaction<Transport>, SyncError> {
     let server = format!("{}:{}", account.host, account.port);
     let trace: Option<Trace> = opts.ui.tracing().then(|| {
         let name = account.name.clone();
@@ -433,7 +486,13 @@ async fn login(account: &Account, password: &str, opts: &RunOptions) -> Result<T
     let greeted = match (&tls, account.tls) {
         (Some(tls), TlsMode::Implicit) => {
             let stream = tls.handshake(tcp, account.timeout).await?;
-            Greeted::start(Connection::new(stream, server.clone(), account.timeout, trace)).await?
+            Greeted::start(Connection::new(
+                stream,
+                server.clone(),
+                account.timeout,
+                trace,
+            ))
+            .await?
         }
         (Some(tls), TlsMode::Starttls) => {
             let plain = Greeted::start(Connection::new(
@@ -474,9 +533,11 @@ async fn login(account: &Account, password: &str, opts: &RunOptions) -> Result<T
             .await?
         }
     };
-    let mech = auth::choose(&account.auth, &greeted.capa, &greeted.greeting).map_err(|source| SyncError::Auth {
-        server: server.clone(),
-        source,
+    let mech = auth::choose(&account.auth, &greeted.capa, &greeted.greeting).map_err(|source| {
+        SyncError::Auth {
+            server: server.clone(),
+            source,
+        }
     })?;
     opts.ui.verbose(&format!(
         "{}: logging in to {server} as {} with {}",
@@ -502,17 +563,5 @@ fn warn_about_expire(account: &Account, session: &Transaction<Transport>, opts: 
             "{}: the server deletes mail after {days} days (EXPIRE), sooner than retention = \"{}\" asks",
             account.name, account.retention
         ));
-    }
-}
-
-/// The delivery targets this build cannot write yet, named for the user.
-pub fn unsupported_delivery(account: &Account) -> Option<String> {
-    match &account.deliver {
-        Delivery::Maildir(_) => None,
-        other => Some(format!(
-            "account {:?}: delivery to {} is not available in this version of popsync; use deliver = {{ maildir = \"...\" }}",
-            account.name,
-            other.describe()
-        )),
     }
 }

@@ -52,7 +52,9 @@ pub enum ConfigError {
 }
 
 fn key_part(key: &Option<String>) -> String {
-    key.as_ref().map(|k| format!(", key `{k}`")).unwrap_or_default()
+    key.as_ref()
+        .map(|k| format!(", key `{k}`"))
+        .unwrap_or_default()
 }
 
 impl ConfigError {
@@ -217,7 +219,11 @@ fn check_permissions(path: &Path) -> Result<(), ConfigError> {
 /// 1-based line number of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The key assigned on a line (`key = value`), to name it in an error whose
@@ -383,7 +389,10 @@ impl Resolver<'_> {
 
         let secrets: Vec<(&str, Spanned<String>)> = [
             ("password", pick(&a.password, &d.password)),
-            ("password_command", pick(&a.password_command, &d.password_command)),
+            (
+                "password_command",
+                pick(&a.password_command, &d.password_command),
+            ),
             ("password_file", pick(&a.password_file, &d.password_file)),
         ]
         .into_iter()
@@ -419,7 +428,9 @@ impl Resolver<'_> {
             )
         })?;
         let deliver = match deliver_raw.get_ref() {
-            RawDeliver::Maildir(p) => Delivery::Maildir(self.expand_str(p, &deliver_raw, "deliver")?),
+            RawDeliver::Maildir(p) => {
+                Delivery::Maildir(self.expand_str(p, &deliver_raw, "deliver")?)
+            }
             RawDeliver::Mbox(p) => Delivery::Mbox(self.expand_str(p, &deliver_raw, "deliver")?),
             RawDeliver::Mda(c) if c.trim().is_empty() => {
                 return Err(self.error(deliver_raw.span(), "deliver", "mda command is empty"));
@@ -439,7 +450,9 @@ impl Resolver<'_> {
         }
 
         let seconds = |v: Option<Spanned<u64>>, key: &str, default: u64| match v {
-            Some(s) if *s.get_ref() == 0 => Err(self.error(s.span(), key, format!("{key} must be at least 1 second"))),
+            Some(s) if *s.get_ref() == 0 => {
+                Err(self.error(s.span(), key, format!("{key} must be at least 1 second")))
+            }
             Some(s) => Ok(Duration::from_secs(*s.get_ref())),
             None => Ok(Duration::from_secs(default)),
         };
@@ -466,13 +479,19 @@ impl Resolver<'_> {
             secret,
             auth: auth.map(|s| s.into_inner()).unwrap_or_default(),
             deliver,
-            retention: pick(&a.retention, &d.retention).map_or(Retention::Forever, |s| *s.get_ref()),
+            retention: pick(&a.retention, &d.retention)
+                .map_or(Retention::Forever, |s| *s.get_ref()),
             max_size: pick(&a.max_size, &d.max_size).map(|s| s.get_ref().0),
-            received_header: pick(&a.received_header, &d.received_header).is_none_or(|s| *s.get_ref()),
+            received_header: pick(&a.received_header, &d.received_header)
+                .is_none_or(|s| *s.get_ref()),
             filter: pick(&a.filter, &d.filter).map(|s| s.into_inner()),
             allow_plaintext,
             timeout: seconds(pick(&a.timeout, &d.timeout), "timeout", 60)?,
-            command_timeout: seconds(pick(&a.command_timeout, &d.command_timeout), "command_timeout", 300)?,
+            command_timeout: seconds(
+                pick(&a.command_timeout, &d.command_timeout),
+                "command_timeout",
+                300,
+            )?,
         })
     }
 
@@ -580,9 +599,12 @@ max_size = "25MB"
 
     #[test]
     fn missing_keys_are_named_at_the_account_header() {
-        let e = parse_err("[accounts.a]\nuser = \"u\"\npassword = \"p\"\ndeliver = { maildir = \"/m\" }\n");
+        let e = parse_err(
+            "[accounts.a]\nuser = \"u\"\npassword = \"p\"\ndeliver = { maildir = \"/m\" }\n",
+        );
         assert!(e.contains("`host`") && e.contains("\"a\""), "{e}");
-        let e = parse_err("[accounts.a]\nhost = \"h\"\nuser = \"u\"\ndeliver = { maildir = \"/m\" }\n");
+        let e =
+            parse_err("[accounts.a]\nhost = \"h\"\nuser = \"u\"\ndeliver = { maildir = \"/m\" }\n");
         assert!(e.contains("password"), "{e}");
     }
 

@@ -43,7 +43,10 @@ pub enum SecretError {
         command: String,
         source: std::io::Error,
     },
-    #[error("password_command `{command}` failed ({status}){}", stderr_part(stderr))]
+    #[error(
+        "password_command `{command}` failed ({status}){}",
+        stderr_part(stderr)
+    )]
     Failed {
         command: String,
         status: String,
@@ -167,7 +170,10 @@ mod tests {
     fn failing_command_is_an_error_naming_it_with_its_stderr() {
         let s = SecretSource::Command("echo nope >&2; exit 3".into());
         let e = s.resolve(T).unwrap_err().to_string();
-        assert!(e.contains("echo nope") && e.contains("nope") && e.contains('3'), "{e}");
+        assert!(
+            e.contains("echo nope") && e.contains("nope") && e.contains('3'),
+            "{e}"
+        );
     }
 
     #[test]

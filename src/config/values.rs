@@ -4,8 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// How the connection is secured (`tls = ...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -134,9 +134,7 @@ impl FromStr for ByteSize {
             )
         };
         let t = s.trim();
-        let split = t
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
         let n: u64 = digits.parse().map_err(|_| bad())?;
         let mult: u64 = match unit.trim() {
@@ -273,7 +271,15 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "sha256:".to_owned() + &["AB"; 32].join(":"));
         assert!("sha256:abcd".parse::<Fingerprint>().is_err());
-        assert!(("md5:".to_owned() + &"ab".repeat(32)).parse::<Fingerprint>().is_err());
-        assert!(("sha256:".to_owned() + &"zz".repeat(32)).parse::<Fingerprint>().is_err());
+        assert!(
+            ("md5:".to_owned() + &"ab".repeat(32))
+                .parse::<Fingerprint>()
+                .is_err()
+        );
+        assert!(
+            ("sha256:".to_owned() + &"zz".repeat(32))
+                .parse::<Fingerprint>()
+                .is_err()
+        );
     }
 }

@@ -170,12 +170,10 @@ impl Sink for MaildirSink {
                 source: std::io::Error::other("delivery already finished"),
             });
         };
-        let file = buffered
-            .into_inner()
-            .map_err(|e| DeliveryError::Write {
-                path: self.tmp.clone(),
-                source: e.into_error(),
-            })?;
+        let file = buffered.into_inner().map_err(|e| DeliveryError::Write {
+            path: self.tmp.clone(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(|source| DeliveryError::Sync {
             path: self.tmp.clone(),
             source,
@@ -191,7 +189,10 @@ impl Sink for MaildirSink {
                 let _ = std::fs::remove_file(&self.tmp);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(DeliveryError::Rename { path: dest, source: e });
+                return Err(DeliveryError::Rename {
+                    path: dest,
+                    source: e,
+                });
             }
             // Filesystems without hard links: rename, after checking the name is free.
             Err(_) if !dest.exists() => {
@@ -248,7 +249,12 @@ mod tests {
         assert_eq!(size, 17);
         assert!(loc.ends_with(",S=17"), "{loc}");
         assert_eq!(std::fs::read(&loc).unwrap(), b"Subject: x\n\nbody\n");
-        assert_eq!(std::fs::read_dir(dir.path().join("Mail/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("Mail/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
         assert!(dir.path().join("Mail/cur").is_dir());
     }
 
@@ -270,7 +276,11 @@ mod tests {
         sink.write(b"partial").unwrap();
         drop(sink);
         for sub in ["tmp", "new", "cur"] {
-            assert_eq!(std::fs::read_dir(dir.path().join(sub)).unwrap().count(), 0, "{sub}");
+            assert_eq!(
+                std::fs::read_dir(dir.path().join(sub)).unwrap().count(),
+                0,
+                "{sub}"
+            );
         }
     }
 
@@ -281,10 +291,10 @@ mod tests {
         let p = md.prepare().unwrap();
         let sink = md.start(&p, &info()).unwrap();
         let (loc, _) = sink.commit().unwrap();
-        let moved = dir
-            .path()
-            .join("cur")
-            .join(format!("{}:2,S", Path::new(&loc).file_name().unwrap().to_str().unwrap()));
+        let moved = dir.path().join("cur").join(format!(
+            "{}:2,S",
+            Path::new(&loc).file_name().unwrap().to_str().unwrap()
+        ));
         std::fs::rename(&loc, &moved).unwrap();
         assert_eq!(md.recover(&p).unwrap(), Some(moved.display().to_string()));
     }
@@ -299,7 +309,10 @@ mod tests {
         // Simulate a crash: the process dies without Drop running.
         std::mem::forget(sink);
         assert_eq!(md.recover(&p).unwrap(), None);
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! it durable. A sink dropped without `commit` removes what it wrote.
 
 pub mod maildir;
+pub mod mbox;
+pub mod mda;
 
 use std::path::PathBuf;
 
@@ -32,11 +34,42 @@ pub enum DeliveryError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("mbox {} is locked by another program ({holder}); try again later", path.display())]
+    Locked { path: PathBuf, holder: String },
+    #[error("cannot start MDA `{command}`: {source}")]
+    MdaSpawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("MDA `{command}` failed ({status}){}", stderr_part(stderr))]
+    MdaFailed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error(
+        "MDA `{command}` exited 75 (temporary failure){}; the message stays on the server and is tried again next run",
+        stderr_part(stderr)
+    )]
+    MdaTemporary { command: String, stderr: String },
+    #[error("MDA `{command}` did not finish within {}s (command_timeout) and was killed", timeout.as_secs())]
+    MdaTimeout {
+        command: String,
+        timeout: std::time::Duration,
+    },
     #[error("cannot move {} into place: {source}", path.display())]
     Rename {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+fn stderr_part(s: &str) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(": {s}")
+    }
 }
 
 fn disk_hint(e: &std::io::Error) -> &'static str {
@@ -54,7 +87,10 @@ fn disk_hint(e: &std::io::Error) -> &'static str {
 impl DeliveryError {
     /// Local delivery problems are local I/O errors (74).
     pub fn exit_code(&self) -> ExitCode {
-        ExitCode::IoError
+        match self {
+            DeliveryError::Locked { .. } | DeliveryError::MdaTemporary { .. } => ExitCode::TempFail,
+            _ => ExitCode::IoError,
+        }
     }
 }
 
@@ -90,6 +126,10 @@ pub trait Target: Send {
     /// After a crash: was the delivery recorded as pending completed? Cleans up
     /// leftovers of one that was not. Returns where it landed, if it did.
     fn recover(&mut self, pending: &Prepared) -> Result<Option<String>, DeliveryError>;
+    /// Warnings gathered since the last call (a stale lock removed, ...).
+    fn take_warnings(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// One message being written.
@@ -102,11 +142,7 @@ pub trait Sink: Send {
 
 /// The `Received:` header popsync adds (RFC 5322 date), ending in LF.
 pub fn received_header(server: &str, user: &str, tls: &str, now: DateTime<Utc>) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .filter(|c| !c.is_control())
-            .collect::<String>()
-    };
+    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).collect::<String>() };
     format!(
         "Received: from {} by {} with {} (popsync {})\n\tfor <{}>; {}\n",
         clean(server),
@@ -129,5 +165,121 @@ pub fn local_hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let name = String::from_utf8_lossy(&buf[..end]).into_owned();
-    if name.is_empty() { "localhost".into() } else { name }
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+/// Longest header block held back while looking for `Return-Path:` (mbox
+/// needs the sender for its `From ` line, an MDA for `%F`, before the body).
+const MAX_HEAD: usize = 256 * 1024;
+
+/// Holds the start of a message until its header block is complete.
+#[derive(Debug, Default)]
+pub struct HeadBuffer {
+    buf: Vec<u8>,
+}
+
+impl HeadBuffer {
+    /// Take a chunk; returns the whole head (and whatever followed it in the
+    /// chunk) once the blank line ending the headers, or `MAX_HEAD` bytes,
+    /// has been seen.
+    pub fn push(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        let searched_from = self.buf.len().saturating_sub(1);
+        self.buf.extend_from_slice(chunk);
+        let done = self.buf.starts_with(b"\n")
+            || memchr::memmem::find(&self.buf[searched_from..], b"\n\n").is_some()
+            || self.buf.len() >= MAX_HEAD;
+        done.then(|| std::mem::take(&mut self.buf))
+    }
+
+    /// The message ended before its header block did.
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// The envelope sender: the address in `Return-Path:`, else `MAILER-DAEMON`
+/// (also for the null sender `<>`). Control characters and spaces are
+/// removed: the value goes into an mbox separator and a shell command.
+pub fn envelope_sender(head: &[u8]) -> String {
+    let end = memchr::memmem::find(head, b"\n\n").unwrap_or(head.len());
+    let mut value: Option<String> = None;
+    let mut in_return_path = false;
+    for line in head[..end].split(|&b| b == b'\n') {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if continuation {
+            if in_return_path && let Some(v) = value.as_mut() {
+                v.push_str(&String::from_utf8_lossy(line));
+            }
+            continue;
+        }
+        if value.is_some() {
+            break;
+        }
+        in_return_path = line.len() >= 12 && line[..12].eq_ignore_ascii_case(b"return-path:");
+        if in_return_path {
+            value = Some(String::from_utf8_lossy(&line[12..]).into_owned());
+        }
+    }
+    let addr: String = value
+        .unwrap_or_default()
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .chars()
+        .filter(|c| !c.is_control() && !c.is_whitespace())
+        .collect();
+    if addr.is_empty() {
+        "MAILER-DAEMON".into()
+    } else {
+        addr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_sender_comes_from_return_path_else_mailer_daemon() {
+        assert_eq!(
+            envelope_sender(b"Return-Path: <a@b.c>\nFrom: x\n\nbody"),
+            "a@b.c"
+        );
+        assert_eq!(
+            envelope_sender(b"return-path:\n <folded@x>\n\n"),
+            "folded@x"
+        );
+        assert_eq!(envelope_sender(b"Return-Path: <>\n\n"), "MAILER-DAEMON");
+        assert_eq!(
+            envelope_sender(b"From: x\n\nReturn-Path: <body@x>\n"),
+            "MAILER-DAEMON"
+        );
+        assert_eq!(envelope_sender(b"Return-Path: <a b\x1b@c>\n\n"), "ab@c");
+    }
+
+    #[test]
+    fn head_buffer_releases_at_the_blank_line_even_when_split() {
+        let mut h = HeadBuffer::default();
+        assert_eq!(h.push(b"A: 1\n"), None);
+        assert_eq!(h.push(b"\nbody"), Some(b"A: 1\n\nbody".to_vec()));
+        let mut h = HeadBuffer::default();
+        assert_eq!(h.push(b"\nbody only"), Some(b"\nbody only".to_vec()));
+    }
+
+    #[test]
+    fn received_header_is_one_folded_header_ending_in_lf() {
+        use chrono::TimeZone;
+        let t = Utc.with_ymd_and_hms(2026, 11, 22, 3, 4, 5).unwrap();
+        let h = received_header("pop.example.com", "me@example.com", "POP3S", t);
+        assert!(h.starts_with("Received: from pop.example.com by "), "{h}");
+        assert!(
+            h.ends_with("for <me@example.com>; Sun, 22 Nov 2026 03:04:05 +0000\n"),
+            "{h}"
+        );
+        assert_eq!(h.matches('\n').count(), 2);
+    }
 }

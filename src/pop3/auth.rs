@@ -108,7 +108,10 @@ pub fn choose(
     let candidates: Vec<Mechanism> = if configured.is_empty() {
         STRENGTH_ORDER.to_vec()
     } else {
-        configured.iter().map(|&m| Mechanism::from_config(m)).collect()
+        configured
+            .iter()
+            .map(|&m| Mechanism::from_config(m))
+            .collect()
     };
     candidates
         .iter()
@@ -123,7 +126,11 @@ pub fn choose(
                 offered.push("APOP".into());
             }
             AuthError::NoCommonMechanism {
-                wanted: candidates.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
+                wanted: candidates
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 offered: if offered.is_empty() {
                     "nothing".into()
                 } else {
@@ -308,7 +315,10 @@ impl SaslClient {
             detail: detail.to_owned(),
         };
         let text = std::str::from_utf8(challenge).map_err(|_| bad("not UTF-8"))?;
-        let state = self.scram.as_mut().ok_or_else(|| bad("challenge before client-first"))?;
+        let state = self
+            .scram
+            .as_mut()
+            .ok_or_else(|| bad("challenge before client-first"))?;
         if let Some(expected) = &state.expected_server_signature {
             // server-final: "v=signature" or "e=error".
             return match scram_attr(text, 'v') {
@@ -352,8 +362,15 @@ impl SaslClient {
             ),
         };
         let mut salted = vec![0u8; len];
-        let iterations = std::num::NonZeroU32::new(iterations).ok_or_else(|| bad("zero iterations"))?;
-        ring::pbkdf2::derive(pbkdf, iterations, &salt, self.password.as_bytes(), &mut salted);
+        let iterations =
+            std::num::NonZeroU32::new(iterations).ok_or_else(|| bad("zero iterations"))?;
+        ring::pbkdf2::derive(
+            pbkdf,
+            iterations,
+            &salt,
+            self.password.as_bytes(),
+            &mut salted,
+        );
         let hmac = |key: &[u8], data: &[u8]| -> Vec<u8> {
             ring::hmac::sign(&ring::hmac::Key::new(hmac_alg, key), data)
                 .as_ref()
@@ -447,7 +464,10 @@ mod tests {
     #[test]
     fn strongest_offered_mechanism_is_chosen() {
         let c = capa("USER\nSASL PLAIN LOGIN SCRAM-SHA-1 CRAM-MD5\n");
-        assert_eq!(choose(&[], &c, "+OK").unwrap(), Mechanism::Sasl(Sasl::ScramSha1));
+        assert_eq!(
+            choose(&[], &c, "+OK").unwrap(),
+            Mechanism::Sasl(Sasl::ScramSha1)
+        );
         let c = capa("USER\n");
         assert_eq!(choose(&[], &c, "+OK").unwrap(), Mechanism::User);
         assert_eq!(
@@ -463,7 +483,9 @@ mod tests {
             choose(&[AuthMech::Plain, AuthMech::ScramSha256], &c, "").unwrap(),
             Mechanism::Sasl(Sasl::Plain)
         );
-        let e = choose(&[AuthMech::CramMd5], &c, "").unwrap_err().to_string();
+        let e = choose(&[AuthMech::CramMd5], &c, "")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("CRAM-MD5") && e.contains("PLAIN"), "{e}");
     }
 
@@ -475,7 +497,11 @@ mod tests {
 
     #[test]
     fn apop_digest_matches_rfc1939_example() {
-        let d = apop_digest("POP3 server ready <1896.697170952@dbc.mtview.ca.us>", "tanstaaf").unwrap();
+        let d = apop_digest(
+            "POP3 server ready <1896.697170952@dbc.mtview.ca.us>",
+            "tanstaaf",
+        )
+        .unwrap();
         assert_eq!(d, "c4c9334bac560ecc979e58001b3e22fb");
     }
 
@@ -489,9 +515,16 @@ mod tests {
 
     #[test]
     fn scram_sha1_matches_rfc5802_example_and_checks_the_server() {
-        let mut c = SaslClient::with_nonce(Sasl::ScramSha1, "user", "pencil", "fyko+d2lbbFgONRv9qkxdawL");
+        let mut c = SaslClient::with_nonce(
+            Sasl::ScramSha1,
+            "user",
+            "pencil",
+            "fyko+d2lbbFgONRv9qkxdawL",
+        );
         let server_first = "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096";
-        let answer = B64.decode(c.step(&B64.encode(server_first)).unwrap()).unwrap();
+        let answer = B64
+            .decode(c.step(&B64.encode(server_first)).unwrap())
+            .unwrap();
         assert_eq!(
             String::from_utf8(answer).unwrap(),
             "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
@@ -503,9 +536,12 @@ mod tests {
 
     #[test]
     fn scram_sha256_matches_rfc7677_example() {
-        let mut c = SaslClient::with_nonce(Sasl::ScramSha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        let mut c =
+            SaslClient::with_nonce(Sasl::ScramSha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO");
         let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
-        let answer = B64.decode(c.step(&B64.encode(server_first)).unwrap()).unwrap();
+        let answer = B64
+            .decode(c.step(&B64.encode(server_first)).unwrap())
+            .unwrap();
         assert_eq!(
             String::from_utf8(answer).unwrap(),
             "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
@@ -516,16 +552,22 @@ mod tests {
 
     #[test]
     fn scram_without_server_proof_is_refused() {
-        let mut c = SaslClient::with_nonce(Sasl::ScramSha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        let mut c =
+            SaslClient::with_nonce(Sasl::ScramSha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO");
         let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
         c.step(&B64.encode(server_first)).unwrap();
-        assert!(matches!(c.finish(""), Err(AuthError::MissingServerSignature { .. })));
+        assert!(matches!(
+            c.finish(""),
+            Err(AuthError::MissingServerSignature { .. })
+        ));
     }
 
     #[test]
     fn scram_refuses_a_nonce_that_does_not_extend_ours() {
         let mut c = SaslClient::with_nonce(Sasl::ScramSha256, "user", "pencil", "abc");
-        let e = c.step(&B64.encode("r=xyz123,s=QSXCR+Q6sek8bf92,i=4096")).unwrap_err();
+        let e = c
+            .step(&B64.encode("r=xyz123,s=QSXCR+Q6sek8bf92,i=4096"))
+            .unwrap_err();
         assert!(matches!(e, AuthError::BadChallenge { .. }));
     }
 

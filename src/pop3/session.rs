@@ -45,7 +45,10 @@ pub enum SessionError {
         code: Option<RespCode>,
         text: String,
     },
-    #[error("{server}: authentication failed for user {user:?} ({mechanism}): {}", describe_err(text, code))]
+    #[error(
+        "{server}: authentication failed for user {user:?} ({mechanism}): {}",
+        describe_err(text, code)
+    )]
     AuthFailed {
         server: String,
         user: String,
@@ -85,8 +88,12 @@ pub enum SessionError {
 
 fn describe_err(text: &str, code: &Option<RespCode>) -> String {
     let code = match code {
-        Some(RespCode::InUse) => " [IN-USE: the mailbox is locked by another session; try again later]",
-        Some(RespCode::LoginDelay) => " [LOGIN-DELAY: the server allows logins only every so often]",
+        Some(RespCode::InUse) => {
+            " [IN-USE: the mailbox is locked by another session; try again later]"
+        }
+        Some(RespCode::LoginDelay) => {
+            " [LOGIN-DELAY: the server allows logins only every so often]"
+        }
         Some(RespCode::SysTemp) => " [SYS/TEMP: a temporary server problem]",
         Some(RespCode::SysPerm) => " [SYS/PERM: a permanent server problem; contact the provider]",
         Some(RespCode::Auth) => " [AUTH: wrong credentials]",
@@ -194,7 +201,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         ))
     }
 
-
     fn trace(&self, line: impl FnOnce() -> String) {
         if let Some(t) = &self.trace {
             t(&line());
@@ -250,7 +256,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         let start = self.buf.len();
         self.buf.resize(start + self.read_size, 0);
-        let read = tokio::time::timeout(self.timeout, self.stream.read(&mut self.buf[start..])).await;
+        let read =
+            tokio::time::timeout(self.timeout, self.stream.read(&mut self.buf[start..])).await;
         let n = match read {
             Ok(Ok(n)) => n,
             Ok(Err(source)) => {
@@ -422,9 +429,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
     ) -> Result<Transaction<S>, SessionError> {
         match mech {
             Mechanism::User => {
-                self.conn
-                    .send(&Command::User(user.to_owned()))
-                    .await?;
+                self.conn.send(&Command::User(user.to_owned())).await?;
                 self.auth_reply(user, "USER").await?;
                 self.conn.send(&Command::Pass(password.to_owned())).await?;
                 self.auth_reply(user, "USER/PASS").await?;
@@ -469,7 +474,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
         }
     }
 
-    async fn sasl(&mut self, user: &str, password: &str, kind: auth::Sasl) -> Result<(), SessionError> {
+    async fn sasl(
+        &mut self,
+        user: &str,
+        password: &str,
+        kind: auth::Sasl,
+    ) -> Result<(), SessionError> {
         let server = self.conn.server.clone();
         let wrap = |source| SessionError::Auth {
             server: server.clone(),
@@ -563,7 +573,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
                 source,
             }
         };
-        self.conn.send_many(&[Command::Uidl(None), Command::List(None)]).await?;
+        self.conn
+            .send_many(&[Command::Uidl(None), Command::List(None)])
+            .await?;
         let uidl_reply = self.conn.read_status("UIDL").await;
         let uidls = match uidl_reply {
             Ok(r) if r.status == Status::Ok => {
