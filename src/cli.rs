@@ -55,6 +55,8 @@ pub struct Global {
 pub enum Cmd {
     /// Download new mail and apply the retention policy
     Fetch(FetchArgs),
+    /// Count new mail on the server; download and delete nothing (exit 0: new mail, 1: none)
+    Check(CheckArgs),
     /// List the accounts with their resolved settings (secrets hidden)
     Accounts,
 }
@@ -87,4 +89,13 @@ pub struct FetchArgs {
     /// Download again a mailbox whose UIDLs the server renumbered
     #[arg(long)]
     pub accept_uidl_reset: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Accounts checked at the same time
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 
-use popsync::cli::{Cli, Cmd, FetchArgs};
+use popsync::cli::{CheckArgs, Cli, Cmd, FetchArgs, Selection};
 use popsync::config::{self, Config};
 use popsync::exit::{self, ExitCode};
 use popsync::sync::{self, AccountReport, RunOptions};
@@ -65,6 +65,7 @@ fn run(cli: &Cli, ui: Ui) -> Result<ExitCode, Failure> {
     let config = config::load(&path).map_err(|e| fail(e.exit_code(), e))?;
     match &cli.command {
         Cmd::Fetch(args) => fetch(&config, args, ui),
+        Cmd::Check(args) => check(&config, args, ui),
         Cmd::Accounts => accounts(&config, ui),
     }
 }
@@ -82,25 +83,75 @@ fn now() -> Result<DateTime<Utc>, Failure> {
     }
 }
 
+/// Which per-account job a command runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Job {
+    Fetch,
+    Check,
+}
+
 fn fetch(config: &Config, args: &FetchArgs, ui: Ui) -> Result<ExitCode, Failure> {
+    let reports = run_accounts(
+        config,
+        &args.selection,
+        args.jobs,
+        args.dry_run,
+        args.accept_uidl_reset,
+        Job::Fetch,
+        ui,
+    )?;
+    Ok(exit::merge(reports.iter().map(|r| r.code)))
+}
+
+fn check(config: &Config, args: &CheckArgs, ui: Ui) -> Result<ExitCode, Failure> {
+    let reports = run_accounts(
+        config,
+        &args.selection,
+        args.jobs,
+        false,
+        false,
+        Job::Check,
+        ui,
+    )?;
+    let failed = exit::merge(reports.iter().map(|r| r.code));
+    Ok(if failed != ExitCode::Ok {
+        failed
+    } else if reports.iter().any(|r| r.new > 0) {
+        ExitCode::Ok
+    } else {
+        ExitCode::NoNewMail
+    })
+}
+
+/// Run `job` for every selected account, `jobs` at a time; reports come back
+/// in config order.
+fn run_accounts(
+    config: &Config,
+    selection: &Selection,
+    jobs: u16,
+    dry_run: bool,
+    accept_uidl_reset: bool,
+    job: Job,
+    ui: Ui,
+) -> Result<Vec<AccountReport>, Failure> {
     let selected = config
-        .select(&args.selection.accounts, args.selection.all)
+        .select(&selection.accounts, selection.all)
         .map_err(|e| fail(ExitCode::Usage, anyhow::anyhow!(e)))?;
     let opts = Arc::new(RunOptions {
         state_dir: config.state_dir.clone(),
         now: now()?,
-        dry_run: args.dry_run,
-        accept_uidl_reset: args.accept_uidl_reset,
+        dry_run,
+        accept_uidl_reset,
         ui,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(args.jobs).min(8))
+        .worker_threads(usize::from(jobs).min(8))
         .enable_all()
         .build()
         .context("cannot start the async runtime")
         .map_err(|e| fail(ExitCode::Software, e))?;
     let accounts: Vec<_> = selected.into_iter().cloned().collect();
-    let jobs = usize::from(args.jobs);
+    let jobs = usize::from(jobs);
     let reports = runtime.block_on(async move {
         let limit = Arc::new(tokio::sync::Semaphore::new(jobs));
         let mut tasks = tokio::task::JoinSet::new();
@@ -111,8 +162,11 @@ fn fetch(config: &Config, args: &FetchArgs, ui: Ui) -> Result<ExitCode, Failure>
                 // The semaphore is never closed, so acquire only fails if it
                 // were; then run without a slot rather than not at all.
                 let _slot = limit.acquire_owned().await.ok();
-                let report = sync::run_account(&account, &opts).await;
-                report_account(&report, &opts.ui);
+                let report = match job {
+                    Job::Fetch => sync::run_account(&account, &opts).await,
+                    Job::Check => sync::check_account(&account, &opts).await,
+                };
+                report_account(&report, &opts.ui, job);
                 (index, report)
             });
         }
@@ -129,7 +183,7 @@ fn fetch(config: &Config, args: &FetchArgs, ui: Ui) -> Result<ExitCode, Failure>
         reports.sort_by_key(|(i, _)| *i);
         reports
     });
-    Ok(exit::merge(reports.iter().map(|(_, r)| r.code)))
+    Ok(reports.into_iter().map(|(_, r)| r).collect())
 }
 
 fn internal_report() -> AccountReport {
@@ -149,11 +203,21 @@ fn internal_report() -> AccountReport {
 
 /// Print one account's outcome as DESIGN.md says: JSON on stdout, the summary
 /// or the error on stderr.
-fn report_account(report: &AccountReport, ui: &Ui) {
+fn report_account(report: &AccountReport, ui: &Ui, job: Job) {
     if let Some(err) = &report.error {
         ui.error(&format!("{}: {err}", report.account));
     } else if !ui.json {
-        ui.info(&report.summary());
+        match job {
+            // What `check` was asked for goes to stdout; `-q` silences it.
+            Job::Check if ui.verbosity > Verbosity::Quiet => {
+                let _ = ui::stdout_line(&format!(
+                    "{}: {} new ({} bytes)",
+                    report.account, report.new, report.bytes
+                ));
+            }
+            Job::Check => {}
+            Job::Fetch => ui.info(&report.summary()),
+        }
     }
     if ui.json {
         match serde_json::to_string(report) {

@@ -41,8 +41,10 @@ CREATE TABLE pending (
     PRIMARY KEY (account, uidl, copy)
 );
 CREATE TABLE logins (
-    account    TEXT PRIMARY KEY,
-    last_login TEXT NOT NULL
+    account     TEXT PRIMARY KEY,
+    last_login  TEXT NOT NULL,
+    -- seconds the server asked between logins (RFC 2449 LOGIN-DELAY)
+    login_delay INTEGER
 );
 ";
 
@@ -407,27 +409,37 @@ impl Store {
         Ok(stale.len())
     }
 
-    /// When this account last logged in (for LOGIN-DELAY).
-    pub fn last_login(&self, account: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let s: Option<String> = self
+    /// When this account last logged in, and the LOGIN-DELAY the server
+    /// announced then.
+    pub fn last_login(
+        &self,
+        account: &str,
+    ) -> Result<Option<(DateTime<Utc>, Option<u64>)>, StoreError> {
+        let row: Option<(String, Option<i64>)> = self
             .conn
             .query_row(
-                "SELECT last_login FROM logins WHERE account = ?1",
+                "SELECT last_login, login_delay FROM logins WHERE account = ?1",
                 params![account],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(self.sql())?;
-        Ok(s.as_deref().and_then(parse_ts))
+        Ok(row.and_then(|(t, d)| Some((parse_ts(&t)?, d.map(|d| d.max(0) as u64)))))
     }
 
-    /// Remember a successful login.
-    pub fn record_login(&mut self, account: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    /// Remember a successful login and the server's LOGIN-DELAY.
+    pub fn record_login(
+        &mut self,
+        account: &str,
+        now: DateTime<Utc>,
+        login_delay: Option<u64>,
+    ) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO logins (account, last_login) VALUES (?1, ?2)
-                 ON CONFLICT (account) DO UPDATE SET last_login = excluded.last_login",
-                params![account, ts(now)],
+                "INSERT INTO logins (account, last_login, login_delay) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (account) DO UPDATE SET
+                    last_login = excluded.last_login, login_delay = excluded.login_delay",
+                params![account, ts(now), login_delay.map(|d| d as i64)],
             )
             .map_err(self.sql())?;
         Ok(())
@@ -541,7 +553,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("s.db")).unwrap();
         assert_eq!(s.last_login("a").unwrap(), None);
-        s.record_login("a", now()).unwrap();
-        assert_eq!(s.last_login("a").unwrap(), Some(now()));
+        s.record_login("a", now(), Some(900)).unwrap();
+        assert_eq!(s.last_login("a").unwrap(), Some((now(), Some(900))));
     }
 }

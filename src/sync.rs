@@ -114,6 +114,15 @@ pub enum SyncError {
         known: usize,
     },
     #[error(
+        "{server} allows a login only every {delay} s (LOGIN-DELAY) and the last one was at {last}; skipped, try again after {retry_at}"
+    )]
+    LoginDelay {
+        server: String,
+        delay: u64,
+        last: DateTime<Utc>,
+        retry_at: DateTime<Utc>,
+    },
+    #[error(
         "the seen-store records an interrupted delivery to {target:?}, which popsync cannot check; resolve it with `popsync seen forget`"
     )]
     UnknownPending { target: String },
@@ -135,7 +144,7 @@ impl From<SessionError> for SyncError {
 impl SyncError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            SyncError::Locked { .. } => ExitCode::TempFail,
+            SyncError::Locked { .. } | SyncError::LoginDelay { .. } => ExitCode::TempFail,
             SyncError::LockFile { .. } => ExitCode::IoError,
             SyncError::Secret(_) => ExitCode::Config,
             SyncError::Net(e) => e.exit_code(),
@@ -168,6 +177,103 @@ pub async fn run_account(account: &Account, opts: &RunOptions) -> AccountReport 
     let started = Instant::now();
     let mut tally = Tally::default();
     let result = sync(account, opts, &mut tally).await;
+    report(account, started, tally, result)
+}
+
+/// A logged-in session and its plan.
+struct Planned {
+    session: Transaction<Transport>,
+    plan: Plan,
+}
+
+/// Everything up to the plan: LOGIN-DELAY, secret, connect, log in, list.
+/// `record` says whether this run may write the store (not for `check` and
+/// `--dry-run`).
+async fn connect_and_plan(
+    account: &Account,
+    opts: &RunOptions,
+    store: &mut Store,
+    record: bool,
+    tally: &mut Tally,
+) -> Result<Planned, SyncError> {
+    if let Some((last, Some(delay))) = store.last_login(&account.name)? {
+        let retry_at =
+            last + chrono::Duration::seconds(i64::try_from(delay).unwrap_or(i64::MAX / 2));
+        if opts.now < retry_at {
+            return Err(SyncError::LoginDelay {
+                server: format!("{}:{}", account.host, account.port),
+                delay,
+                last,
+                retry_at,
+            });
+        }
+    }
+    let password = account.secret.resolve(account.command_timeout)?;
+    let mut session = login(account, &password, opts).await?;
+    let server = session.conn.server().to_owned();
+    if record {
+        store.record_login(&account.name, opts.now, session.capa.login_delay())?;
+    }
+    warn_about_expire(account, &session, opts);
+
+    let listing = session.listing().await?;
+    let seen = store.rows(&account.name)?;
+    let plan = policy::plan(
+        &listing,
+        &seen,
+        opts.now,
+        PlanSettings {
+            retention: account.retention,
+            max_size: account.max_size,
+            accept_uidl_reset: opts.accept_uidl_reset,
+        },
+    );
+    tally.new = plan.new_count() as u64;
+    if let Some(reset) = plan.uidl_reset {
+        return Err(SyncError::UidlReset {
+            server,
+            account: account.name.clone(),
+            on_server: reset.on_server,
+            known: reset.known,
+        });
+    }
+    Ok(Planned { session, plan })
+}
+
+/// `popsync check`: how much new mail `fetch` would download. Changes
+/// nothing on the server or on disk.
+pub async fn check_account(account: &Account, opts: &RunOptions) -> AccountReport {
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let result = async {
+        let mut store = Store::open(&opts.state_dir.join("seen.sqlite3"))?;
+        let Planned { session, plan } =
+            connect_and_plan(account, opts, &mut store, false, &mut tally).await?;
+        // `check` counts what `fetch` would download, not what max_size skips.
+        tally.new = 0;
+        for p in &plan.messages {
+            match p.action {
+                Action::Fetch { .. } => {
+                    tally.new += 1;
+                    tally.bytes += p.listed.size;
+                }
+                Action::Skip(_) => tally.skipped += 1,
+                _ => {}
+            }
+        }
+        session.quit().await?;
+        Ok::<(), SyncError>(())
+    }
+    .await;
+    report(account, started, tally, result)
+}
+
+fn report(
+    account: &Account,
+    started: Instant,
+    tally: Tally,
+    result: Result<(), SyncError>,
+) -> AccountReport {
     let (code, error) = match result {
         Ok(()) => (ExitCode::Ok, None),
         Err(e) => (e.exit_code(), Some(e.to_string())),
@@ -193,36 +299,8 @@ async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result
     if !opts.dry_run {
         resolve_pending(account, &mut store, opts)?;
     }
-    let password = account.secret.resolve(account.command_timeout)?;
-
-    let mut session = login(account, &password, opts).await?;
-    let server = session.conn.server().to_owned();
-    if !opts.dry_run {
-        store.record_login(&account.name, opts.now)?;
-    }
-    warn_about_expire(account, &session, opts);
-
-    let listing = session.listing().await?;
-    let seen = store.rows(&account.name)?;
-    let plan = policy::plan(
-        &listing,
-        &seen,
-        opts.now,
-        PlanSettings {
-            retention: account.retention,
-            max_size: account.max_size,
-            accept_uidl_reset: opts.accept_uidl_reset,
-        },
-    );
-    tally.new = plan.new_count() as u64;
-    if let Some(reset) = plan.uidl_reset {
-        return Err(SyncError::UidlReset {
-            server,
-            account: account.name.clone(),
-            on_server: reset.on_server,
-            known: reset.known,
-        });
-    }
+    let Planned { mut session, plan } =
+        connect_and_plan(account, opts, &mut store, !opts.dry_run, tally).await?;
 
     if opts.dry_run {
         for p in &plan.messages {
