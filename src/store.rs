@@ -106,6 +106,14 @@ pub struct PendingRow {
     pub offset: Option<u64>,
 }
 
+/// The last successful login of an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastLogin {
+    pub at: DateTime<Utc>,
+    /// The LOGIN-DELAY (seconds) the server announced then.
+    pub login_delay: Option<u64>,
+}
+
 /// Key of a message within an account: its UIDL and which copy of it.
 pub type MessageKey = (String, u32);
 
@@ -411,10 +419,7 @@ impl Store {
 
     /// When this account last logged in, and the LOGIN-DELAY the server
     /// announced then.
-    pub fn last_login(
-        &self,
-        account: &str,
-    ) -> Result<Option<(DateTime<Utc>, Option<u64>)>, StoreError> {
+    pub fn last_login(&self, account: &str) -> Result<Option<LastLogin>, StoreError> {
         let row: Option<(String, Option<i64>)> = self
             .conn
             .query_row(
@@ -424,7 +429,12 @@ impl Store {
             )
             .optional()
             .map_err(self.sql())?;
-        Ok(row.and_then(|(t, d)| Some((parse_ts(&t)?, d.map(|d| d.max(0) as u64)))))
+        Ok(row.and_then(|(t, d)| {
+            Some(LastLogin {
+                at: parse_ts(&t)?,
+                login_delay: d.map(|d| d.max(0) as u64),
+            })
+        }))
     }
 
     /// Remember a successful login and the server's LOGIN-DELAY.
@@ -554,6 +564,12 @@ mod tests {
         let mut s = Store::open(&dir.path().join("s.db")).unwrap();
         assert_eq!(s.last_login("a").unwrap(), None);
         s.record_login("a", now(), Some(900)).unwrap();
-        assert_eq!(s.last_login("a").unwrap(), Some((now(), Some(900))));
+        assert_eq!(
+            s.last_login("a").unwrap(),
+            Some(LastLogin {
+                at: now(),
+                login_delay: Some(900)
+            })
+        );
     }
 }

@@ -196,7 +196,11 @@ async fn connect_and_plan(
     record: bool,
     tally: &mut Tally,
 ) -> Result<Planned, SyncError> {
-    if let Some((last, Some(delay))) = store.last_login(&account.name)? {
+    if let Some(store::LastLogin {
+        at: last,
+        login_delay: Some(delay),
+    }) = store.last_login(&account.name)?
+    {
         let retry_at =
             last + chrono::Duration::seconds(i64::try_from(delay).unwrap_or(i64::MAX / 2));
         if opts.now < retry_at {
