@@ -24,9 +24,9 @@ password password_command password_file auth deliver retention max_size
 received_header filter allow_plaintext timeout command_timeout state_dir.
 See `man popsync`.";
 
-/// Fetch mail from POP3 servers into Maildir, over TLS, exactly once.
+/// Fetch mail from POP3 servers over TLS into Maildir, mbox or an MDA, exactly once
 #[derive(Debug, Parser)]
-#[command(name = "popsync", version, about, after_help = AFTER_HELP)]
+#[command(name = "popsync", version, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

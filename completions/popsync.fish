@@ -1,0 +1,61 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_popsync_global_optspecs
+    string join \n config= q/quiet v/verbose json h/help V/version
+end
+
+function __fish_popsync_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_popsync_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_popsync_using_subcommand
+    set -l cmd (__fish_popsync_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c popsync -n "__fish_popsync_needs_command" -l config -d 'Config file [default: $POPSYNC_CONFIG, $XDG_CONFIG_HOME/popsync/config.toml]' -r -F
+complete -c popsync -n "__fish_popsync_needs_command" -s q -l quiet -d 'Print errors only (nothing at all on success)'
+complete -c popsync -n "__fish_popsync_needs_command" -s v -l verbose -d 'More output: -v one line per message, -vv the protocol dialogue (passwords redacted)'
+complete -c popsync -n "__fish_popsync_needs_command" -l json -d 'One JSON object per account on stdout (JSON Lines)'
+complete -c popsync -n "__fish_popsync_needs_command" -s h -l help -d 'Print help'
+complete -c popsync -n "__fish_popsync_needs_command" -s V -l version -d 'Print version'
+complete -c popsync -n "__fish_popsync_needs_command" -f -a "fetch" -d 'Download new mail and apply the retention policy'
+complete -c popsync -n "__fish_popsync_needs_command" -f -a "check" -d 'Count new mail on the server; download and delete nothing (exit 0: new mail, 1: none)'
+complete -c popsync -n "__fish_popsync_needs_command" -f -a "accounts" -d 'List the accounts with their resolved settings (secrets hidden)'
+complete -c popsync -n "__fish_popsync_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c popsync -n "__fish_popsync_using_subcommand fetch" -s j -l jobs -d 'Accounts fetched at the same time' -r
+complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l config -d 'Config file [default: $POPSYNC_CONFIG, $XDG_CONFIG_HOME/popsync/config.toml]' -r -F
+complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l all -d 'Every account in the config'
+complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l dry-run -d 'Connect and print the plan (ACTION UIDL SIZE REASON) without changing anything'
+complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l accept-uidl-reset -d 'Download again a mailbox whose UIDLs the server renumbered'
+complete -c popsync -n "__fish_popsync_using_subcommand fetch" -s q -l quiet -d 'Print errors only (nothing at all on success)'
+complete -c popsync -n "__fish_popsync_using_subcommand fetch" -s v -l verbose -d 'More output: -v one line per message, -vv the protocol dialogue (passwords redacted)'
+complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l json -d 'One JSON object per account on stdout (JSON Lines)'
+complete -c popsync -n "__fish_popsync_using_subcommand fetch" -s h -l help -d 'Print help'
+complete -c popsync -n "__fish_popsync_using_subcommand check" -s j -l jobs -d 'Accounts checked at the same time' -r
+complete -c popsync -n "__fish_popsync_using_subcommand check" -l config -d 'Config file [default: $POPSYNC_CONFIG, $XDG_CONFIG_HOME/popsync/config.toml]' -r -F
+complete -c popsync -n "__fish_popsync_using_subcommand check" -l all -d 'Every account in the config'
+complete -c popsync -n "__fish_popsync_using_subcommand check" -s q -l quiet -d 'Print errors only (nothing at all on success)'
+complete -c popsync -n "__fish_popsync_using_subcommand check" -s v -l verbose -d 'More output: -v one line per message, -vv the protocol dialogue (passwords redacted)'
+complete -c popsync -n "__fish_popsync_using_subcommand check" -l json -d 'One JSON object per account on stdout (JSON Lines)'
+complete -c popsync -n "__fish_popsync_using_subcommand check" -s h -l help -d 'Print help'
+complete -c popsync -n "__fish_popsync_using_subcommand accounts" -l config -d 'Config file [default: $POPSYNC_CONFIG, $XDG_CONFIG_HOME/popsync/config.toml]' -r -F
+complete -c popsync -n "__fish_popsync_using_subcommand accounts" -s q -l quiet -d 'Print errors only (nothing at all on success)'
+complete -c popsync -n "__fish_popsync_using_subcommand accounts" -s v -l verbose -d 'More output: -v one line per message, -vv the protocol dialogue (passwords redacted)'
+complete -c popsync -n "__fish_popsync_using_subcommand accounts" -l json -d 'One JSON object per account on stdout (JSON Lines)'
+complete -c popsync -n "__fish_popsync_using_subcommand accounts" -s h -l help -d 'Print help'
+complete -c popsync -n "__fish_popsync_using_subcommand help; and not __fish_seen_subcommand_from fetch check accounts help" -f -a "fetch" -d 'Download new mail and apply the retention policy'
+complete -c popsync -n "__fish_popsync_using_subcommand help; and not __fish_seen_subcommand_from fetch check accounts help" -f -a "check" -d 'Count new mail on the server; download and delete nothing (exit 0: new mail, 1: none)'
+complete -c popsync -n "__fish_popsync_using_subcommand help; and not __fish_seen_subcommand_from fetch check accounts help" -f -a "accounts" -d 'List the accounts with their resolved settings (secrets hidden)'
+complete -c popsync -n "__fish_popsync_using_subcommand help; and not __fish_seen_subcommand_from fetch check accounts help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

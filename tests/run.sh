@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command (README "Run the tests"; .ci/run calls it too):
+#
+#   bash tests/run.sh
+#
+# Installs what the integration tests need when it is missing (Dovecot's POP3
+# server, openssl, and the mail tools the delivery tests read mail back with),
+# then runs the whole suite. Without root it installs nothing and says what is
+# missing; the tests that need a missing tool then report themselves skipped,
+# except under CI=true, where a missing Dovecot fails the run.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+needed=()
+command -v dovecot >/dev/null || [[ -x /usr/sbin/dovecot ]] || needed+=(dovecot-pop3d)
+command -v openssl >/dev/null || needed+=(openssl)
+command -v procmail >/dev/null || needed+=(procmail)
+command -v formail >/dev/null || needed+=(procmail)
+command -v python3 >/dev/null || needed+=(python3)
+
+if ((${#needed[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "tests/run.sh: installing ${needed[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}" >/dev/null
+    elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
+        echo "tests/run.sh: installing ${needed[*]} (sudo)"
+        sudo apt-get update -qq
+        sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}" >/dev/null
+    else
+        echo "tests/run.sh: missing ${needed[*]}; install them to run every test" >&2
+    fi
+fi
+
+exec cargo test --locked "$@"
