@@ -11,6 +11,7 @@ use clap::Parser;
 use popsync::cli::{CheckArgs, Cli, Cmd, FetchArgs, Selection};
 use popsync::config::{self, Config};
 use popsync::exit::{self, ExitCode};
+use popsync::stop;
 use popsync::sync::{self, AccountReport, RunOptions};
 use popsync::ui::{self, Ui, Verbosity};
 
@@ -100,7 +101,8 @@ fn fetch(config: &Config, args: &FetchArgs, ui: Ui) -> Result<ExitCode, Failure>
         Job::Fetch,
         ui,
     )?;
-    Ok(exit::merge(reports.iter().map(|r| r.code)))
+    // A stop request decides the exit code: the run did not do all it was asked.
+    Ok(stop::requested().unwrap_or_else(|| exit::merge(reports.iter().map(|r| r.code))))
 }
 
 fn check(config: &Config, args: &CheckArgs, ui: Ui) -> Result<ExitCode, Failure> {
@@ -153,6 +155,16 @@ fn run_accounts(
     let accounts: Vec<_> = selected.into_iter().cloned().collect();
     let jobs = usize::from(jobs);
     let reports = runtime.block_on(async move {
+        if let Err(e) = stop::install(move |code| {
+            if ui.verbosity > Verbosity::Quiet {
+                eprintln!(
+                    "popsync: stopping ({}): finishing the messages in flight; signal again to quit at once",
+                    if code == ExitCode::Interrupted { "SIGINT" } else { "SIGTERM" }
+                );
+            }
+        }) {
+            ui.warn(&format!("cannot listen for SIGINT/SIGTERM: {e}"));
+        }
         let limit = Arc::new(tokio::sync::Semaphore::new(jobs));
         let mut tasks = tokio::task::JoinSet::new();
         for (index, account) in accounts.into_iter().enumerate() {
@@ -162,9 +174,10 @@ fn run_accounts(
                 // The semaphore is never closed, so acquire only fails if it
                 // were; then run without a slot rather than not at all.
                 let _slot = limit.acquire_owned().await.ok();
-                let report = match job {
-                    Job::Fetch => sync::run_account(&account, &opts).await,
-                    Job::Check => sync::check_account(&account, &opts).await,
+                let report = match (stop::requested(), job) {
+                    (Some(code), _) => AccountReport::not_started(&account.name, code),
+                    (None, Job::Fetch) => sync::run_account(&account, &opts).await,
+                    (None, Job::Check) => sync::check_account(&account, &opts).await,
                 };
                 report_account(&report, &opts.ui, job);
                 (index, report)
@@ -187,18 +200,7 @@ fn run_accounts(
 }
 
 fn internal_report() -> AccountReport {
-    AccountReport {
-        account: String::new(),
-        status: "failed",
-        new: 0,
-        fetched: 0,
-        bytes: 0,
-        deleted: 0,
-        skipped: 0,
-        error: Some("internal error".into()),
-        elapsed_ms: 0,
-        code: ExitCode::Software,
-    }
+    AccountReport::not_started("", ExitCode::Software)
 }
 
 /// Print one account's outcome as DESIGN.md says: JSON on stdout, the summary

@@ -54,6 +54,29 @@ pub struct AccountReport {
 }
 
 impl AccountReport {
+    /// An account that was not worked on at all (stopped before its turn,
+    /// or lost to an internal error).
+    pub fn not_started(account: &str, code: ExitCode) -> AccountReport {
+        let error = match code {
+            ExitCode::Interrupted | ExitCode::Terminated => {
+                "not started: popsync was asked to stop"
+            }
+            _ => "internal error: the account's task failed",
+        };
+        AccountReport {
+            account: account.to_owned(),
+            status: code.status_word(),
+            new: 0,
+            fetched: 0,
+            bytes: 0,
+            deleted: 0,
+            skipped: 0,
+            error: Some(error.to_owned()),
+            elapsed_ms: 0,
+            code,
+        }
+    }
+
     /// The default summary line on stderr.
     pub fn summary(&self) -> String {
         let mut s = format!(
@@ -391,9 +414,15 @@ async fn fetch_new(
     let mut to_delete = Vec::new();
     let mut sent = 0;
     for (i, p) in fetch.iter().enumerate() {
+        // On SIGINT/SIGTERM: no new RETRs; the ones already sent are
+        // delivered (their replies are on the way), then DELE and QUIT.
+        let stopping = crate::stop::requested().is_some();
+        if stopping && i >= sent {
+            break;
+        }
         // Keep up to `window` RETRs in flight; replies come back in order.
         let upto = (i + window).min(fetch.len());
-        if sent < upto {
+        if sent < upto && !stopping {
             let msgs: Vec<u32> = fetch[sent..upto].iter().map(|p| p.listed.msg).collect();
             session.send_retr(&msgs).await?;
             sent = upto;
