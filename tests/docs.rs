@@ -15,16 +15,11 @@ fn man_page() -> Vec<u8> {
         .section("1")
         .manual("popsync manual");
     let mut out = Vec::new();
-    let steps: [fn(&clap_mangen::Man, &mut Vec<u8>) -> std::io::Result<()>; 5] = [
-        |m, o| m.render_title(o),
-        |m, o| m.render_name_section(o),
-        |m, o| m.render_synopsis_section(o),
-        |m, o| m.render_description_section(o),
-        |m, o| m.render_options_section(o),
-    ];
-    for step in steps {
-        step(&man, &mut out).unwrap();
-    }
+    man.render_title(&mut out).unwrap();
+    man.render_name_section(&mut out).unwrap();
+    man.render_synopsis_section(&mut out).unwrap();
+    man.render_description_section(&mut out).unwrap();
+    man.render_options_section(&mut out).unwrap();
     // One subsection per command, with its own options.
     out.extend_from_slice(b".SH COMMANDS\n");
     for sub in cmd.get_subcommands() {
