@@ -28,6 +28,9 @@ _popsync() {
             popsync,help)
                 cmd="popsync__subcmd__help"
                 ;;
+            popsync,probe)
+                cmd="popsync__subcmd__probe"
+                ;;
             popsync__subcmd__help,accounts)
                 cmd="popsync__subcmd__help__subcmd__accounts"
                 ;;
@@ -40,6 +43,9 @@ _popsync() {
             popsync__subcmd__help,help)
                 cmd="popsync__subcmd__help__subcmd__help"
                 ;;
+            popsync__subcmd__help,probe)
+                cmd="popsync__subcmd__help__subcmd__probe"
+                ;;
             *)
                 ;;
         esac
@@ -47,7 +53,7 @@ _popsync() {
 
     case "${cmd}" in
         popsync)
-            opts="-q -v -h -V --config --quiet --verbose --json --help --version fetch check accounts help"
+            opts="-q -v -h -V --config --quiet --verbose --json --help --version fetch check probe accounts help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -135,7 +141,7 @@ _popsync() {
             return 0
             ;;
         popsync__subcmd__help)
-            opts="fetch check accounts help"
+            opts="fetch check probe accounts help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -197,6 +203,38 @@ _popsync() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__help__subcmd__probe)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__probe)
+            opts="-q -v -h --login --config --quiet --verbose --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

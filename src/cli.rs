@@ -57,6 +57,8 @@ pub enum Cmd {
     Fetch(FetchArgs),
     /// Count new mail on the server; download and delete nothing (exit 0: new mail, 1: none)
     Check(CheckArgs),
+    /// Show server facts: TLS version, cipher and certificate, CAPA, SASL mechanisms
+    Probe(ProbeArgs),
     /// List the accounts with their resolved settings (secrets hidden)
     Accounts,
 }
@@ -98,4 +100,14 @@ pub struct CheckArgs {
     /// Accounts checked at the same time
     #[arg(long, short = 'j', value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The account, as in the config's [accounts.NAME]
+    #[arg(value_name = "ACCOUNT")]
+    pub account: String,
+    /// Also log in, to check the credentials
+    #[arg(long)]
+    pub login: bool,
 }

@@ -4,9 +4,10 @@
 //! merged code of a run and exits with it.
 
 /// The process exit codes popsync uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum ExitCode {
     /// Every selected account synced; `check`: new mail exists.
+    #[default]
     Ok = 0,
     /// `check` only: no new mail.
     NoNewMail = 1,

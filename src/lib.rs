@@ -8,6 +8,7 @@ pub mod exit;
 pub mod net;
 pub mod policy;
 pub mod pop3;
+pub mod probe;
 pub mod stop;
 pub mod store;
 pub mod sync;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 
-use popsync::cli::{CheckArgs, Cli, Cmd, FetchArgs, Selection};
+use popsync::cli::{CheckArgs, Cli, Cmd, FetchArgs, ProbeArgs, Selection};
 use popsync::config::{self, Config};
 use popsync::exit::{self, ExitCode};
 use popsync::stop;
@@ -67,6 +67,7 @@ fn run(cli: &Cli, ui: Ui) -> Result<ExitCode, Failure> {
     match &cli.command {
         Cmd::Fetch(args) => fetch(&config, args, ui),
         Cmd::Check(args) => check(&config, args, ui),
+        Cmd::Probe(args) => probe(&config, args, ui),
         Cmd::Accounts => accounts(&config, ui),
     }
 }
@@ -229,6 +230,33 @@ fn report_account(report: &AccountReport, ui: &Ui, job: Job) {
             Err(e) => ui.error(&format!("cannot encode JSON report: {e}")),
         }
     }
+}
+
+fn probe(config: &Config, args: &ProbeArgs, ui: Ui) -> Result<ExitCode, Failure> {
+    let account = config
+        .select(std::slice::from_ref(&args.account), false)
+        .map_err(|e| fail(ExitCode::Usage, anyhow::anyhow!(e)))?[0]
+        .clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(|e| fail(ExitCode::Software, e))?;
+    let report = runtime.block_on(popsync::probe::probe(&account, args.login, &ui));
+    let out = if ui.json {
+        serde_json::to_string(&report)
+            .context("cannot encode JSON report")
+            .map_err(|e| fail(ExitCode::Software, e))?
+    } else {
+        report.text().trim_end().to_owned()
+    };
+    ui::stdout_line(&out)
+        .context("cannot write to stdout")
+        .map_err(|e| fail(ExitCode::IoError, e))?;
+    if let Some(err) = &report.error {
+        ui.error(&format!("{}: {err}", report.account));
+    }
+    Ok(report.code)
 }
 
 fn accounts(config: &Config, ui: Ui) -> Result<ExitCode, Failure> {

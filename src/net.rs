@@ -8,7 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -186,6 +186,7 @@ pub struct TlsSettings {
     host: String,
     port: u16,
     pinned: bool,
+    presented: Arc<Mutex<Vec<CertificateDer<'static>>>>,
 }
 
 impl TlsSettings {
@@ -226,8 +227,10 @@ impl TlsSettings {
                 .build()
                 .ok()
         };
+        let presented = Arc::new(Mutex::new(Vec::new()));
         let verifier = Arc::new(Verifier {
             webpki,
+            presented: presented.clone(),
             pin,
             algorithms: provider.signature_verification_algorithms,
         });
@@ -250,7 +253,14 @@ impl TlsSettings {
             host: host.to_owned(),
             port,
             pinned: pin.is_some(),
+            presented,
         })
+    }
+
+    /// The certificate chain the server presented in the last handshake,
+    /// whether or not it was accepted.
+    pub fn presented_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.presented.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// Run the TLS handshake over an established TCP stream (implicit TLS, or
@@ -312,6 +322,9 @@ impl TlsSettings {
 #[derive(Debug)]
 struct Verifier {
     webpki: Option<Arc<WebPkiServerVerifier>>,
+    /// The chain the server presented, kept even when it is rejected, so
+    /// that `probe` can show the certificate a person may want to pin.
+    presented: Arc<Mutex<Vec<CertificateDer<'static>>>>,
     pin: Option<Fingerprint>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -333,6 +346,12 @@ impl ServerCertVerifier for Verifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Ok(mut seen) = self.presented.lock() {
+            *seen = std::iter::once(end_entity)
+                .chain(intermediates)
+                .map(|c| c.clone().into_owned())
+                .collect();
+        }
         if let Some(pin) = self.pin {
             if fingerprint(end_entity) != pin {
                 return Err(rustls::Error::InvalidCertificate(

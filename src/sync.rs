@@ -573,18 +573,26 @@ fn lock_account(state_dir: &Path, name: &str) -> Result<File, SyncError> {
     }
 }
 
-/// Connect, secure the connection as configured, and log in.
-async fn login(
-    account: &Account,
-    password: &str,
-    opts: &RunOptions,
-) -> Result<Transaction<Transport>, SyncError> {
-    let server = format!("{}:{}", account.host, account.port);
-    let trace: Option<Trace> = opts.ui.tracing().then(|| {
+/// A connection in the AUTHORIZATION state, secured as the account says.
+pub struct Connected {
+    pub greeted: Greeted<Transport>,
+    /// The address actually connected to.
+    pub peer: Option<std::net::SocketAddr>,
+    /// With STLS: the capabilities the server announced before TLS.
+    pub capa_before_tls: Option<crate::pop3::codec::Capabilities>,
+}
+
+/// The `-vv` protocol trace for an account, when asked for.
+pub fn trace_for(account: &Account, ui: &Ui) -> Option<Trace> {
+    ui.tracing().then(|| {
         let name = account.name.clone();
         Box::new(move |line: &str| eprintln!("{name}: {line}")) as Trace
-    });
-    let tls = match account.tls {
+    })
+}
+
+/// The TLS settings of an account (`None` for `tls = "none"`).
+pub fn tls_settings(account: &Account) -> Result<Option<TlsSettings>, SyncError> {
+    Ok(match account.tls {
         TlsMode::None => None,
         _ => Some(TlsSettings::new(
             &account.host,
@@ -592,31 +600,33 @@ async fn login(
             account.ca_file.as_deref(),
             account.tls_fingerprint,
         )?),
-    };
+    })
+}
+
+/// Connect and secure the connection: implicit TLS, or STLS (refusing to go
+/// on in clear text when the server does not offer it), or plain TCP only
+/// with `allow_plaintext`.
+pub async fn connect(
+    account: &Account,
+    tls: Option<&TlsSettings>,
+    trace: Option<Trace>,
+) -> Result<Connected, SyncError> {
+    let server = format!("{}:{}", account.host, account.port);
     let tcp = net::connect_tcp(&account.host, account.port, account.timeout).await?;
-    let greeted = match (&tls, account.tls) {
+    let peer = tcp.peer_addr().ok();
+    let new_conn = |stream, trace| Connection::new(stream, server.clone(), account.timeout, trace);
+    let (greeted, capa_before_tls) = match (tls, account.tls) {
         (Some(tls), TlsMode::Implicit) => {
             let stream = tls.handshake(tcp, account.timeout).await?;
-            Greeted::start(Connection::new(
-                stream,
-                server.clone(),
-                account.timeout,
-                trace,
-            ))
-            .await?
+            (Greeted::start(new_conn(stream, trace)).await?, None)
         }
         (Some(tls), TlsMode::Starttls) => {
-            let plain = Greeted::start(Connection::new(
-                Transport::Plain(tcp),
-                server.clone(),
-                account.timeout,
-                trace,
-            ))
-            .await?;
+            let plain = Greeted::start(new_conn(Transport::Plain(tcp), trace)).await?;
             if !plain.capa.stls() {
                 return Err(SyncError::NoStls { server });
             }
             let greeting = plain.greeting.clone();
+            let before = plain.capa.clone();
             let (stream, settings) = plain.stls().await?;
             let Transport::Plain(tcp) = stream else {
                 return Err(SyncError::NoStls { server });
@@ -629,30 +639,53 @@ async fn login(
                 capa: Default::default(),
             };
             g.refresh_capa().await?;
-            g
+            (g, Some(before))
         }
         _ => {
             if !account.allow_plaintext {
                 return Err(SyncError::Plaintext { server });
             }
-            Greeted::start(Connection::new(
-                Transport::Plain(tcp),
-                server.clone(),
-                account.timeout,
-                trace,
-            ))
-            .await?
+            (
+                Greeted::start(new_conn(Transport::Plain(tcp), trace)).await?,
+                None,
+            )
         }
     };
-    let mech = auth::choose(&account.auth, &greeted.capa, &greeted.greeting).map_err(|source| {
+    Ok(Connected {
+        greeted,
+        peer,
+        capa_before_tls,
+    })
+}
+
+/// The login mechanism popsync would use with this server.
+pub fn mechanism(
+    account: &Account,
+    greeted: &Greeted<Transport>,
+) -> Result<auth::Mechanism, SyncError> {
+    auth::choose(&account.auth, &greeted.capa, &greeted.greeting).map_err(|source| {
         SyncError::Auth {
-            server: server.clone(),
+            server: greeted.conn.server().to_owned(),
             source,
         }
-    })?;
+    })
+}
+
+/// Connect, secure the connection as configured, and log in.
+async fn login(
+    account: &Account,
+    password: &str,
+    opts: &RunOptions,
+) -> Result<Transaction<Transport>, SyncError> {
+    let tls = tls_settings(account)?;
+    let greeted = connect(account, tls.as_ref(), trace_for(account, &opts.ui))
+        .await?
+        .greeted;
+    let mech = mechanism(account, &greeted)?;
     opts.ui.verbose(&format!(
-        "{}: logging in to {server} as {} with {}",
+        "{}: logging in to {} as {} with {}",
         account.name,
+        greeted.conn.server(),
         account.user,
         mech.name()
     ));

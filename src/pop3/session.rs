@@ -175,6 +175,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// The underlying stream (for TLS facts).
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
     /// The server as named in errors ("host:port").
     pub fn server(&self) -> &str {
         &self.server
