@@ -2,6 +2,7 @@
 //! over this library; everything that can be tested without a process lives here.
 
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod deliver;
 pub mod exit;

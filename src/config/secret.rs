@@ -3,10 +3,8 @@
 //! Secrets are fetched only when a session needs them, so `accounts` and
 //! `--dry-run` planning never run a user's password command needlessly.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One of `password`, `password_file` (first line) or `password_command`
 /// (first line of its stdout).
@@ -59,11 +57,10 @@ pub enum SecretError {
 }
 
 fn stderr_part(s: &str) -> String {
-    let s = s.trim();
     if s.is_empty() {
         String::new()
     } else {
-        format!(": {}", crate::pop3::codec::sanitize(s.as_bytes(), 300))
+        format!(": {s}")
     }
 }
 
@@ -90,66 +87,24 @@ fn first_line(text: &str) -> Option<String> {
 }
 
 fn run_command(command: &str, timeout: Duration) -> Result<String, SecretError> {
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| SecretError::Spawn {
+    let finished = crate::command::run_shell(command, b"", timeout).map_err(|e| match e {
+        crate::command::RunError::Spawn(source) => SecretError::Spawn {
             command: command.to_owned(),
             source,
-        })?;
-    // Read both pipes on threads so a chatty command cannot block on a full pipe
-    // while we wait for it.
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let out_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(o) = out.as_mut() {
-            let _ = o.take(1 << 20).read_to_end(&mut buf);
-        }
-        buf
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(e) = err.as_mut() {
-            let _ = e.take(64 << 10).read_to_end(&mut buf);
-        }
-        buf
-    });
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(SecretError::TimedOut {
-                    command: command.to_owned(),
-                    timeout,
-                });
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(source) => {
-                return Err(SecretError::Spawn {
-                    command: command.to_owned(),
-                    source,
-                });
-            }
-        }
-    };
-    let stdout = out_thread.join().unwrap_or_default();
-    let stderr = err_thread.join().unwrap_or_default();
-    if !status.success() {
+        },
+        crate::command::RunError::TimedOut(timeout) => SecretError::TimedOut {
+            command: command.to_owned(),
+            timeout,
+        },
+    })?;
+    if !finished.status.success() {
         return Err(SecretError::Failed {
             command: command.to_owned(),
-            status: status.to_string(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            status: finished.status.to_string(),
+            stderr: finished.stderr,
         });
     }
-    first_line(&String::from_utf8_lossy(&stdout)).ok_or_else(|| SecretError::EmptyOutput {
+    first_line(&String::from_utf8_lossy(&finished.stdout)).ok_or_else(|| SecretError::EmptyOutput {
         command: command.to_owned(),
     })
 }

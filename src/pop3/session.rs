@@ -587,6 +587,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
                 let body = self.conn.read_listing("UIDL").await?;
                 Some(codec::parse_uidl_listing(&body).map_err(malformed("UIDL"))?)
             }
+            // A response code (e.g. [SYS/TEMP]) or a server that announces
+            // UIDL means "not now", not "not supported".
+            Ok(r) if r.code.is_some() || self.capa.uidl() => {
+                return Err(SessionError::Rejected {
+                    server,
+                    command: "UIDL".into(),
+                    code: r.code,
+                    text: r.text,
+                });
+            }
             Ok(_) => None,
             Err(e) => return Err(e),
         };

@@ -1,0 +1,1150 @@
+//! A scripted POP3 server for fault injection, and a runner for the real
+//! `popsync` binary, for the black-box tests of how popsync copes with a
+//! server that misbehaves.
+//!
+//! The server is small and honest where it does not misbehave on purpose: it
+//! serves a mailbox over plain TCP (or implicit TLS with a certificate made in
+//! the test), dot-stuffs with CRLF, takes USER/PASS and AUTH PLAIN, and applies
+//! DELEs only at QUIT, like a real server. Its state (mailbox, faults, the
+//! commands it was sent) outlives a connection, so a test can run popsync
+//! against a broken server, heal it, and run again.
+//!
+//! ```ignore
+//! mod fault;
+//! use fault::{Fault, FaultServer, On};
+//! let srv = FaultServer::builder()
+//!     .messages(vec![b"Subject: a\n\nhi\n".to_vec(), b"Subject: b\n\nho\n".to_vec()])
+//!     .fault(On::Retr(2), Fault::DropAfter(100))
+//!     .times(1) // only the first time RETR 2 is asked for
+//!     .start();
+//! let (code, stdout, stderr) = fault::popsync(dir, &toml_naming(srv.port()), &["fetch", "--all"]);
+//! assert!(!srv.commands().iter().any(|c| c == "QUIT"));
+//! ```
+//!
+//! Each test file says `mod fault;` and uses what it needs; hence `dead_code`.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+
+/// How long one `popsync` run may take before the runner kills it.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest a fault keeps a connection open waiting for the client to
+/// leave (stalls without an explicit duration, a missing terminator).
+const MAX_HOLD: Duration = Duration::from_secs(60);
+
+/// The longest command line the server reads; a longer one ends the
+/// connection (popsync never sends one).
+const MAX_COMMAND: usize = 64 * 1024;
+
+/// What a fault is attached to: a moment of the session or a command.
+/// `Retr(n)` matches only RETR of message n; the others match any arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// Before the TLS handshake of an implicit-TLS server (see `Fault`).
+    TlsHandshake,
+    Greeting,
+    Capa,
+    User,
+    Pass,
+    /// The final reply to AUTH (after the SASL payload).
+    Auth,
+    Uidl,
+    List,
+    Stat,
+    Retr(u32),
+    Top,
+    Dele,
+    Rset,
+    Noop,
+    Quit,
+}
+
+/// What goes wrong. A fault that replaces the reply (`Err`, `Raw`) also
+/// cancels the command's effect (no login, no DELE mark, no commit at QUIT);
+/// the others keep it: the server did the work and the reply got lost.
+///
+/// At `On::TlsHandshake`: `Stall(d)` waits d, `Raw(bytes)` sends the bytes
+/// instead of a ServerHello, anything else reads the ClientHello; then the
+/// connection is closed in every case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Reply `-ERR TEXT` instead, e.g. `Fault::err("[IN-USE] locked")`.
+    Err(String),
+    /// Send only the first K octets of the real reply, then close.
+    DropAfter(usize),
+    /// Send nothing for this long (the socket stays open), then the real reply.
+    Stall(Duration),
+    /// Send the real reply one octet at a time, pausing this long before each.
+    Trickle(Duration),
+    /// Send these octets instead of the reply, then carry on reading commands:
+    /// a malformed status line (`Fault::malformed`), binary garbage.
+    Raw(Vec<u8>),
+    /// Send the reply without its ".\r\n" terminator (whole if single-line),
+    /// then close (`close`), or hold the socket open until the client leaves.
+    NoTerminator { close: bool },
+    /// "+OK", then valid-looking lines forever, until the client disconnects.
+    Endless,
+    /// "+OK", then one line of this many octets, then the terminator.
+    LongLine(usize),
+}
+
+impl Fault {
+    /// `-ERR TEXT`.
+    pub fn err(text: &str) -> Fault {
+        Fault::Err(text.to_owned())
+    }
+
+    /// This line (CRLF added) instead of the status line.
+    pub fn malformed(line: &str) -> Fault {
+        Fault::Raw(format!("{line}\r\n").into_bytes())
+    }
+
+    /// Binary garbage instead of the reply, ending in CRLF like a line:
+    /// terminal escapes first (a title change, a bell), then every octet
+    /// but CR and LF.
+    pub fn garbage() -> Fault {
+        let mut bytes = b"\x1b]0;owned\x07\x1b[2J".to_vec();
+        bytes.extend((0u8..=255).filter(|b| !matches!(b, b'\r' | b'\n')));
+        bytes.extend_from_slice(b"\r\n");
+        Fault::Raw(bytes)
+    }
+}
+
+/// One fault and how many more times it may fire (`None`: always).
+#[derive(Debug, Clone)]
+struct Rule {
+    on: On,
+    fault: Fault,
+    remaining: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct Msg {
+    /// Identity across connections, so QUIT removes the right messages.
+    id: u64,
+    body: Vec<u8>,
+    uidl: String,
+    /// What LIST says instead of the true size (a lying server).
+    list_size: Option<u64>,
+}
+
+#[derive(Debug)]
+struct State {
+    mailbox: Vec<Msg>,
+    next_id: u64,
+    rules: Vec<Rule>,
+    /// The lines each connection sent, in order, secrets included.
+    sessions: Vec<Vec<String>>,
+    /// Connections still being served.
+    active: usize,
+    capa: Vec<String>,
+    user: String,
+    password: String,
+}
+
+impl State {
+    /// The fault for `on`, if one is armed; counts it as fired.
+    fn fire(&mut self, on: On) -> Option<Fault> {
+        let rule = self
+            .rules
+            .iter_mut()
+            .find(|r| r.on == on && r.remaining != Some(0))?;
+        if let Some(n) = &mut rule.remaining {
+            *n -= 1;
+        }
+        Some(rule.fault.clone())
+    }
+}
+
+/// Sets up a `FaultServer`. Defaults: no messages, user "alice", password
+/// "secret", CAPA `USER UIDL TOP PIPELINING RESP-CODES`, plain TCP.
+pub struct Builder {
+    bodies: Vec<Vec<u8>>,
+    uidls: Option<Vec<String>>,
+    list_sizes: Vec<(u32, u64)>,
+    rules: Vec<Rule>,
+    capa: Vec<String>,
+    user: String,
+    password: String,
+    tls: bool,
+}
+
+impl Builder {
+    /// The mailbox, in message-number order; bodies with LF line ends.
+    pub fn messages(mut self, bodies: Vec<Vec<u8>>) -> Self {
+        self.bodies = bodies;
+        self
+    }
+
+    /// UIDLs of the messages, in order (duplicates allowed); default
+    /// `uid-1`, `uid-2`, ...
+    pub fn uidls(mut self, uidls: &[&str]) -> Self {
+        self.uidls = Some(uidls.iter().map(|u| (*u).to_owned()).collect());
+        self
+    }
+
+    /// Make LIST report `size` for message `msg` (1-based), whatever it is.
+    pub fn list_size(mut self, msg: u32, size: u64) -> Self {
+        self.list_sizes.push((msg, size));
+        self
+    }
+
+    /// The CAPA lines (without the terminator). An empty list makes CAPA
+    /// answer -ERR, like an RFC 1939-only server.
+    pub fn capa(mut self, lines: &[&str]) -> Self {
+        self.capa = lines.iter().map(|l| (*l).to_owned()).collect();
+        self
+    }
+
+    pub fn credentials(mut self, user: &str, password: &str) -> Self {
+        self.user = user.to_owned();
+        self.password = password.to_owned();
+        self
+    }
+
+    /// Arm a fault; it fires every time unless `times` follows.
+    pub fn fault(mut self, on: On, fault: Fault) -> Self {
+        self.rules.push(Rule {
+            on,
+            fault,
+            remaining: None,
+        });
+        self
+    }
+
+    /// The fault armed last fires only its first `n` times (`times(1)`:
+    /// one-shot; with one firing per session, "the first n connections").
+    pub fn times(mut self, n: u32) -> Self {
+        if let Some(rule) = self.rules.last_mut() {
+            rule.remaining = Some(n);
+        }
+        self
+    }
+
+    /// Serve implicit TLS with a certificate for 127.0.0.1 signed by a CA
+    /// made for this server (see `FaultServer::fingerprint`, `ca_pem_path`).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Bind 127.0.0.1 on a free port and serve on a thread of its own.
+    pub fn start(self) -> FaultServer {
+        let uidls = self.uidls.unwrap_or_else(|| {
+            (1..=self.bodies.len())
+                .map(|i| format!("uid-{i}"))
+                .collect()
+        });
+        assert_eq!(uidls.len(), self.bodies.len(), "one UIDL per message");
+        let mailbox: Vec<Msg> = self
+            .bodies
+            .into_iter()
+            .zip(uidls)
+            .enumerate()
+            .map(|(i, (body, uidl))| Msg {
+                id: i as u64,
+                body,
+                uidl,
+                list_size: self
+                    .list_sizes
+                    .iter()
+                    .find(|(m, _)| *m as usize == i + 1)
+                    .map(|(_, s)| *s),
+            })
+            .collect();
+        let state = Arc::new(Mutex::new(State {
+            next_id: mailbox.len() as u64,
+            mailbox,
+            rules: self.rules,
+            sessions: Vec::new(),
+            active: 0,
+            capa: self.capa,
+            user: self.user,
+            password: self.password,
+        }));
+        let tls = self.tls.then(TestTls::new);
+        let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local address").port();
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = state.clone();
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("test runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                tokio::select! {
+                    _ = accept_loop(listener, served, acceptor) => {}
+                    _ = stopped => {}
+                }
+            });
+            // Connections still open (a stall, an endless reply) end here.
+            runtime.shutdown_timeout(Duration::from_millis(200));
+        });
+        FaultServer {
+            port,
+            state,
+            tls,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A running scripted server; stops when dropped.
+pub struct FaultServer {
+    port: u16,
+    state: Arc<Mutex<State>>,
+    tls: Option<TestTls>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl FaultServer {
+    pub fn builder() -> Builder {
+        Builder {
+            bodies: Vec::new(),
+            uidls: None,
+            list_sizes: Vec::new(),
+            rules: Vec::new(),
+            capa: ["USER", "UIDL", "TOP", "PIPELINING", "RESP-CODES"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            user: "alice".into(),
+            password: "secret".into(),
+            tls: false,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// How popsync names this server in messages: `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Wait (at most 5 s) until no connection is being served, so that
+    /// what the server saw is complete once popsync has exited: the server
+    /// may not have read the last lines of a client that hung up yet.
+    pub fn settle(&self) {
+        let started = Instant::now();
+        while self.state().active > 0 && started.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug in this module; the state
+        // is still worth reading to explain a failing test.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every line clients sent, all connections in order, without CRLF.
+    /// PASS and AUTH payloads are kept as sent. Like every accessor of what
+    /// happened, it first waits for open connections to end (`settle`).
+    pub fn commands(&self) -> Vec<String> {
+        self.settle();
+        self.state().sessions.concat()
+    }
+
+    /// The lines each connection sent, one list per connection.
+    pub fn sessions(&self) -> Vec<Vec<String>> {
+        self.settle();
+        self.state().sessions.clone()
+    }
+
+    /// The lines connection `i` (0-based) sent; empty if there was none.
+    pub fn session(&self, i: usize) -> Vec<String> {
+        self.settle();
+        self.state().sessions.get(i).cloned().unwrap_or_default()
+    }
+
+    /// How many connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        self.settle();
+        self.state().sessions.len()
+    }
+
+    /// The messages still on the server (bodies as given, LF line ends).
+    pub fn mailbox(&self) -> Vec<Vec<u8>> {
+        self.settle();
+        self.state()
+            .mailbox
+            .iter()
+            .map(|m| m.body.clone())
+            .collect()
+    }
+
+    /// The UIDLs of the messages still on the server.
+    pub fn uidls(&self) -> Vec<String> {
+        self.settle();
+        self.state()
+            .mailbox
+            .iter()
+            .map(|m| m.uidl.clone())
+            .collect()
+    }
+
+    /// Renumber the mailbox: new UIDLs for the messages on the server, in order.
+    pub fn set_uidls(&self, uidls: &[&str]) {
+        let mut state = self.state();
+        assert_eq!(uidls.len(), state.mailbox.len(), "one UIDL per message");
+        for (m, u) in state.mailbox.iter_mut().zip(uidls) {
+            m.uidl = (*u).to_owned();
+        }
+    }
+
+    /// New mail arrives (appended, so it gets the next message number).
+    pub fn add_message(&self, body: &[u8], uidl: &str) {
+        let mut state = self.state();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.mailbox.push(Msg {
+            id,
+            body: body.to_vec(),
+            uidl: uidl.to_owned(),
+            list_size: None,
+        });
+    }
+
+    /// Arm a fault while running (fires every time; see `fault_times`).
+    pub fn fault(&self, on: On, fault: Fault) {
+        self.fault_times(on, fault, None);
+    }
+
+    /// Arm a fault that fires at most `times` times (`None`: always).
+    pub fn fault_times(&self, on: On, fault: Fault, times: Option<u32>) {
+        self.state().rules.push(Rule {
+            on,
+            fault,
+            remaining: times,
+        });
+    }
+
+    /// Remove every fault: the server behaves from now on.
+    pub fn heal(&self) {
+        self.state().rules.clear();
+    }
+
+    /// The pin for popsync's `tls_fingerprint`: `sha256:AB:CD:...` of the
+    /// server certificate. Panics unless built with `tls()`.
+    pub fn fingerprint(&self) -> String {
+        self.tls
+            .as_ref()
+            .expect("built with .tls()")
+            .fingerprint
+            .clone()
+    }
+
+    /// A PEM file with the CA that signed the server certificate, for
+    /// popsync's `ca_file`. Panics unless built with `tls()`.
+    pub fn ca_pem_path(&self) -> &Path {
+        &self.tls.as_ref().expect("built with .tls()").ca_path
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1 (and "localhost"), made per
+/// server; the CA's PEM lives in a temp dir that goes with the server.
+struct TestTls {
+    acceptor: TlsAcceptor,
+    fingerprint: String,
+    ca_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestTls {
+    fn new() -> TestTls {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "popsync fault server test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let key = KeyPair::generate().expect("server key");
+        let params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("server params");
+        let cert = params.signed_by(&key, &issuer).expect("server certificate");
+
+        let digest = ring::digest::digest(&ring::digest::SHA256, cert.der().as_ref());
+        let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+        let fingerprint = format!("sha256:{}", hex.join(":"));
+
+        let dir = tempfile::tempdir().expect("temp dir for the CA");
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca_cert.pem()).expect("write CA PEM");
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key_der =
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key DER");
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key_der)
+            .expect("server TLS config");
+        TestTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            fingerprint,
+            ca_path,
+            _dir: dir,
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    state: Arc<Mutex<State>>,
+    acceptor: Option<TlsAcceptor>,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let index = {
+            let mut s = lock(&state);
+            s.sessions.push(Vec::new());
+            s.active += 1;
+            s.sessions.len() - 1
+        };
+        let state = state.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve(tcp, state.clone(), index).await,
+                Some(acceptor) => serve_tls(tcp, acceptor, state.clone(), index).await,
+            }
+            lock(&state).active -= 1;
+        });
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn serve_tls(mut tcp: TcpStream, acceptor: TlsAcceptor, state: Arc<Mutex<State>>, i: usize) {
+    let fault = lock(&state).fire(On::TlsHandshake);
+    if let Some(fault) = fault {
+        match fault {
+            Fault::Stall(d) => tokio::time::sleep(d).await,
+            Fault::Raw(bytes) => {
+                let _ = tcp.write_all(&bytes).await;
+            }
+            _ => {
+                let mut hello = [0u8; 512];
+                let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut hello)).await;
+            }
+        }
+        return;
+    }
+    if let Ok(Ok(stream)) = tokio::time::timeout(MAX_HOLD, acceptor.accept(tcp)).await {
+        serve(stream, state, i).await;
+    }
+}
+
+/// Serve one connection to the end; any I/O error just ends it.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    state: Arc<Mutex<State>>,
+    index: usize,
+) {
+    let mut conn = Conn {
+        stream,
+        inbuf: Vec::new(),
+        state,
+        index,
+        user: None,
+        snapshot: None,
+        deleted: Vec::new(),
+    };
+    let _ = conn.run().await;
+}
+
+/// A reply as the honest server would send it.
+struct Reply {
+    bytes: Vec<u8>,
+    multiline: bool,
+    effect: Effect,
+}
+
+/// What a command changes, applied unless its fault replaced the reply.
+enum Effect {
+    None,
+    User(String),
+    Login,
+    Dele(usize),
+    Rset,
+    /// Commit the DELEs (if logged in) and close.
+    Quit,
+}
+
+impl Reply {
+    fn ok(text: &str) -> Reply {
+        Reply::single(format!("+OK {text}"), Effect::None)
+    }
+
+    fn err(text: &str) -> Reply {
+        Reply::single(format!("-ERR {text}"), Effect::None)
+    }
+
+    fn single(line: String, effect: Effect) -> Reply {
+        Reply {
+            bytes: format!("{line}\r\n").into_bytes(),
+            multiline: false,
+            effect,
+        }
+    }
+
+    /// "+OK FIRST", then `body` dot-stuffed with CRLF, then ".\r\n".
+    fn multi(first: &str, body: &[u8]) -> Reply {
+        let mut bytes = format!("+OK {first}\r\n").into_bytes();
+        bytes.extend_from_slice(&stuff(body));
+        bytes.extend_from_slice(b".\r\n");
+        Reply {
+            bytes,
+            multiline: true,
+            effect: Effect::None,
+        }
+    }
+}
+
+/// LF lines to CRLF lines with dot-stuffing; a last line without LF gets CRLF.
+fn stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 16 + 2);
+    let mut lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    if body.ends_with(b"\n") || body.is_empty() {
+        lines.pop();
+    }
+    for line in lines {
+        if line.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// RFC 1939 size: octets of the message with CRLF line ends, unstuffed.
+fn wire_size(body: &[u8]) -> u64 {
+    let lf = body.iter().filter(|&&b| b == b'\n').count();
+    let unterminated = usize::from(!body.is_empty() && !body.ends_with(b"\n"));
+    (body.len() + lf + 2 * unterminated) as u64
+}
+
+struct Conn<S> {
+    stream: S,
+    inbuf: Vec<u8>,
+    state: Arc<Mutex<State>>,
+    index: usize,
+    /// The name given with USER, waiting for PASS.
+    user: Option<String>,
+    /// The maildrop as of login (TRANSACTION state); None before.
+    snapshot: Option<Vec<Msg>>,
+    deleted: Vec<bool>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    async fn run(&mut self) -> std::io::Result<()> {
+        let greeting = Reply::ok("popsync fault server ready");
+        let fault = self.state().fire(On::Greeting);
+        if matches!(fault, Some(Fault::Err(_))) {
+            // A server that refuses at the greeting hangs up.
+            self.send_with(greeting, fault).await?;
+            return Ok(());
+        }
+        if !self.send_with(greeting, fault).await? {
+            return Ok(());
+        }
+        while let Some(line) = self.read_line().await? {
+            self.state().sessions[self.index].push(line.clone());
+            let (on, reply) = self.answer(&line).await?;
+            let fault = on.and_then(|on| self.state().fire(on));
+            if !self.send_with(reply, fault).await? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Read one command line (without CRLF); None when the client left.
+    async fn read_line(&mut self) -> std::io::Result<Option<String>> {
+        loop {
+            if let Some(lf) = self.inbuf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.inbuf.drain(..=lf).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+            }
+            if self.inbuf.len() > MAX_COMMAND {
+                return Ok(None);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.inbuf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Wait `d` while noticing the client leave (false then). What the
+    /// client sends meanwhile (pipelined commands) is kept for later.
+    async fn hold(&mut self, d: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + d;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return true,
+                Ok(Ok(0)) | Ok(Err(_)) => return false,
+                Ok(Ok(n)) => self.inbuf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Send `reply`, bent by `fault`, and apply its effect. Ok(false): the
+    /// connection is over (QUIT, or a fault that closes it).
+    async fn send_with(&mut self, reply: Reply, fault: Option<Fault>) -> std::io::Result<bool> {
+        let Reply {
+            bytes,
+            multiline,
+            effect,
+        } = reply;
+        let keep_effect = !matches!(fault, Some(Fault::Err(_) | Fault::Raw(_)));
+        let quit = matches!(effect, Effect::Quit);
+        if keep_effect {
+            self.apply(effect);
+        }
+        match fault {
+            None => self.write(&bytes).await?,
+            Some(Fault::Err(text)) => self.write(format!("-ERR {text}\r\n").as_bytes()).await?,
+            Some(Fault::Raw(raw)) => self.write(&raw).await?,
+            Some(Fault::DropAfter(k)) => {
+                self.write(&bytes[..k.min(bytes.len())]).await?;
+                let _ = self.stream.shutdown().await;
+                return Ok(false);
+            }
+            Some(Fault::Stall(d)) => {
+                if !self.hold(d).await {
+                    return Ok(false);
+                }
+                self.write(&bytes).await?;
+            }
+            Some(Fault::Trickle(d)) => {
+                for b in &bytes {
+                    tokio::time::sleep(d).await;
+                    self.write(std::slice::from_ref(b)).await?;
+                }
+            }
+            Some(Fault::NoTerminator { close }) => {
+                let cut = if multiline {
+                    bytes.len().saturating_sub(3)
+                } else {
+                    bytes.len()
+                };
+                self.write(&bytes[..cut]).await?;
+                if !close {
+                    self.hold(MAX_HOLD).await;
+                }
+                let _ = self.stream.shutdown().await;
+                return Ok(false);
+            }
+            Some(Fault::Endless) => {
+                self.write(b"+OK here it comes\r\n").await?;
+                let mut n: u64 = 0;
+                // Ends when the client hangs up (the write fails) or the
+                // server stops; 4 GiB is a backstop, not a limit under test.
+                while n < 1 << 32 {
+                    let mut chunk = Vec::with_capacity(64 * 1024);
+                    while chunk.len() < 60 * 1024 {
+                        n += 1;
+                        chunk.extend_from_slice(format!("{n} endless-{n}\r\n").as_bytes());
+                    }
+                    self.write(&chunk).await?;
+                }
+                return Ok(false);
+            }
+            Some(Fault::LongLine(len)) => {
+                let mut out = b"+OK long line follows".to_vec();
+                if multiline {
+                    out.extend_from_slice(b"\r\n1 ");
+                } else {
+                    out.push(b' ');
+                }
+                out.resize(out.len() + len, b'x');
+                out.extend_from_slice(b"\r\n");
+                if multiline {
+                    out.extend_from_slice(b".\r\n");
+                }
+                self.write(&out).await?;
+            }
+        }
+        if quit {
+            let _ = self.stream.shutdown().await;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::None => {}
+            Effect::User(name) => self.user = Some(name),
+            Effect::Login => {
+                let mailbox = self.state().mailbox.clone();
+                self.deleted = vec![false; mailbox.len()];
+                self.snapshot = Some(mailbox);
+            }
+            Effect::Dele(i) => self.deleted[i] = true,
+            Effect::Rset => self.deleted.iter_mut().for_each(|d| *d = false),
+            Effect::Quit => {
+                let Some(snapshot) = &self.snapshot else {
+                    return;
+                };
+                let gone: Vec<u64> = snapshot
+                    .iter()
+                    .zip(&self.deleted)
+                    .filter(|(_, d)| **d)
+                    .map(|(m, _)| m.id)
+                    .collect();
+                self.state().mailbox.retain(|m| !gone.contains(&m.id));
+            }
+        }
+    }
+
+    /// The honest reply to `line`, and what a fault for it is attached to.
+    async fn answer(&mut self, line: &str) -> std::io::Result<(Option<On>, Reply)> {
+        let mut words = line.split_whitespace();
+        let verb = words.next().unwrap_or_default().to_ascii_uppercase();
+        let args: Vec<&str> = words.collect();
+        let arg_num = |i: usize| args.get(i).and_then(|a| a.parse::<u32>().ok());
+        let logged_in = self.snapshot.is_some();
+        let reply = match verb.as_str() {
+            "CAPA" => {
+                let capa = self.state().capa.clone();
+                if capa.is_empty() {
+                    return Ok((Some(On::Capa), Reply::err("unknown command")));
+                }
+                let body: String = capa.iter().map(|c| format!("{c}\n")).collect();
+                (
+                    On::Capa,
+                    Reply::multi("Capability list follows", body.as_bytes()),
+                )
+            }
+            "QUIT" => (On::Quit, Reply::single("+OK bye".into(), Effect::Quit)),
+            "NOOP" if logged_in => (On::Noop, Reply::ok("")),
+            "USER" if !logged_in => match args.first() {
+                Some(name) => (
+                    On::User,
+                    Reply::single("+OK send PASS".into(), Effect::User((*name).to_owned())),
+                ),
+                None => (On::User, Reply::err("USER needs a name")),
+            },
+            "PASS" if !logged_in => {
+                let pass = line.get(5..).unwrap_or_default();
+                let ok = {
+                    let s = self.state();
+                    self.user.as_deref() == Some(s.user.as_str()) && pass == s.password
+                };
+                (On::Pass, self.login_reply(ok))
+            }
+            "AUTH" if !logged_in => (On::Auth, self.auth(&args).await?),
+            _ if !logged_in => return Ok((None, Reply::err("log in first"))),
+            "STAT" => {
+                let (n, size) = self
+                    .visible()
+                    .fold((0, 0), |(n, s), (_, m)| (n + 1, s + wire_size(&m.body)));
+                (On::Stat, Reply::ok(&format!("{n} {size}")))
+            }
+            "LIST" | "UIDL" => {
+                let uidl = verb == "UIDL";
+                let on = if uidl { On::Uidl } else { On::List };
+                let field = |m: &Msg| {
+                    if uidl {
+                        m.uidl.clone()
+                    } else {
+                        m.list_size
+                            .unwrap_or_else(|| wire_size(&m.body))
+                            .to_string()
+                    }
+                };
+                match args.first() {
+                    None => {
+                        let body: String = self
+                            .visible()
+                            .map(|(n, m)| format!("{n} {}\n", field(m)))
+                            .collect();
+                        (on, Reply::multi("listing follows", body.as_bytes()))
+                    }
+                    Some(_) => match arg_num(0).and_then(|n| self.message(n)) {
+                        Some(m) => (on, Reply::ok(&format!("{} {}", args[0], field(m)))),
+                        None => (on, Reply::err("no such message")),
+                    },
+                }
+            }
+            "RETR" => match arg_num(0) {
+                Some(n) => match self.message(n) {
+                    Some(m) => {
+                        let octets = wire_size(&m.body);
+                        (
+                            On::Retr(n),
+                            Reply::multi(&format!("{octets} octets"), &m.body),
+                        )
+                    }
+                    None => (On::Retr(n), Reply::err("no such message")),
+                },
+                None => return Ok((None, Reply::err("RETR needs a message number"))),
+            },
+            "TOP" => match (arg_num(0).and_then(|n| self.message(n)), arg_num(1)) {
+                (Some(m), Some(lines)) => {
+                    let top = top_of(&m.body, lines as usize);
+                    (On::Top, Reply::multi("top of message follows", &top))
+                }
+                _ => (On::Top, Reply::err("no such message")),
+            },
+            "DELE" => match arg_num(0).filter(|&n| self.message(n).is_some()) {
+                Some(n) => (
+                    On::Dele,
+                    Reply::single(
+                        format!("+OK message {n} deleted"),
+                        Effect::Dele(n as usize - 1),
+                    ),
+                ),
+                None => (On::Dele, Reply::err("no such message")),
+            },
+            "RSET" => (On::Rset, Reply::single("+OK".into(), Effect::Rset)),
+            _ => return Ok((None, Reply::err("unknown command"))),
+        };
+        Ok((Some(reply.0), reply.1))
+    }
+
+    fn login_reply(&self, ok: bool) -> Reply {
+        if ok {
+            Reply::single("+OK logged in".into(), Effect::Login)
+        } else {
+            Reply::err("[AUTH] invalid user name or password")
+        }
+    }
+
+    /// AUTH PLAIN, with the initial response on the line or after "+ ".
+    async fn auth(&mut self, args: &[&str]) -> std::io::Result<Reply> {
+        if !args
+            .first()
+            .is_some_and(|m| m.eq_ignore_ascii_case("PLAIN"))
+        {
+            return Ok(Reply::err("unsupported mechanism"));
+        }
+        let payload = match args.get(1) {
+            Some(p) => (*p).to_owned(),
+            None => {
+                self.write(b"+ \r\n").await?;
+                let Some(line) = self.read_line().await? else {
+                    return Ok(Reply::err("client left"));
+                };
+                self.state().sessions[self.index].push(line.clone());
+                line
+            }
+        };
+        if payload == "*" {
+            return Ok(Reply::err("AUTH cancelled"));
+        }
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(payload.trim())
+            .unwrap_or_default();
+        let parts: Vec<&[u8]> = decoded.split(|&b| b == 0).collect();
+        let ok = {
+            let s = self.state();
+            parts.len() == 3 && parts[1] == s.user.as_bytes() && parts[2] == s.password.as_bytes()
+        };
+        Ok(self.login_reply(ok))
+    }
+
+    /// Messages not marked deleted, with their numbers.
+    fn visible(&self) -> impl Iterator<Item = (usize, &Msg)> {
+        self.snapshot
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(i, _)| !self.deleted[*i])
+            .map(|(i, m)| (i + 1, m))
+    }
+
+    /// Message `n` (1-based) unless deleted.
+    fn message(&self, n: u32) -> Option<&Msg> {
+        let i = (n as usize).checked_sub(1)?;
+        let m = self.snapshot.as_ref()?.get(i)?;
+        (!self.deleted[i]).then_some(m)
+    }
+}
+
+/// The header, the blank line and the first `lines` lines of the body.
+fn top_of(body: &[u8], lines: usize) -> Vec<u8> {
+    let text = body.split_inclusive(|&b| b == b'\n');
+    let mut out = Vec::new();
+    let mut in_body = false;
+    let mut taken = 0;
+    for line in text {
+        if in_body {
+            if taken == lines {
+                break;
+            }
+            taken += 1;
+        } else if line == b"\n" {
+            in_body = true;
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// Run the real `popsync` with `config_toml` written to
+/// `config_dir/config.toml` (mode 0600) and passed with `--config`; HOME and
+/// the XDG directories point into `config_dir`, stdin is null, and a run
+/// longer than `RUN_TIMEOUT` is killed (the test then fails). Returns
+/// (exit code, stdout, stderr); a run killed by signal N gives 128 + N.
+pub fn popsync(config_dir: &Path, config_toml: &str, args: &[&str]) -> (i32, String, String) {
+    popsync_env(config_dir, config_toml, args, &[])
+}
+
+/// `popsync` with extra environment variables (e.g. `POPSYNC_NOW`).
+pub fn popsync_env(
+    config_dir: &Path,
+    config_toml: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::process::ExitStatusExt;
+
+    let config = config_dir.join("config.toml");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&config)
+            .expect("write config.toml");
+        f.write_all(config_toml.as_bytes())
+            .expect("write config.toml");
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .expect("chmod config.toml");
+    }
+    let home = config_dir.join("home");
+    std::fs::create_dir_all(&home).expect("create home");
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_popsync"));
+    cmd.arg("--config")
+        .arg(&config)
+        .args(args)
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_STATE_HOME", home.join(".local/state"))
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env("XDG_CACHE_HOME", home.join(".cache"))
+        .env_remove("POPSYNC_CONFIG")
+        .env_remove("POPSYNC_NOW")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn popsync");
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut out);
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait().expect("wait for popsync") {
+            Some(status) => break Some(status),
+            None if started.elapsed() > RUN_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let Some(status) = status else {
+        panic!(
+            "popsync {args:?} still ran after {}s and was killed\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            RUN_TIMEOUT.as_secs()
+        );
+    };
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1);
+    (code, stdout, stderr)
+}

@@ -1,0 +1,859 @@
+//! How `popsync fetch` copes with a server that misbehaves, through the real
+//! binary against the scripted server of `tests/fault/`: what a user would
+//! check afterwards (exit code, the error text naming server and command, the
+//! Maildir, what is left on the server, which commands were sent).
+//! The contract is /work/shared/DESIGN.md (exit codes, retention, promises).
+
+mod fault;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fault::{Fault, FaultServer, On, popsync, popsync_env};
+use tempfile::TempDir;
+
+/// A test message: headers, a body with a line that needs dot-stuffing and a
+/// `From ` line, padded with text to about `size` octets; LF line ends.
+fn message(i: usize, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: sender{i}@example.org\nTo: alice@example.org\nSubject: message {i}\n\
+         Message-ID: <{i}@fault.test>\n\nHello {i}.\n.a line starting with a dot\n\
+         From the start of a line\n..\n"
+    )
+    .into_bytes();
+    let mut n = 0;
+    while m.len() < size {
+        n += 1;
+        m.extend_from_slice(format!("filler line {n} of message {i}\n").as_bytes());
+    }
+    m
+}
+
+fn messages(n: usize) -> Vec<Vec<u8>> {
+    (1..=n).map(|i| message(i, 300 + 40 * i)).collect()
+}
+
+/// A temp dir holding the config, the state dir and the Maildir.
+struct Env {
+    dir: TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn maildir(&self) -> PathBuf {
+        self.path().join("Maildir")
+    }
+
+    /// One account `test` on `srv` over plain TCP, timeout 2 s, plus `extra`
+    /// account lines (retention, max_size, ...).
+    fn config(&self, srv: &FaultServer, extra: &str) -> String {
+        format!(
+            "[defaults]\nstate_dir = {state:?}\ntimeout = 2\n\n\
+             [accounts.test]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
+             allow_plaintext = true\nuser = \"alice\"\npassword = \"secret\"\n\
+             deliver = {{ maildir = {maildir:?} }}\nreceived_header = false\n{extra}\n",
+            state = self.path().join("state").display().to_string(),
+            port = srv.port(),
+            maildir = self.maildir().display().to_string(),
+        )
+    }
+
+    fn fetch(&self, srv: &FaultServer, extra: &str, args: &[&str]) -> Run {
+        self.fetch_at(srv, extra, args, None)
+    }
+
+    /// `fetch test ARGS` with `POPSYNC_NOW` set to `now` if given.
+    fn fetch_at(&self, srv: &FaultServer, extra: &str, args: &[&str], now: Option<&str>) -> Run {
+        let mut all = vec!["fetch", "test"];
+        all.extend_from_slice(args);
+        let env: Vec<(&str, &str)> = now.map(|t| ("POPSYNC_NOW", t)).into_iter().collect();
+        let started = Instant::now();
+        let (code, stdout, stderr) = popsync_env(self.path(), &self.config(srv, extra), &all, &env);
+        Run {
+            code,
+            stdout,
+            stderr,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// The messages in new/ and cur/, sorted (so equal lists mean "each
+    /// exactly once").
+    fn delivered(&self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = ["new", "cur"]
+            .iter()
+            .flat_map(|sub| files(&self.maildir().join(sub)))
+            .map(|p| fs::read(p).expect("read delivered message"))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Files left in tmp/ (a partial delivery would be one).
+    fn tmp_files(&self) -> Vec<PathBuf> {
+        files(&self.maildir().join("tmp"))
+    }
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.expect("read dir entry").path())
+            .filter(|p| p.is_file())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    v.sort();
+    v
+}
+
+/// One run's outcome.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Run {
+    #[track_caller]
+    fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.code, code,
+            "exit code; stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+    }
+
+    /// stderr names the server and the command, as DESIGN.md promise 4 says.
+    #[track_caller]
+    fn assert_names(&self, srv: &FaultServer, command: &str) {
+        assert!(
+            self.stderr.contains(&srv.addr()) && self.stderr.contains(command),
+            "stderr should name {} and {command}:\n{}",
+            srv.addr(),
+            self.stderr
+        );
+    }
+
+    /// The `--json` object of the (only) account.
+    fn json(&self) -> serde_json::Value {
+        let line = self.stdout.lines().next().unwrap_or_else(|| {
+            panic!("no JSON on stdout; stderr:\n{}", self.stderr);
+        });
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+    }
+}
+
+fn sent(commands: &[String], line: &str) -> bool {
+    commands.iter().any(|c| c == line)
+}
+
+fn sent_verb(commands: &[String], verb: &str) -> Vec<String> {
+    commands
+        .iter()
+        .filter(|c| c.split(' ').next() == Some(verb))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn retr_error_midway_keeps_delivered_mail_and_sends_no_quit() {
+    let mail = messages(5);
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .fault(On::Retr(3), Fault::err("cannot read message 3"))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    run.assert_code(76);
+    run.assert_names(&srv, "RETR 3");
+    assert_eq!(env.delivered(), sorted(mail[..2].to_vec()));
+    let first = srv.session(0);
+    assert!(sent(&first, "RETR 3"), "{first:?}");
+    assert!(sent_verb(&first, "DELE").is_empty(), "no DELE: {first:?}");
+    assert!(
+        !sent(&first, "QUIT"),
+        "no QUIT after a failed RETR: {first:?}"
+    );
+    assert_eq!(srv.mailbox(), mail, "the server keeps everything");
+
+    srv.heal();
+    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    run.assert_code(0);
+    assert_eq!(env.delivered(), sorted(mail.clone()), "each exactly once");
+    assert!(env.tmp_files().is_empty());
+    assert!(srv.mailbox().is_empty(), "retention 0d deletes all");
+    let second = srv.session(1);
+    assert!(
+        !sent(&second, "RETR 1") && !sent(&second, "RETR 2"),
+        "delivered messages are not downloaded again: {second:?}"
+    );
+    for n in 1..=5 {
+        assert!(sent(&second, &format!("DELE {n}")), "DELE {n}: {second:?}");
+    }
+    assert!(sent(&second, "QUIT"));
+}
+
+#[test]
+fn connection_dropped_during_retr_delivers_nothing_partial() {
+    let mail = vec![message(1, 400), message(2, 1000), message(3, 400)];
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .fault(On::Retr(2), Fault::DropAfter(100))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    // The server hung up in the middle of its reply: it broke the protocol
+    // (76); it was reachable, so not 69.
+    run.assert_code(76);
+    run.assert_names(&srv, "RETR 2");
+    assert_eq!(env.delivered(), vec![mail[0].clone()]);
+    assert!(
+        env.tmp_files().is_empty(),
+        "partial file left: {:?}",
+        env.tmp_files()
+    );
+    assert!(!sent(&srv.commands(), "QUIT"));
+    assert_eq!(srv.mailbox(), mail);
+}
+
+#[test]
+fn stalled_server_times_out_with_75() {
+    let srv = FaultServer::builder()
+        .messages(messages(2))
+        .fault(On::Uidl, Fault::Stall(Duration::from_secs(30)))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(75);
+    run.assert_names(&srv, "UIDL");
+    assert!(
+        run.elapsed < Duration::from_secs(15),
+        "took {:?}",
+        run.elapsed
+    );
+    assert!(env.delivered().is_empty());
+}
+
+#[test]
+fn in_use_is_temporary_75() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .fault(
+            On::Pass,
+            Fault::err("[IN-USE] mailbox locked by another session"),
+        )
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &["--json"]);
+    run.assert_code(75);
+    assert!(run.stderr.contains(&srv.addr()), "{}", run.stderr);
+    assert_eq!(run.json()["status"], "temporary");
+}
+
+#[test]
+fn login_delay_is_temporary_75() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .fault(
+            On::Pass,
+            Fault::err("[LOGIN-DELAY] wait 15 minutes between logins"),
+        )
+        .start();
+    let env = Env::new();
+
+    env.fetch(&srv, "", &[]).assert_code(75);
+}
+
+#[test]
+fn sys_temp_is_temporary_75() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .fault(
+            On::Pass,
+            Fault::err("[SYS/TEMP] storage backend unavailable"),
+        )
+        .start();
+    let env = Env::new();
+
+    env.fetch(&srv, "", &[]).assert_code(75);
+}
+
+#[test]
+fn sys_temp_on_retr_is_temporary_75() {
+    let mail = messages(2);
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .fault(On::Retr(2), Fault::err("[SYS/TEMP] try again later"))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(75);
+    run.assert_names(&srv, "RETR 2");
+    assert_eq!(env.delivered(), vec![mail[0].clone()]);
+}
+
+#[test]
+fn sys_temp_on_uidl_is_temporary_75() {
+    let srv = FaultServer::builder()
+        .messages(messages(2))
+        .fault(On::Uidl, Fault::err("[SYS/TEMP] index being rebuilt"))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    // DESIGN.md: [SYS/TEMP] is 75 whatever command it answers; it is not a
+    // server without UIDL.
+    run.assert_code(75);
+    run.assert_names(&srv, "UIDL");
+}
+
+#[test]
+fn auth_code_is_77() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .fault(On::Pass, Fault::err("[AUTH] invalid credentials"))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(77);
+    assert!(run.stderr.contains(&srv.addr()), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("secret"),
+        "password leaked: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn wrong_password_is_77() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .credentials("alice", "another password")
+        .start();
+    let env = Env::new();
+
+    env.fetch(&srv, "", &[]).assert_code(77);
+    assert!(sent(&srv.commands(), "PASS secret"), "{:?}", srv.commands());
+}
+
+#[test]
+fn sys_perm_is_not_temporary() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .fault(On::Pass, Fault::err("[SYS/PERM] account disabled"))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &["--json"]);
+    assert!(
+        ![0, 75].contains(&run.code),
+        "SYS/PERM must fail, and not as temporary; got {}: {}",
+        run.code,
+        run.stderr
+    );
+    assert_eq!(run.json()["status"], "failed");
+    assert!(run.stderr.contains("SYS/PERM"), "{}", run.stderr);
+}
+
+#[test]
+fn duplicate_uidls_are_each_fetched_once() {
+    let mail = vec![message(1, 300), message(2, 350), message(3, 400)];
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .uidls(&["same", "same", "other"])
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &["--json"]);
+    run.assert_code(0);
+    assert_eq!(run.json()["fetched"], 3);
+    assert_eq!(env.delivered(), sorted(mail.clone()));
+
+    let run = env.fetch(&srv, "", &["--json"]);
+    run.assert_code(0);
+    assert_eq!(run.json()["fetched"], 0);
+    assert_eq!(run.json()["new"], 0);
+    assert!(sent_verb(&srv.session(1), "RETR").is_empty());
+    assert_eq!(env.delivered(), sorted(mail));
+}
+
+#[test]
+fn uidl_reset_is_refused_without_flag() {
+    let mail = messages(6);
+    let srv = FaultServer::builder().messages(mail.clone()).start();
+    let env = Env::new();
+
+    env.fetch(&srv, "", &[]).assert_code(0);
+    assert_eq!(env.delivered().len(), 6);
+
+    srv.set_uidls(&["r1", "r2", "r3", "r4", "r5", "r6"]);
+    let run = env.fetch(&srv, "", &[]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("--accept-uidl-reset"), "{}", run.stderr);
+    assert!(sent_verb(&srv.session(1), "RETR").is_empty());
+    assert_eq!(env.delivered().len(), 6, "nothing new delivered");
+
+    let run = env.fetch(&srv, "", &["--accept-uidl-reset"]);
+    run.assert_code(0);
+    let mut twice: Vec<Vec<u8>> = mail.iter().chain(&mail).cloned().collect();
+    twice.sort();
+    assert_eq!(env.delivered(), twice, "fetched again, as asked");
+}
+
+#[test]
+fn retention_deletes_known_message_without_downloading_again() {
+    let mail = messages(3);
+    let srv = FaultServer::builder().messages(mail.clone()).start();
+    let env = Env::new();
+
+    env.fetch(&srv, "retention = \"forever\"", &[])
+        .assert_code(0);
+    assert_eq!(srv.mailbox(), mail, "forever keeps mail on the server");
+
+    let run = env.fetch(&srv, "retention = \"0d\"", &["--json"]);
+    run.assert_code(0);
+    assert_eq!(run.json()["deleted"], 3);
+    let second = srv.session(1);
+    assert!(sent_verb(&second, "RETR").is_empty(), "{second:?}");
+    assert_eq!(sent_verb(&second, "DELE").len(), 3, "{second:?}");
+    assert!(srv.mailbox().is_empty());
+    assert_eq!(env.delivered(), sorted(mail));
+}
+
+#[test]
+fn retention_days_uses_first_seen_time() {
+    let mail = messages(2);
+    let srv = FaultServer::builder().messages(mail.clone()).start();
+    let env = Env::new();
+    let keep = "retention = \"14d\"";
+
+    env.fetch_at(&srv, keep, &[], Some("2026-03-01T08:00:00Z"))
+        .assert_code(0);
+    env.fetch_at(&srv, keep, &[], Some("2026-03-14T08:00:00Z"))
+        .assert_code(0);
+    assert!(
+        sent_verb(&srv.session(1), "DELE").is_empty(),
+        "13 days: kept"
+    );
+    assert_eq!(srv.mailbox(), mail);
+
+    let run = env.fetch_at(&srv, keep, &["--json"], Some("2026-03-15T08:00:00Z"));
+    run.assert_code(0);
+    assert_eq!(run.json()["deleted"], 2);
+    assert!(sent_verb(&srv.session(2), "RETR").is_empty());
+    assert!(
+        srv.mailbox().is_empty(),
+        "14 days after first seen: deleted"
+    );
+    assert_eq!(env.delivered(), sorted(mail));
+}
+
+#[test]
+fn dry_run_prints_plan_and_changes_nothing() {
+    let mail = vec![message(1, 300), message(2, 2000)];
+    let srv = FaultServer::builder().messages(mail.clone()).start();
+    let env = Env::new();
+    let sizes: Vec<u64> = mail
+        .iter()
+        .map(|m| (m.len() + m.iter().filter(|&&b| b == b'\n').count()) as u64)
+        .collect();
+
+    let run = env.fetch(&srv, "retention = \"0d\"", &["--dry-run"]);
+    run.assert_code(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    assert!(
+        lines[0].starts_with(&format!("fetch uid-1 {} new", sizes[0])),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(&format!("fetch uid-2 {} new", sizes[1])),
+        "{}",
+        lines[1]
+    );
+    assert!(env.delivered().is_empty());
+    let commands = srv.commands();
+    assert!(sent_verb(&commands, "RETR").is_empty() && sent_verb(&commands, "DELE").is_empty());
+    assert_eq!(srv.mailbox(), mail);
+
+    let run = env.fetch(&srv, "max_size = \"1KB\"", &["--dry-run"]);
+    run.assert_code(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].starts_with("fetch uid-1 "), "{}", run.stdout);
+    assert!(
+        lines[1].starts_with(&format!("skip uid-2 {} ", sizes[1])),
+        "{}",
+        run.stdout
+    );
+    assert!(env.delivered().is_empty());
+    assert!(sent_verb(&srv.commands(), "RETR").is_empty());
+}
+
+#[test]
+fn max_size_skips_big_messages_and_reports_them() {
+    let mail = vec![message(1, 300), message(2, 5000)];
+    let srv = FaultServer::builder().messages(mail.clone()).start();
+    let env = Env::new();
+    let limit = "max_size = \"1KB\"";
+
+    let run = env.fetch(&srv, limit, &["--json", "-v"]);
+    run.assert_code(0);
+    let json = run.json();
+    assert_eq!(
+        (json["new"].clone(), json["fetched"].clone()),
+        (2.into(), 1.into())
+    );
+    assert_eq!(json["skipped"], 1);
+    let size = mail[1].len() + mail[1].iter().filter(|&&b| b == b'\n').count();
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains("uid-2") && l.contains(&size.to_string())),
+        "-v names the skipped UIDL and its size:\n{}",
+        run.stderr
+    );
+    assert_eq!(env.delivered(), vec![mail[0].clone()]);
+    assert_eq!(srv.mailbox(), mail, "skipped mail stays on the server");
+    assert!(!sent(&srv.commands(), "RETR 2"));
+
+    let run = env.fetch(&srv, limit, &["--json"]);
+    run.assert_code(0);
+    let json = run.json();
+    assert_eq!(
+        (json["new"].clone(), json["skipped"].clone()),
+        (1.into(), 1.into())
+    );
+    assert_eq!(json["fetched"], 0);
+    assert_eq!(env.delivered(), vec![mail[0].clone()]);
+}
+
+#[test]
+fn malformed_status_line_is_protocol_error_76() {
+    let srv = FaultServer::builder()
+        .messages(messages(2))
+        .fault(On::Retr(1), Fault::malformed("YES here is your mail"))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(76);
+    run.assert_names(&srv, "RETR 1");
+    assert!(env.delivered().is_empty());
+    assert!(!sent(&srv.commands(), "QUIT"));
+}
+
+#[test]
+fn binary_garbage_greeting_is_76() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .fault(On::Greeting, Fault::garbage())
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(76);
+    run.assert_names(&srv, "greeting");
+    assert!(
+        !run.stderr.chars().any(|c| c.is_control() && c != '\n'),
+        "server bytes reach the terminal unsanitised: {:?}",
+        run.stderr
+    );
+}
+
+#[test]
+fn missing_terminator_then_close_is_76_and_nothing_partial() {
+    let mail = messages(2);
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .fault(On::Retr(2), Fault::NoTerminator { close: true })
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(76);
+    run.assert_names(&srv, "RETR 2");
+    assert_eq!(env.delivered(), vec![mail[0].clone()]);
+    assert!(env.tmp_files().is_empty(), "{:?}", env.tmp_files());
+    assert_eq!(srv.mailbox(), mail);
+}
+
+#[test]
+fn missing_terminator_then_stall_times_out_75() {
+    let mail = messages(1);
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .fault(On::Retr(1), Fault::NoTerminator { close: false })
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(75);
+    run.assert_names(&srv, "RETR 1");
+    assert!(
+        run.elapsed < Duration::from_secs(15),
+        "took {:?}",
+        run.elapsed
+    );
+    assert!(env.delivered().is_empty());
+    assert!(env.tmp_files().is_empty(), "{:?}", env.tmp_files());
+}
+
+#[test]
+fn one_mb_line_in_uidl_is_refused_cleanly() {
+    let srv = FaultServer::builder()
+        .messages(messages(2))
+        .fault(On::Uidl, Fault::LongLine(1 << 20))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(76);
+    run.assert_names(&srv, "UIDL");
+    assert!(
+        run.elapsed < Duration::from_secs(15),
+        "took {:?}",
+        run.elapsed
+    );
+    assert!(
+        run.stderr.len() < 4096,
+        "error quotes too much: {} bytes",
+        run.stderr.len()
+    );
+}
+
+#[test]
+fn one_mb_status_line_is_refused_cleanly() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .fault(On::Pass, Fault::LongLine(1 << 20))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(76);
+    run.assert_names(&srv, "PASS");
+    assert!(
+        run.stderr.len() < 4096,
+        "error quotes too much: {} bytes",
+        run.stderr.len()
+    );
+}
+
+#[test]
+fn endless_uidl_listing_is_bounded() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .fault(On::Uidl, Fault::Endless)
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    assert!([75, 76].contains(&run.code), "{}: {}", run.code, run.stderr);
+    run.assert_names(&srv, "UIDL");
+    assert!(
+        run.elapsed < Duration::from_secs(30),
+        "took {:?}",
+        run.elapsed
+    );
+}
+
+#[test]
+fn bytes_one_at_a_time_still_work() {
+    let mail = vec![message(1, 200), message(2, 200)];
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .fault(On::Greeting, Fault::Trickle(Duration::from_millis(2)))
+        .fault(On::Retr(1), Fault::Trickle(Duration::from_millis(1)))
+        .start();
+    let env = Env::new();
+
+    env.fetch(&srv, "", &[]).assert_code(0);
+    assert_eq!(env.delivered(), sorted(mail));
+}
+
+#[test]
+fn lying_list_size_does_not_corrupt_delivery() {
+    let mail = vec![message(1, 1000), message(2, 300)];
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .list_size(1, 10)
+        .start();
+    let env = Env::new();
+
+    env.fetch(&srv, "", &[]).assert_code(0);
+    assert_eq!(env.delivered(), sorted(mail.clone()));
+    for path in files(&env.maildir().join("new")) {
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let len = fs::metadata(&path).expect("stat").len();
+        if let Some((_, s)) = name.split_once(",S=") {
+            let s = s.split(':').next().unwrap_or_default();
+            assert_eq!(s, len.to_string(), "S= is the size on disk: {name}");
+        }
+    }
+}
+
+#[test]
+fn quit_refused_keeps_mail_and_next_run_deletes_without_refetch() {
+    let mail = messages(2);
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .fault(On::Quit, Fault::err("[SYS/PERM] cannot update maildrop"))
+        .times(1)
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "retention = \"0d\"", &["--json"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    run.assert_names(&srv, "QUIT");
+    assert_eq!(run.json()["deleted"], 0, "nothing was committed by QUIT");
+    assert_eq!(env.delivered(), sorted(mail.clone()));
+    assert_eq!(srv.mailbox(), mail);
+
+    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    run.assert_code(0);
+    assert!(sent_verb(&srv.session(1), "RETR").is_empty());
+    assert!(srv.mailbox().is_empty());
+    assert_eq!(env.delivered(), sorted(mail));
+}
+
+#[test]
+fn dele_error_sends_no_quit_and_next_run_deletes_without_refetch() {
+    let mail = messages(3);
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .fault(On::Dele, Fault::err("cannot mark message deleted"))
+        .times(1)
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    run.assert_code(76);
+    run.assert_names(&srv, "DELE 1");
+    assert!(!sent(&srv.session(0), "QUIT"), "{:?}", srv.session(0));
+    assert_eq!(srv.mailbox(), mail, "no QUIT, nothing deleted");
+    assert_eq!(env.delivered(), sorted(mail.clone()));
+
+    env.fetch(&srv, "retention = \"0d\"", &[]).assert_code(0);
+    assert!(sent_verb(&srv.session(1), "RETR").is_empty());
+    assert!(srv.mailbox().is_empty());
+    assert_eq!(env.delivered(), sorted(mail), "each exactly once");
+}
+
+#[test]
+fn stall_shorter_than_timeout_is_fine() {
+    let mail = messages(2);
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .fault(On::Retr(1), Fault::Stall(Duration::from_millis(1200)))
+        .start();
+    let env = Env::new();
+
+    env.fetch(&srv, "", &[]).assert_code(0);
+    assert_eq!(env.delivered(), sorted(mail));
+}
+
+#[test]
+fn auth_plain_failure_is_77_and_success_fetches() {
+    let mail = messages(1);
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .capa(&["SASL PLAIN", "UIDL", "RESP-CODES"])
+        .fault(On::Auth, Fault::err("[AUTH] authentication failed"))
+        .times(1)
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(77);
+    run.assert_names(&srv, "AUTH PLAIN");
+    assert!(
+        !sent_verb(&srv.session(0), "AUTH").is_empty(),
+        "{:?}",
+        srv.session(0)
+    );
+
+    env.fetch(&srv, "", &[]).assert_code(0);
+    assert_eq!(env.delivered(), mail);
+    assert!(
+        sent_verb(&srv.session(1), "USER").is_empty(),
+        "{:?}",
+        srv.session(1)
+    );
+}
+
+#[test]
+fn implicit_tls_with_pin_or_ca_file_fetches() {
+    let mail = messages(2);
+    let srv = FaultServer::builder().messages(mail.clone()).tls().start();
+    let env = Env::new();
+    let tls = |how: String| {
+        env.config(&srv, &how).replace(
+            "tls = \"none\"\nallow_plaintext = true\n",
+            "tls = \"implicit\"\n",
+        )
+    };
+
+    let pinned = tls(format!("tls_fingerprint = {:?}", srv.fingerprint()));
+    let (code, _, stderr) = popsync(env.path(), &pinned, &["fetch", "test"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(env.delivered(), sorted(mail.clone()));
+
+    srv.add_message(&message(3, 500), "uid-3");
+    let ca = tls(format!(
+        "ca_file = {:?}",
+        srv.ca_pem_path().display().to_string()
+    ));
+    let (code, _, stderr) = popsync(env.path(), &ca, &["fetch", "test"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(env.delivered().len(), 3);
+}
+
+#[test]
+fn close_during_tls_handshake_names_the_server() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .tls()
+        .fault(On::TlsHandshake, Fault::DropAfter(0))
+        .start();
+    let env = Env::new();
+    let config = env
+        .config(&srv, &format!("tls_fingerprint = {:?}", srv.fingerprint()))
+        .replace(
+            "tls = \"none\"\nallow_plaintext = true\n",
+            "tls = \"implicit\"\n",
+        );
+
+    let (code, _, stderr) = popsync(env.path(), &config, &["fetch", "test"]);
+    assert!(![0, 75].contains(&code), "{code}: {stderr}");
+    assert!(
+        stderr.contains(&srv.addr()) && stderr.contains("TLS"),
+        "{stderr}"
+    );
+    assert!(srv.commands().is_empty());
+}
