@@ -59,6 +59,8 @@ pub enum Cmd {
     Check(CheckArgs),
     /// Show server facts: TLS version, cipher and certificate, CAPA, SASL mechanisms
     Probe(ProbeArgs),
+    /// What waits on the server (TOP): size, Date, From, Subject; downloads and changes nothing
+    Peek(PeekArgs),
     /// List the accounts with their resolved settings (secrets hidden)
     Accounts,
 }
@@ -110,4 +112,17 @@ pub struct ProbeArgs {
     /// Also log in, to check the credentials
     #[arg(long)]
     pub login: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PeekArgs {
+    /// The account, as in the config's [accounts.NAME]
+    #[arg(value_name = "ACCOUNT")]
+    pub account: String,
+    /// Only messages popsync has not fetched yet
+    #[arg(long)]
+    pub new: bool,
+    /// Also show the first N body lines
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub lines: u32,
 }

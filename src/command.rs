@@ -29,6 +29,36 @@ pub enum RunError {
     TimedOut(Duration),
 }
 
+/// Quote for `/bin/sh`: inside single quotes nothing is special but `'`.
+pub fn shell_quote(s: &str) -> String {
+    let clean: String = s.chars().filter(|c| !c.is_control()).collect();
+    format!("'{}'", clean.replace('\'', "'\\''"))
+}
+
+/// Replace `%X` placeholders (`%F` sender, `%T` user, `%S` size, ...) in a
+/// user's command with shell-quoted values; `%%` is a `%`.
+pub fn expand_command(command: &str, values: &[(char, &str)]) -> String {
+    let mut out = String::with_capacity(command.len() + 32);
+    let mut chars = command.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let next = chars.peek().copied();
+        if next == Some('%') {
+            chars.next();
+            out.push('%');
+        } else if let Some((_, v)) = values.iter().find(|(k, _)| Some(*k) == next) {
+            chars.next();
+            out.push_str(&shell_quote(v));
+        } else {
+            out.push('%');
+        }
+    }
+    out
+}
+
 /// Run `/bin/sh -c command` with `input` on stdin.
 pub fn run_shell(command: &str, input: &[u8], timeout: Duration) -> Result<Finished, RunError> {
     let mut child = Command::new("/bin/sh")
@@ -103,6 +133,19 @@ pub fn run_shell(command: &str, input: &[u8], timeout: Duration) -> Result<Finis
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_are_shell_quoted() {
+        let v = [('F', "a'b@c"), ('T', "me"), ('S', "42")];
+        assert_eq!(
+            expand_command("deliver -f %F -d %T %S 100%% %Q", &v),
+            "deliver -f 'a'\\''b@c' -d 'me' '42' 100% %Q"
+        );
+        assert_eq!(
+            expand_command("x %F", &[('F', "$(rm -rf /)")]),
+            "x '$(rm -rf /)'"
+        );
+    }
 
     #[test]
     fn input_reaches_stdin_and_output_is_captured() {

@@ -8,7 +8,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 
-use popsync::cli::{CheckArgs, Cli, Cmd, FetchArgs, ProbeArgs, Selection};
+use popsync::cli::{CheckArgs, Cli, Cmd, FetchArgs, PeekArgs, ProbeArgs, Selection};
 use popsync::config::{self, Config};
 use popsync::exit::{self, ExitCode};
 use popsync::stop;
@@ -68,6 +68,7 @@ fn run(cli: &Cli, ui: Ui) -> Result<ExitCode, Failure> {
         Cmd::Fetch(args) => fetch(&config, args, ui),
         Cmd::Check(args) => check(&config, args, ui),
         Cmd::Probe(args) => probe(&config, args, ui),
+        Cmd::Peek(args) => peek(&config, args, ui),
         Cmd::Accounts => accounts(&config, ui),
     }
 }
@@ -232,16 +233,56 @@ fn report_account(report: &AccountReport, ui: &Ui, job: Job) {
     }
 }
 
-fn probe(config: &Config, args: &ProbeArgs, ui: Ui) -> Result<ExitCode, Failure> {
-    let account = config
-        .select(std::slice::from_ref(&args.account), false)
-        .map_err(|e| fail(ExitCode::Usage, anyhow::anyhow!(e)))?[0]
-        .clone();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// The one account a single-account command names.
+fn one_account(config: &Config, name: &str) -> Result<popsync::config::Account, Failure> {
+    config
+        .select(&[name.to_owned()], false)
+        .map_err(|e| fail(ExitCode::Usage, anyhow::anyhow!(e)))?
+        .into_iter()
+        .next()
+        .cloned()
+        .ok_or_else(|| fail(ExitCode::Usage, anyhow::anyhow!("no account {name:?}")))
+}
+
+fn single_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-        .map_err(|e| fail(ExitCode::Software, e))?;
+        .map_err(|e| fail(ExitCode::Software, e))
+}
+
+fn peek(config: &Config, args: &PeekArgs, ui: Ui) -> Result<ExitCode, Failure> {
+    let account = one_account(config, &args.account)?;
+    let opts = RunOptions {
+        state_dir: config.state_dir.clone(),
+        now: now()?,
+        dry_run: true,
+        accept_uidl_reset: false,
+        ui,
+    };
+    let listed =
+        single_runtime()?.block_on(popsync::peek::peek(&account, &opts, args.new, args.lines));
+    let listed =
+        listed.map_err(|e| fail(e.exit_code(), anyhow::anyhow!("{}: {e}", account.name)))?;
+    for m in &listed {
+        let line = if ui.json {
+            serde_json::to_string(m)
+                .context("cannot encode JSON")
+                .map_err(|e| fail(ExitCode::Software, e))?
+        } else {
+            m.text()
+        };
+        ui::stdout_line(&line)
+            .context("cannot write to stdout")
+            .map_err(|e| fail(ExitCode::IoError, e))?;
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn probe(config: &Config, args: &ProbeArgs, ui: Ui) -> Result<ExitCode, Failure> {
+    let account = one_account(config, &args.account)?;
+    let runtime = single_runtime()?;
     let report = runtime.block_on(popsync::probe::probe(&account, args.login, &ui));
     let out = if ui.json {
         serde_json::to_string(&report)

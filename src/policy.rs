@@ -11,6 +11,7 @@ use std::fmt;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::config::Retention;
+use crate::filter::{FilterError, Verdict};
 use crate::pop3::session::Listed;
 use crate::store::{MessageKey, SeenRow};
 
@@ -29,16 +30,33 @@ pub enum Action {
     Fetch { then_delete: bool },
     /// Leave on the server, not downloaded, not marked seen.
     Skip(SkipReason),
-    /// Already delivered; DELE now without downloading again.
-    Delete { first_seen: DateTime<Utc> },
+    /// DELE now, without downloading (again).
+    Delete(DeleteReason),
     /// Already delivered; leave on the server.
     Keep { until: Option<DateTime<Utc>> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkipReason {
-    TooBig { limit: u64 },
+    TooBig {
+        limit: u64,
+    },
+    /// The header filter said "not now" (exit 2).
+    Filter,
+    /// The header filter failed; the message stays for the next run.
+    FilterFailed(String),
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// Delivered, and retention has run out.
+    Retention { first_seen: DateTime<Utc> },
+    /// Never downloaded: the header filter said delete (exit 1).
+    Filter,
+}
+
+/// The header filter's answers for new messages, by key.
+pub type Verdicts = HashMap<MessageKey, Result<Verdict, FilterError>>;
 
 /// One message and its action.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +70,14 @@ pub struct Planned {
 impl Planned {
     pub fn key(&self) -> MessageKey {
         (self.listed.uidl.clone(), self.copy)
+    }
+
+    /// Not delivered before.
+    pub fn is_new(&self) -> bool {
+        matches!(
+            self.action,
+            Action::Fetch { .. } | Action::Skip(_) | Action::Delete(DeleteReason::Filter)
+        )
     }
 }
 
@@ -76,12 +102,10 @@ pub struct UidlReset {
 const RESET_MIN_KNOWN: usize = 5;
 
 impl Plan {
-    /// Messages not yet seen (fetch and skip both count, DESIGN.md `new`).
+    /// Messages not yet seen (fetch, skip and filter deletes count,
+    /// DESIGN.md `new`).
     pub fn new_count(&self) -> usize {
-        self.messages
-            .iter()
-            .filter(|p| matches!(p.action, Action::Fetch { .. } | Action::Skip(_)))
-            .count()
+        self.messages.iter().filter(|p| p.is_new()).count()
     }
 
     /// Every (UIDL, copy) on the server, for pruning the store.
@@ -96,6 +120,7 @@ pub fn plan(
     seen: &HashMap<MessageKey, SeenRow>,
     now: DateTime<Utc>,
     settings: PlanSettings,
+    verdicts: &Verdicts,
 ) -> Plan {
     let mut copies: HashMap<&str, u32> = HashMap::new();
     let mut messages = Vec::with_capacity(listing.len());
@@ -103,14 +128,18 @@ pub fn plan(
         let n = copies.entry(listed.uidl.as_str()).or_insert(0);
         let copy = *n;
         *n += 1;
-        let row = seen
-            .get(&(listed.uidl.clone(), copy))
-            .filter(|r| r.delivered_at.is_some());
+        let key = (listed.uidl.clone(), copy);
+        let row = seen.get(&key).filter(|r| r.delivered_at.is_some());
         let action = match row {
             None => match settings.max_size {
                 Some(limit) if listed.size > limit => Action::Skip(SkipReason::TooBig { limit }),
-                _ => Action::Fetch {
-                    then_delete: settings.retention == Retention::Days(0),
+                _ => match verdicts.get(&key) {
+                    None | Some(Ok(Verdict::Fetch)) => Action::Fetch {
+                        then_delete: settings.retention == Retention::Days(0),
+                    },
+                    Some(Ok(Verdict::Delete)) => Action::Delete(DeleteReason::Filter),
+                    Some(Ok(Verdict::Skip)) => Action::Skip(SkipReason::Filter),
+                    Some(Err(e)) => Action::Skip(SkipReason::FilterFailed(e.to_string())),
                 },
             },
             Some(row) => match settings.retention {
@@ -118,9 +147,9 @@ pub fn plan(
                 Retention::Days(days) => {
                     let due = row.first_seen + Duration::days(i64::from(days));
                     if now >= due {
-                        Action::Delete {
+                        Action::Delete(DeleteReason::Retention {
                             first_seen: row.first_seen,
-                        }
+                        })
                     } else {
                         Action::Keep { until: Some(due) }
                     }
@@ -138,9 +167,7 @@ pub fn plan(
         .values()
         .filter(|r| r.delivered_at.is_some() && r.deleted_at.is_none())
         .count();
-    let all_unknown = messages
-        .iter()
-        .all(|p| matches!(p.action, Action::Fetch { .. } | Action::Skip(_)));
+    let all_unknown = messages.iter().all(Planned::is_new);
     let uidl_reset = (!settings.accept_uidl_reset
         && !messages.is_empty()
         && all_unknown
@@ -168,13 +195,16 @@ impl fmt::Display for Planned {
             Action::Skip(SkipReason::TooBig { limit }) => {
                 ("skip", format!("larger than max_size ({limit} bytes)"))
             }
-            Action::Delete { first_seen } => (
+            Action::Skip(SkipReason::Filter) => ("skip", "filter: exit 2 (not now)".to_owned()),
+            Action::Skip(SkipReason::FilterFailed(e)) => ("skip", format!("filter failed: {e}")),
+            Action::Delete(DeleteReason::Retention { first_seen }) => (
                 "delete",
                 format!(
                     "retention: first downloaded {}",
                     first_seen.format("%Y-%m-%dT%H:%M:%SZ")
                 ),
             ),
+            Action::Delete(DeleteReason::Filter) => ("delete", "filter: exit 1".to_owned()),
             Action::Keep { until: None } => ("keep", "retention forever".to_owned()),
             Action::Keep { until: Some(t) } => (
                 "keep",
@@ -196,6 +226,16 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 6, 15, 12, 0, 0).unwrap()
+    }
+
+    /// The plan without a header filter.
+    fn plan(
+        listing: &[Listed],
+        seen: &HashMap<MessageKey, SeenRow>,
+        now: DateTime<Utc>,
+        settings: PlanSettings,
+    ) -> Plan {
+        super::plan(listing, seen, now, settings, &Verdicts::new())
     }
 
     fn listed(msg: u32, uidl: &str, size: u64) -> Listed {
@@ -371,6 +411,48 @@ mod tests {
             settings(Retention::Forever, None),
         );
         assert_eq!(empty.uidl_reset, None);
+    }
+
+    #[test]
+    fn filter_verdicts_apply_to_new_messages_only() {
+        let seen = [delivered("old", 0, 1)].into_iter().collect();
+        let listing = [
+            listed(1, "old", 10),
+            listed(2, "spam", 10),
+            listed(3, "later", 10),
+            listed(4, "ok", 10),
+            listed(5, "broken", 10),
+        ];
+        let mut verdicts = Verdicts::new();
+        verdicts.insert(("old".into(), 0), Ok(Verdict::Delete));
+        verdicts.insert(("spam".into(), 0), Ok(Verdict::Delete));
+        verdicts.insert(("later".into(), 0), Ok(Verdict::Skip));
+        verdicts.insert(("ok".into(), 0), Ok(Verdict::Fetch));
+        verdicts.insert(
+            ("broken".into(), 0),
+            Err(FilterError::Temporary {
+                command: "f".into(),
+                stderr: String::new(),
+            }),
+        );
+        let p = super::plan(
+            &listing,
+            &seen,
+            now(),
+            settings(Retention::Forever, None),
+            &verdicts,
+        );
+        let lines: Vec<String> = p.messages.iter().map(|m| m.to_string()).collect();
+        assert_eq!(lines[0], "keep old 10 retention forever");
+        assert_eq!(lines[1], "delete spam 10 filter: exit 1");
+        assert_eq!(lines[2], "skip later 10 filter: exit 2 (not now)");
+        assert_eq!(lines[3], "fetch ok 10 new");
+        assert!(
+            lines[4].starts_with("skip broken 10 filter failed"),
+            "{}",
+            lines[4]
+        );
+        assert_eq!(p.new_count(), 4);
     }
 
     #[test]

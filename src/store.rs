@@ -385,6 +385,36 @@ impl Store {
         tx.commit().map_err(&sql)
     }
 
+    /// Record messages the header filter had deleted on the server without
+    /// their being downloaded (after QUIT committed the DELEs).
+    pub fn record_filtered(
+        &mut self,
+        account: &str,
+        keys: &[(MessageKey, u64)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = move |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&sql)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO messages (account, uidl, copy, size, first_seen, location, deleted_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'deleted by filter', ?5)
+                     ON CONFLICT (account, uidl, copy) DO UPDATE SET deleted_at = excluded.deleted_at",
+                )
+                .map_err(&sql)?;
+            for ((uidl, copy), size) in keys {
+                stmt.execute(params![account, uidl, copy, *size as i64, ts(now)])
+                    .map_err(&sql)?;
+            }
+        }
+        tx.commit().map_err(&sql)
+    }
+
     /// Remove rows of messages no longer on the server (after a successful
     /// session). Returns how many were removed.
     pub fn prune(

@@ -16,8 +16,9 @@ use crate::deliver::mbox::Mbox;
 use crate::deliver::mda::Mda;
 use crate::deliver::{self, DeliveryError, MessageInfo, Prepared, Target};
 use crate::exit::ExitCode;
+use crate::filter::{self, FilterError};
 use crate::net::{self, NetError, TlsSettings, Transport};
-use crate::policy::{self, Action, Plan, PlanSettings};
+use crate::policy::{self, Action, DeleteReason, Plan, PlanSettings, SkipReason, Verdicts};
 use crate::pop3::auth::{self, AuthError};
 use crate::pop3::codec::{Expire, sanitize};
 use crate::pop3::session::{Connection, Greeted, SessionError, Trace, Transaction};
@@ -26,6 +27,9 @@ use crate::ui::Ui;
 
 /// Commands kept in flight when the server offers PIPELINING.
 const PIPELINE_WINDOW: usize = 16;
+
+/// Most header bytes handed to a filter.
+const MAX_FILTER_HEADERS: usize = 1 << 20;
 
 /// Settings of one run that are not per account.
 #[derive(Debug, Clone)]
@@ -118,6 +122,8 @@ pub enum SyncError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Filter(FilterError),
+    #[error(transparent)]
     Delivery(#[from] DeliveryError),
     #[error(
         "{server} does not offer STLS, and tls = \"starttls\" forbids continuing in clear text; use tls = \"implicit\" (port 995) if the server has it"
@@ -174,6 +180,7 @@ impl SyncError {
             SyncError::Session(e) => e.exit_code(),
             SyncError::Auth { source, .. } => source.exit_code(),
             SyncError::Store(_) => ExitCode::IoError,
+            SyncError::Filter(e) => e.exit_code(),
             SyncError::Delivery(e) => e.exit_code(),
             SyncError::NoStls { .. } => ExitCode::NoPerm,
             SyncError::Plaintext { .. } => ExitCode::Config,
@@ -207,6 +214,8 @@ pub async fn run_account(account: &Account, opts: &RunOptions) -> AccountReport 
 struct Planned {
     session: Transaction<Transport>,
     plan: Plan,
+    /// A header filter failed for some message (it stays on the server).
+    filter_error: Option<FilterError>,
 }
 
 /// Everything up to the plan: LOGIN-DELAY, secret, connect, log in, list.
@@ -245,17 +254,12 @@ async fn connect_and_plan(
 
     let listing = session.listing().await?;
     let seen = store.rows(&account.name)?;
-    let plan = policy::plan(
-        &listing,
-        &seen,
-        opts.now,
-        PlanSettings {
-            retention: account.retention,
-            max_size: account.max_size,
-            accept_uidl_reset: opts.accept_uidl_reset,
-        },
-    );
-    tally.new = plan.new_count() as u64;
+    let settings = PlanSettings {
+        retention: account.retention,
+        max_size: account.max_size,
+        accept_uidl_reset: opts.accept_uidl_reset,
+    };
+    let mut plan = policy::plan(&listing, &seen, opts.now, settings, &Verdicts::new());
     if let Some(reset) = plan.uidl_reset {
         return Err(SyncError::UidlReset {
             server,
@@ -264,7 +268,64 @@ async fn connect_and_plan(
             known: reset.known,
         });
     }
-    Ok(Planned { session, plan })
+    let mut filter_error = None;
+    if let Some(command) = &account.filter {
+        let verdicts = run_filter(account, command, &plan, &mut session).await?;
+        filter_error = first_filter_error(&verdicts);
+        plan = policy::plan(&listing, &seen, opts.now, settings, &verdicts);
+    }
+    tally.new = plan.new_count() as u64;
+    Ok(Planned {
+        session,
+        plan,
+        filter_error,
+    })
+}
+
+/// Ask the header filter about every message the plan would fetch: TOP n 0
+/// (pipelined when the server allows), the headers to the filter's stdin.
+async fn run_filter(
+    account: &Account,
+    command: &str,
+    plan: &Plan,
+    session: &mut Transaction<Transport>,
+) -> Result<Verdicts, SyncError> {
+    let candidates: Vec<_> = plan
+        .messages
+        .iter()
+        .filter(|p| matches!(p.action, Action::Fetch { .. }))
+        .collect();
+    let window = if session.capa.pipelining() {
+        PIPELINE_WINDOW
+    } else {
+        1
+    };
+    let mut verdicts = Verdicts::new();
+    for batch in candidates.chunks(window) {
+        let msgs: Vec<u32> = batch.iter().map(|p| p.listed.msg).collect();
+        session.send_top(&msgs, 0).await?;
+        for p in batch {
+            let headers = session.read_top(p.listed.msg, MAX_FILTER_HEADERS).await?;
+            let sender = deliver::envelope_sender(&headers);
+            let verdict = filter::judge(
+                command,
+                &headers,
+                &sender,
+                p.listed.size,
+                account.command_timeout,
+            );
+            verdicts.insert(p.key(), verdict);
+        }
+    }
+    Ok(verdicts)
+}
+
+fn first_filter_error(verdicts: &Verdicts) -> Option<FilterError> {
+    // A temporary failure counts only if every failure was temporary.
+    let mut errors: Vec<&FilterError> =
+        verdicts.values().filter_map(|v| v.as_ref().err()).collect();
+    errors.sort_by_key(|e| e.exit_code() == ExitCode::TempFail);
+    errors.first().map(|e| (*e).clone())
 }
 
 /// `popsync check`: how much new mail `fetch` would download. Changes
@@ -274,8 +335,11 @@ pub async fn check_account(account: &Account, opts: &RunOptions) -> AccountRepor
     let mut tally = Tally::default();
     let result = async {
         let mut store = Store::open(&opts.state_dir.join("seen.sqlite3"))?;
-        let Planned { session, plan } =
-            connect_and_plan(account, opts, &mut store, false, &mut tally).await?;
+        let Planned {
+            session,
+            plan,
+            filter_error,
+        } = connect_and_plan(account, opts, &mut store, false, &mut tally).await?;
         // `check` counts what `fetch` would download, not what max_size skips.
         tally.new = 0;
         for p in &plan.messages {
@@ -289,7 +353,10 @@ pub async fn check_account(account: &Account, opts: &RunOptions) -> AccountRepor
             }
         }
         session.quit().await?;
-        Ok::<(), SyncError>(())
+        match filter_error {
+            Some(e) => Err(SyncError::Filter(e)),
+            None => Ok::<(), SyncError>(()),
+        }
     }
     .await;
     report(account, started, tally, result)
@@ -326,8 +393,11 @@ async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result
     if !opts.dry_run {
         resolve_pending(account, &mut store, opts)?;
     }
-    let Planned { mut session, plan } =
-        connect_and_plan(account, opts, &mut store, !opts.dry_run, tally).await?;
+    let Planned {
+        mut session,
+        plan,
+        filter_error,
+    } = connect_and_plan(account, opts, &mut store, !opts.dry_run, tally).await?;
 
     if opts.dry_run {
         for p in &plan.messages {
@@ -335,14 +405,19 @@ async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result
         }
         // Nothing was RETRieved or DELEted: QUIT changes nothing.
         session.quit().await?;
-        return Ok(());
+        return filter_error.map_or(Ok(()), |e| Err(SyncError::Filter(e)));
     }
 
     for p in &plan.messages {
-        if let Action::Skip(_) = p.action {
+        if let Action::Skip(why) = &p.action {
             tally.skipped += 1;
+            let why = match why {
+                SkipReason::TooBig { .. } => "larger than max_size".to_owned(),
+                SkipReason::Filter => "the filter said not now".to_owned(),
+                SkipReason::FilterFailed(e) => e.clone(),
+            };
             opts.ui.verbose(&format!(
-                "{}: skipped {} ({} bytes): larger than max_size",
+                "{}: skipped {} ({} bytes): {why}",
                 account.name,
                 sanitize(p.listed.uidl.as_bytes(), 80),
                 p.listed.size
@@ -360,19 +435,28 @@ async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result
         tally,
     )
     .await?;
+    let mut filtered = Vec::new();
     for p in &plan.messages {
-        if let Action::Delete { .. } = p.action {
-            to_delete.push((p.listed.msg, p.key()));
+        match p.action {
+            Action::Delete(DeleteReason::Retention { .. }) => {
+                to_delete.push((p.listed.msg, p.key()))
+            }
+            Action::Delete(DeleteReason::Filter) => filtered.push(p),
+            _ => {}
         }
     }
 
-    // Only committed deliveries reach this point: DELE them, then QUIT.
-    let msgs: Vec<u32> = to_delete.iter().map(|(m, _)| *m).collect();
+    // Only committed deliveries (and what the filter condemned unread) reach
+    // this point: DELE them, then QUIT.
+    let mut msgs: Vec<u32> = to_delete.iter().map(|(m, _)| *m).collect();
+    msgs.extend(filtered.iter().map(|p| p.listed.msg));
     session.dele(&msgs).await?;
     session.quit().await?;
     let keys: Vec<_> = to_delete.into_iter().map(|(_, k)| k).collect();
     store.mark_deleted(&account.name, &keys, opts.now)?;
-    tally.deleted = keys.len() as u64;
+    let filtered_keys: Vec<_> = filtered.iter().map(|p| (p.key(), p.listed.size)).collect();
+    store.record_filtered(&account.name, &filtered_keys, opts.now)?;
+    tally.deleted = (keys.len() + filtered_keys.len()) as u64;
     for (uidl, _) in &keys {
         opts.ui.verbose(&format!(
             "{}: deleted {} on the server",
@@ -380,9 +464,16 @@ async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result
             sanitize(uidl.as_bytes(), 80)
         ));
     }
+    for ((uidl, _), size) in &filtered_keys {
+        opts.ui.verbose(&format!(
+            "{}: deleted {} ({size} bytes) on the server without downloading it (filter)",
+            account.name,
+            sanitize(uidl.as_bytes(), 80)
+        ));
+    }
     let on_server: HashSet<_> = plan.keys();
     store.prune(&account.name, &on_server)?;
-    Ok(())
+    filter_error.map_or(Ok(()), |e| Err(SyncError::Filter(e)))
 }
 
 /// RETR every message the plan fetches, deliver it, and commit it to the
@@ -669,6 +760,16 @@ pub fn mechanism(
             source,
         }
     })
+}
+
+/// A logged-in session for read-only commands (`peek`): the secret, connect,
+/// log in; no lock, nothing written.
+pub async fn open_session(
+    account: &Account,
+    opts: &RunOptions,
+) -> Result<Transaction<Transport>, SyncError> {
+    let password = account.secret.resolve(account.command_timeout)?;
+    login(account, &password, opts).await
 }
 
 /// Connect, secure the connection as configured, and log in.

@@ -12,6 +12,8 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::command::expand_command;
+
 use super::{DeliveryError, HeadBuffer, MessageInfo, Prepared, Sink, Target, envelope_sender};
 
 /// A configured MDA command.
@@ -29,40 +31,6 @@ impl Mda {
             timeout,
         }
     }
-}
-
-/// Quote for `/bin/sh`: inside single quotes nothing is special but `'`.
-pub fn shell_quote(s: &str) -> String {
-    let clean: String = s.chars().filter(|c| !c.is_control()).collect();
-    format!("'{}'", clean.replace('\'', "'\\''"))
-}
-
-/// Replace `%F` and `%T` (and `%%` by `%`) in an MDA or filter command.
-pub fn expand_command(command: &str, sender: &str, user: &str) -> String {
-    let mut out = String::with_capacity(command.len() + 32);
-    let mut chars = command.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.peek() {
-            Some('F') => {
-                chars.next();
-                out.push_str(&shell_quote(sender));
-            }
-            Some('T') => {
-                chars.next();
-                out.push_str(&shell_quote(user));
-            }
-            Some('%') => {
-                chars.next();
-                out.push('%');
-            }
-            _ => out.push('%'),
-        }
-    }
-    out
 }
 
 impl Target for Mda {
@@ -120,7 +88,7 @@ struct MdaSink {
 impl MdaSink {
     fn spawn(&mut self, head: &[u8]) -> Result<(), DeliveryError> {
         let sender = envelope_sender(head);
-        let expanded = expand_command(&self.command, &sender, &self.user);
+        let expanded = expand_command(&self.command, &[('F', &sender), ('T', &self.user)]);
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(&expanded)
@@ -303,18 +271,6 @@ mod tests {
             s.write(c)?;
         }
         s.commit()
-    }
-
-    #[test]
-    fn percent_f_and_t_are_shell_quoted() {
-        assert_eq!(
-            expand_command("deliver -f %F -d %T 100%%", "a'b@c", "me"),
-            "deliver -f 'a'\\''b@c' -d 'me' 100%"
-        );
-        assert_eq!(
-            expand_command("x %F", "$(rm -rf /)", "u"),
-            "x '$(rm -rf /)'"
-        );
     }
 
     #[test]

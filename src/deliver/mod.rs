@@ -205,26 +205,7 @@ impl HeadBuffer {
 /// (also for the null sender `<>`). Control characters and spaces are
 /// removed: the value goes into an mbox separator and a shell command.
 pub fn envelope_sender(head: &[u8]) -> String {
-    let end = memchr::memmem::find(head, b"\n\n").unwrap_or(head.len());
-    let mut value: Option<String> = None;
-    let mut in_return_path = false;
-    for line in head[..end].split(|&b| b == b'\n') {
-        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
-        if continuation {
-            if in_return_path && let Some(v) = value.as_mut() {
-                v.push_str(&String::from_utf8_lossy(line));
-            }
-            continue;
-        }
-        if value.is_some() {
-            break;
-        }
-        in_return_path = line.len() >= 12 && line[..12].eq_ignore_ascii_case(b"return-path:");
-        if in_return_path {
-            value = Some(String::from_utf8_lossy(&line[12..]).into_owned());
-        }
-    }
-    let addr: String = value
+    let addr: String = crate::headers::field(head, "Return-Path")
         .unwrap_or_default()
         .trim()
         .trim_start_matches('<')

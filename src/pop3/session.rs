@@ -642,6 +642,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
         self.conn.read_body(&label, sink).await
     }
 
+    /// Send TOP for several messages without waiting (pipelining).
+    pub async fn send_top(&mut self, msgs: &[u32], lines: u32) -> Result<(), SessionError> {
+        let cmds: Vec<Command> = msgs
+            .iter()
+            .map(|&msg| Command::Top { msg, lines })
+            .collect();
+        self.conn.send_many(&cmds).await
+    }
+
+    /// Read the reply to a TOP sent earlier: the headers and `lines` body
+    /// lines, of which at most `limit` bytes are kept (the rest is read and
+    /// dropped, so the stream stays in step).
+    pub async fn read_top(&mut self, msg: u32, limit: usize) -> Result<Vec<u8>, SessionError> {
+        let label = format!("TOP {msg}");
+        self.conn.expect_ok(&label).await?;
+        let mut kept = Vec::new();
+        self.conn
+            .read_body(&label, |chunk| {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                Ok(())
+            })
+            .await?;
+        Ok(kept)
+    }
+
     /// Mark messages deleted; they go at QUIT.
     pub async fn dele(&mut self, msgs: &[u32]) -> Result<(), SessionError> {
         if msgs.is_empty() {
