@@ -28,6 +28,9 @@ _popsync() {
             popsync,help)
                 cmd="popsync__subcmd__help"
                 ;;
+            popsync,peek)
+                cmd="popsync__subcmd__peek"
+                ;;
             popsync,probe)
                 cmd="popsync__subcmd__probe"
                 ;;
@@ -43,6 +46,9 @@ _popsync() {
             popsync__subcmd__help,help)
                 cmd="popsync__subcmd__help__subcmd__help"
                 ;;
+            popsync__subcmd__help,peek)
+                cmd="popsync__subcmd__help__subcmd__peek"
+                ;;
             popsync__subcmd__help,probe)
                 cmd="popsync__subcmd__help__subcmd__probe"
                 ;;
@@ -53,7 +59,7 @@ _popsync() {
 
     case "${cmd}" in
         popsync)
-            opts="-q -v -h -V --config --quiet --verbose --json --help --version fetch check probe accounts help"
+            opts="-q -v -h -V --config --quiet --verbose --json --help --version fetch check probe peek accounts help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -141,7 +147,7 @@ _popsync() {
             return 0
             ;;
         popsync__subcmd__help)
-            opts="fetch check probe accounts help"
+            opts="fetch check probe peek accounts help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -210,6 +216,20 @@ _popsync() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        popsync__subcmd__help__subcmd__peek)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         popsync__subcmd__help__subcmd__probe)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -217,6 +237,28 @@ _popsync() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__peek)
+            opts="-q -v -h --new --lines --config --quiet --verbose --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --lines)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
