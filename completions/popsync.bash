@@ -34,6 +34,9 @@ _popsync() {
             popsync,probe)
                 cmd="popsync__subcmd__probe"
                 ;;
+            popsync,seen)
+                cmd="popsync__subcmd__seen"
+                ;;
             popsync__subcmd__help,accounts)
                 cmd="popsync__subcmd__help__subcmd__accounts"
                 ;;
@@ -52,6 +55,42 @@ _popsync() {
             popsync__subcmd__help,probe)
                 cmd="popsync__subcmd__help__subcmd__probe"
                 ;;
+            popsync__subcmd__help,seen)
+                cmd="popsync__subcmd__help__subcmd__seen"
+                ;;
+            popsync__subcmd__help__subcmd__seen,forget)
+                cmd="popsync__subcmd__help__subcmd__seen__subcmd__forget"
+                ;;
+            popsync__subcmd__help__subcmd__seen,import)
+                cmd="popsync__subcmd__help__subcmd__seen__subcmd__import"
+                ;;
+            popsync__subcmd__help__subcmd__seen,list)
+                cmd="popsync__subcmd__help__subcmd__seen__subcmd__list"
+                ;;
+            popsync__subcmd__seen,forget)
+                cmd="popsync__subcmd__seen__subcmd__forget"
+                ;;
+            popsync__subcmd__seen,help)
+                cmd="popsync__subcmd__seen__subcmd__help"
+                ;;
+            popsync__subcmd__seen,import)
+                cmd="popsync__subcmd__seen__subcmd__import"
+                ;;
+            popsync__subcmd__seen,list)
+                cmd="popsync__subcmd__seen__subcmd__list"
+                ;;
+            popsync__subcmd__seen__subcmd__help,forget)
+                cmd="popsync__subcmd__seen__subcmd__help__subcmd__forget"
+                ;;
+            popsync__subcmd__seen__subcmd__help,help)
+                cmd="popsync__subcmd__seen__subcmd__help__subcmd__help"
+                ;;
+            popsync__subcmd__seen__subcmd__help,import)
+                cmd="popsync__subcmd__seen__subcmd__help__subcmd__import"
+                ;;
+            popsync__subcmd__seen__subcmd__help,list)
+                cmd="popsync__subcmd__seen__subcmd__help__subcmd__list"
+                ;;
             *)
                 ;;
         esac
@@ -59,7 +98,7 @@ _popsync() {
 
     case "${cmd}" in
         popsync)
-            opts="-q -v -h -V --config --quiet --verbose --json --help --version fetch check probe peek accounts help"
+            opts="-q -v -h -V --config --quiet --verbose --json --help --version fetch check probe peek accounts seen help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -147,7 +186,7 @@ _popsync() {
             return 0
             ;;
         popsync__subcmd__help)
-            opts="fetch check probe peek accounts help"
+            opts="fetch check probe peek accounts seen help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -244,6 +283,62 @@ _popsync() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        popsync__subcmd__help__subcmd__seen)
+            opts="list forget import"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__help__subcmd__seen__subcmd__forget)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__help__subcmd__seen__subcmd__import)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__help__subcmd__seen__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         popsync__subcmd__peek)
             opts="-q -v -h --new --lines --config --quiet --verbose --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -269,6 +364,152 @@ _popsync() {
         popsync__subcmd__probe)
             opts="-q -v -h --login --config --quiet --verbose --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__seen)
+            opts="-q -v -h --config --quiet --verbose --json --help list forget import help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__seen__subcmd__forget)
+            opts="-q -v -h --config --quiet --verbose --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__seen__subcmd__help)
+            opts="list forget import help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__seen__subcmd__help__subcmd__forget)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__seen__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__seen__subcmd__help__subcmd__import)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__seen__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__seen__subcmd__import)
+            opts="-q -v -h --from --config --quiet --verbose --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --from)
+                    COMPREPLY=($(compgen -W "fetchmail getmail mpop" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__seen__subcmd__list)
+            opts="-q -v -h --config --quiet --verbose --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -63,6 +63,9 @@ pub enum Cmd {
     Peek(PeekArgs),
     /// List the accounts with their resolved settings (secrets hidden)
     Accounts,
+    /// Inspect or edit the seen-store; import the state of fetchmail, getmail or mpop
+    #[command(subcommand)]
+    Seen(SeenCmd),
 }
 
 /// Which accounts a command works on.
@@ -125,4 +128,35 @@ pub struct PeekArgs {
     /// Also show the first N body lines
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub lines: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SeenCmd {
+    /// What popsync remembers of an account: UIDL, size, first seen, delivered, deleted, where
+    List {
+        /// The account, as in the config's [accounts.NAME]
+        #[arg(value_name = "ACCOUNT")]
+        account: String,
+    },
+    /// Forget messages (all of the account's when no UIDL is given): the next fetch downloads them again
+    Forget {
+        /// The account, as in the config's [accounts.NAME]
+        #[arg(value_name = "ACCOUNT")]
+        account: String,
+        /// UIDLs to forget
+        #[arg(value_name = "UIDL")]
+        uidls: Vec<String>,
+    },
+    /// Take over what fetchmail, getmail or mpop already fetched, so popsync does not fetch it again
+    Import {
+        /// The account, as in the config's [accounts.NAME]
+        #[arg(value_name = "ACCOUNT")]
+        account: String,
+        /// The tool that wrote FILE
+        #[arg(long, value_enum)]
+        from: crate::import::Source,
+        /// fetchmail: ~/.fetchids; getmail: ~/.getmail/oldmail-HOST-PORT-USER; mpop: ~/.local/share/mpop/uidls (or ~/.mpop_uidls)
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }

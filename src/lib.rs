@@ -8,6 +8,7 @@ pub mod deliver;
 pub mod exit;
 pub mod filter;
 pub mod headers;
+pub mod import;
 pub mod net;
 pub mod peek;
 pub mod policy;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 
-use popsync::cli::{CheckArgs, Cli, Cmd, FetchArgs, PeekArgs, ProbeArgs, Selection};
+use popsync::cli::{CheckArgs, Cli, Cmd, FetchArgs, PeekArgs, ProbeArgs, SeenCmd, Selection};
 use popsync::config::{self, Config};
 use popsync::exit::{self, ExitCode};
 use popsync::stop;
@@ -70,6 +70,7 @@ fn run(cli: &Cli, ui: Ui) -> Result<ExitCode, Failure> {
         Cmd::Probe(args) => probe(&config, args, ui),
         Cmd::Peek(args) => peek(&config, args, ui),
         Cmd::Accounts => accounts(&config, ui),
+        Cmd::Seen(cmd) => seen(&config, cmd, ui),
     }
 }
 
@@ -330,4 +331,104 @@ fn accounts(config: &Config, ui: Ui) -> Result<ExitCode, Failure> {
             .map_err(|e| fail(ExitCode::IoError, e))?;
     }
     Ok(ExitCode::Ok)
+}
+
+fn seen(config: &Config, cmd: &SeenCmd, ui: Ui) -> Result<ExitCode, Failure> {
+    let store_path = config.state_dir.join("seen.sqlite3");
+    let io = |e: popsync::store::StoreError| fail(ExitCode::IoError, e);
+    let out = |line: &str| {
+        ui::stdout_line(line)
+            .context("cannot write to stdout")
+            .map_err(|e| fail(ExitCode::IoError, e))
+    };
+    match cmd {
+        SeenCmd::List { account } => {
+            let account = one_account(config, account)?;
+            let store = popsync::store::Store::open(&store_path).map_err(io)?;
+            let mut rows: Vec<_> = store
+                .rows(&account.name)
+                .map_err(io)?
+                .into_values()
+                .collect();
+            rows.sort_by(|a, b| {
+                (a.first_seen, &a.uidl, a.copy).cmp(&(b.first_seen, &b.uidl, b.copy))
+            });
+            let t = |t: Option<chrono::DateTime<Utc>>| {
+                t.map_or("-".to_owned(), |t| {
+                    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                })
+            };
+            for r in rows {
+                let line = if ui.json {
+                    let j = |t: Option<chrono::DateTime<Utc>>| {
+                        t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    };
+                    serde_json::json!({
+                        "uidl": r.uidl, "copy": r.copy, "size": r.size,
+                        "first_seen": j(Some(r.first_seen)), "delivered": j(r.delivered_at),
+                        "deleted": j(r.deleted_at), "location": r.location,
+                    })
+                    .to_string()
+                } else {
+                    format!(
+                        "{} {} {} delivered={} deleted={} {}",
+                        popsync::pop3::codec::sanitize(r.uidl.as_bytes(), 80),
+                        r.size,
+                        t(Some(r.first_seen)),
+                        t(r.delivered_at),
+                        t(r.deleted_at),
+                        r.location.unwrap_or_default()
+                    )
+                };
+                out(&line)?;
+            }
+            Ok(ExitCode::Ok)
+        }
+        SeenCmd::Forget { account, uidls } => {
+            let account = one_account(config, account)?;
+            let _lock = sync::lock_account(&config.state_dir, &account.name)
+                .map_err(|e| fail(e.exit_code(), anyhow::anyhow!("{}: {e}", account.name)))?;
+            let mut store = popsync::store::Store::open(&store_path).map_err(io)?;
+            let n = store.forget(&account.name, uidls).map_err(io)?;
+            ui.info(&format!(
+                "{}: forgot {n} message(s); the next fetch downloads them again if they are still on the server",
+                account.name
+            ));
+            Ok(ExitCode::Ok)
+        }
+        SeenCmd::Import {
+            account,
+            from,
+            file,
+        } => {
+            let account = one_account(config, account)?;
+            let imported = popsync::import::import_file(*from, file, &account.user, &account.host)
+                .map_err(|e| fail(ExitCode::IoError, e))?;
+            let _lock = sync::lock_account(&config.state_dir, &account.name)
+                .map_err(|e| fail(e.exit_code(), anyhow::anyhow!("{}: {e}", account.name)))?;
+            let mut store = popsync::store::Store::open(&store_path).map_err(io)?;
+            let (taken, known) = store
+                .import(&account.name, &imported.uidls, from.name(), now()?)
+                .map_err(io)?;
+            let mut line = format!(
+                "{}: took {taken} UIDL(s) from {}",
+                account.name,
+                file.display()
+            );
+            if known > 0 {
+                line.push_str(&format!(", {known} already known"));
+            }
+            line.push_str(&format!(", ignored {}", imported.ignored));
+            if !imported.others.is_empty() {
+                line.push_str(&format!(
+                    " (they belong to {}, not {}@{})",
+                    imported.others.join(", "),
+                    account.user,
+                    account.host
+                ));
+            }
+            out(&line)?;
+            Ok(ExitCode::Ok)
+        }
+    }
 }

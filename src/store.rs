@@ -447,6 +447,81 @@ impl Store {
         Ok(stale.len())
     }
 
+    /// Forget messages of an account (all of them when `uidls` is empty), so
+    /// that the next run treats them as new. Returns how many rows went.
+    pub fn forget(&mut self, account: &str, uidls: &[String]) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let sql = move |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&sql)?;
+        let mut removed = 0;
+        if uidls.is_empty() {
+            removed += tx
+                .execute("DELETE FROM messages WHERE account = ?1", params![account])
+                .map_err(&sql)?;
+            tx.execute("DELETE FROM pending WHERE account = ?1", params![account])
+                .map_err(&sql)?;
+        } else {
+            for uidl in uidls {
+                removed += tx
+                    .execute(
+                        "DELETE FROM messages WHERE account = ?1 AND uidl = ?2",
+                        params![account, uidl],
+                    )
+                    .map_err(&sql)?;
+                tx.execute(
+                    "DELETE FROM pending WHERE account = ?1 AND uidl = ?2",
+                    params![account, uidl],
+                )
+                .map_err(&sql)?;
+            }
+        }
+        tx.commit().map_err(&sql)?;
+        Ok(removed)
+    }
+
+    /// Record UIDLs another fetcher already downloaded, as delivered by it, so
+    /// the next run does not download them again. Returns (taken, already
+    /// known).
+    pub fn import(
+        &mut self,
+        account: &str,
+        uidls: &[String],
+        source: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, usize), StoreError> {
+        let path = self.path.clone();
+        let sql = move |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&sql)?;
+        let mut taken = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO messages (account, uidl, copy, size, first_seen, delivered_at, location)
+                     VALUES (?1, ?2, 0, 0, ?3, ?3, ?4)
+                     ON CONFLICT (account, uidl, copy) DO NOTHING",
+                )
+                .map_err(&sql)?;
+            for uidl in uidls {
+                taken += stmt
+                    .execute(params![
+                        account,
+                        uidl,
+                        ts(now),
+                        format!("imported from {source}")
+                    ])
+                    .map_err(&sql)?;
+            }
+        }
+        tx.commit().map_err(&sql)?;
+        Ok((taken, uidls.len() - taken))
+    }
+
     /// When this account last logged in, and the LOGIN-DELAY the server
     /// announced then.
     pub fn last_login(&self, account: &str) -> Result<Option<LastLogin>, StoreError> {
@@ -586,6 +661,24 @@ mod tests {
         for t in threads {
             t.join().unwrap().unwrap();
         }
+    }
+
+    #[test]
+    fn imported_uidls_count_as_delivered_and_forget_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("s.db")).unwrap();
+        s.mark_delivered("a", &key("x"), 1, "loc", now()).unwrap();
+        let uidls = vec!["x".to_owned(), "y".to_owned(), "z".to_owned()];
+        assert_eq!(s.import("a", &uidls, "mpop", now()).unwrap(), (2, 1));
+        let rows = s.rows("a").unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(rows.values().all(|r| r.delivered_at.is_some()));
+        assert_eq!(
+            s.forget("a", &["y".to_owned(), "nope".to_owned()]).unwrap(),
+            1
+        );
+        assert_eq!(s.forget("a", &[]).unwrap(), 2);
+        assert!(s.rows("a").unwrap().is_empty());
     }
 
     #[test]

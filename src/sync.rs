@@ -644,7 +644,7 @@ fn resolve_pending(
 }
 
 /// An exclusive, non-waiting lock per account: a second run skips at once.
-fn lock_account(state_dir: &Path, name: &str) -> Result<File, SyncError> {
+pub fn lock_account(state_dir: &Path, name: &str) -> Result<File, SyncError> {
     let dir = state_dir.join("locks");
     store::create_private_dir(&dir)?;
     let path = dir.join(format!("{name}.lock"));
