@@ -142,6 +142,9 @@ fn run_accounts(
     let selected = config
         .select(&selection.accounts, selection.all)
         .map_err(|e| fail(ExitCode::Usage, anyhow::anyhow!(e)))?;
+    // Create the seen-store (and its schema) once, before the accounts run
+    // in parallel and would all try at the same moment.
+    popsync::store::Store::open(&config.state_dir.join("seen.sqlite3")).map_err(|e| fail(e.exit_code(), e))?;
     let opts = Arc::new(RunOptions {
         state_dir: config.state_dir.clone(),
         now: now()?,
@@ -335,7 +338,7 @@ fn accounts(config: &Config, ui: Ui) -> Result<ExitCode, Failure> {
 
 fn seen(config: &Config, cmd: &SeenCmd, ui: Ui) -> Result<ExitCode, Failure> {
     let store_path = config.state_dir.join("seen.sqlite3");
-    let io = |e: popsync::store::StoreError| fail(ExitCode::IoError, e);
+    let io = |e: popsync::store::StoreError| fail(e.exit_code(), e);
     let out = |line: &str| {
         ui::stdout_line(line)
             .context("cannot write to stdout")

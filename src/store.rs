@@ -70,6 +70,11 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     #[error(
+        "seen-store {} is locked by another process for more than 30 s; try again later",
+        path.display()
+    )]
+    Busy { path: PathBuf },
+    #[error(
         "seen-store {} has schema version {found}, newer than this popsync understands ({SCHEMA_VERSION}); upgrade popsync",
         path.display()
     )]
@@ -79,6 +84,17 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+}
+
+impl StoreError {
+    /// A store held too long by another process is temporary (75); every
+    /// other store problem is a local I/O error (74).
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            StoreError::Busy { .. } => crate::exit::ExitCode::TempFail,
+            _ => crate::exit::ExitCode::IoError,
+        }
+    }
 }
 
 /// What the store knows about one message of an account.
@@ -152,19 +168,30 @@ impl Store {
     }
 
     fn init(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        // Only SQLite's own verdict makes a file "damaged"; anything else
+        // (busy, permissions, disk) is reported as what it is.
         let corrupt = |path: &Path| {
             let path = path.to_owned();
-            move |source| StoreError::Corrupt { path, source }
+            move |source: rusqlite::Error| classify(&path, source)
         };
         // Several popsync processes (one per overlapping cron run) may share the
         // file; wait for each other's short transactions rather than fail.
         self.conn
             .busy_timeout(Duration::from_secs(30))
             .map_err(corrupt(&self.path))?;
-        let mode: String = self
-            .conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(corrupt(&self.path))?;
+        // Switching a new file to WAL can answer SQLITE_BUSY at once, without
+        // the busy handler, while another process does the same: retry.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mode: String = loop {
+            match self.conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+                Ok(mode) => break mode,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(classify(&path, e)),
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Corrupt {
                 path: self.path.clone(),
@@ -558,6 +585,25 @@ impl Store {
             )
             .map_err(self.sql())?;
         Ok(())
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Name a failure to open the store by its cause.
+fn classify(path: &Path, source: rusqlite::Error) -> StoreError {
+    let path = path.to_owned();
+    match source.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt { path, source }
+        }
+        _ if is_busy(&source) => StoreError::Busy { path },
+        _ => StoreError::Open { path, source },
     }
 }
 

@@ -179,7 +179,7 @@ impl SyncError {
             SyncError::Net(e) => e.exit_code(),
             SyncError::Session(e) => e.exit_code(),
             SyncError::Auth { source, .. } => source.exit_code(),
-            SyncError::Store(_) => ExitCode::IoError,
+            SyncError::Store(e) => e.exit_code(),
             SyncError::Filter(e) => e.exit_code(),
             SyncError::Delivery(e) => e.exit_code(),
             SyncError::NoStls { .. } => ExitCode::NoPerm,

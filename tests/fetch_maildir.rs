@@ -487,3 +487,59 @@ fn maildir_name_check_accepts_spec_names_only() {
     assert_eq!(maildir_name_size("x.M5P42Q1.host,S=1"), None);
     assert_eq!(maildir_name_size("1.M5P42Q1.,S=1"), None);
 }
+
+#[test]
+fn starttls_not_offered_exits_77_without_sending_the_password() {
+    let dovecot = common::require_dovecot_without_stls!();
+    let alice = dovecot.add_user("alice", "secret");
+    let sent = deliver_samples(&alice, 1, 2);
+    let env = TestEnv::new();
+    let maildir = env.maildir("work");
+    env.write_accounts(&[account_toml(
+        "work", &dovecot, &alice, "starttls", &maildir, "",
+    )]);
+
+    let out = env.run(&["fetch", "--all"]);
+
+    out.assert_code_with(77, &dovecot);
+    assert_stderr_contains(&out.stderr, "work");
+    assert_stderr_contains(&out.stderr, "STLS");
+    assert!(
+        !dovecot.log().contains("user=<alice>"),
+        "no login may be attempted without TLS:\n{}",
+        dovecot.log()
+    );
+    assert!(maildir_messages(&maildir).is_empty());
+    assert_eq!(sorted(alice.server_messages()), sorted(sent));
+}
+
+/// Regression: accounts fetched in parallel (default `--jobs 4`) that open a
+/// seen-store that does not exist yet must not fail with "database is locked"
+/// (reported as a damaged store, exit 74). Twenty fresh stores, four accounts
+/// with empty mailboxes (quick sessions make the opens collide most often).
+#[test]
+fn parallel_accounts_share_a_new_seen_store() {
+    let dovecot = require_dovecot!();
+    let users: Vec<User> = ["u1", "u2", "u3", "u4"]
+        .iter()
+        .map(|name| dovecot.add_user(name, "secret"))
+        .collect();
+    let env = TestEnv::new();
+    let accounts: Vec<String> = users
+        .iter()
+        .map(|u| account_toml(&u.name, &dovecot, u, "implicit", &env.maildir(&u.name), ""))
+        .collect();
+    env.write_accounts(&accounts);
+
+    for round in 0..20 {
+        if env.state_dir().exists() {
+            fs::remove_dir_all(env.state_dir()).expect("remove state_dir");
+        }
+        let out = env.run(&["fetch", "--all", "-q"]);
+        assert_eq!(
+            out.code, 0,
+            "round {round}: a new seen-store opened by parallel accounts:\n{}",
+            out.stderr
+        );
+    }
+}

@@ -158,22 +158,31 @@ impl Dovecot {
             stdout
                 .lines()
                 .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-                .map(str::to_owned)
         };
-        let port = |key: &str| {
-            field(key).map(|v| {
-                v.parse::<u16>()
-                    .unwrap_or_else(|e| panic!("start.sh printed {key}={v}: {e}"))
-            })
+        let parsed = (|| {
+            Some((
+                field("pop3_port")?.parse::<u16>().ok()?,
+                field("pop3s_port")
+                    .map(str::parse::<u16>)
+                    .transpose()
+                    .ok()?,
+                PathBuf::from(field("ca")?),
+                field("pid")?.parse::<u32>().ok()?,
+            ))
+        })();
+        let Some((pop3_port, pop3s_port, ca_file, pid)) = parsed else {
+            // The server runs; do not leak it.
+            let _ = Command::new("bash")
+                .arg(dir.path().join("stop.sh"))
+                .status();
+            panic!("cannot parse the output of tests/dovecot/start.sh:\n{stdout}");
         };
         Dovecot {
-            pop3_port: port("pop3_port").expect("start.sh printed no pop3_port"),
-            pop3s_port: port("pop3s_port"),
-            ca_file: PathBuf::from(field("ca").expect("start.sh printed no ca")),
-            pid: field("pid")
-                .and_then(|p| p.parse().ok())
-                .expect("start.sh printed no pid"),
             dir,
+            pop3_port,
+            pop3s_port,
+            ca_file,
+            pid,
             stopped: false,
         }
     }

@@ -22,8 +22,9 @@ dir=$(cd "$dir" && pwd -P)
 [[ $password != *:* && $password != *$'\n'* ]] || die "password must not contain ':' or a newline"
 if grep -q "^$user:" "$dir/users"; then die "user $user exists already"; fi
 
-# shellcheck source=/dev/null
-source "$dir/mail-owner"   # mail_uid, mail_gid
+# Who owns the server mailbox (start.sh wrote it down).
+mail_uid=$(sed -n 's/^mail_uid=//p' "$dir/mail-owner")
+mail_gid=$(sed -n 's/^mail_gid=//p' "$dir/mail-owner")
 home=$dir/home/$user
 mkdir -p "$home/Maildir/new" "$home/Maildir/cur" "$home/Maildir/tmp"
 if [[ $(id -u) -eq 0 ]]; then

@@ -12,7 +12,7 @@ import base64, hashlib, hmac, os, poplib, secrets, ssl, subprocess, sys, time
 
 d, port, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 here = os.path.dirname(os.path.abspath(__file__))
-user, pw = "selfcheck", "pa ss:w0rd!"[:5] + "w0rd!"  # a space, no colon
+user, pw = "selfcheck", "pa ssw0rd!"  # a space: passwd-file and SASL must cope
 maildir = subprocess.run([f"{here}/add-user.sh", d, user, pw], check=True,
                          capture_output=True, text=True).stdout.strip()
 msg = (b"From: a@example.org\nTo: selfcheck@example.org\nSubject: hi\n\n"

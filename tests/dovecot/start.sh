@@ -18,7 +18,7 @@
 #   stop=DIR/stop.sh   stops the server and waits until it has exited
 #
 # Ports: two free ports on 127.0.0.1 are picked unless POP3_PORT / POP3S_PORT
-# are set.
+# are set. Needs bash, openssl and dovecot; nothing else.
 #
 # --no-stls: the server has TLS switched off entirely (`ssl = no`), so the
 # plain port does not offer STLS and there is no POP3S listener. Dovecot 2.3
@@ -53,7 +53,6 @@ dovecot_bin=$(command -v dovecot || true)
 done
 [[ -n $dovecot_bin ]] || die "dovecot is not installed (Debian/Ubuntu: apt-get install dovecot-pop3d)"
 command -v openssl >/dev/null || die "openssl is not installed"
-command -v python3 >/dev/null || die "python3 is not installed"
 
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd -P)
@@ -116,8 +115,21 @@ EXT
 fi
 
 # --- ports -------------------------------------------------------------------
+# A random port below the kernel's ephemeral range that no socket uses now.
+# Two servers starting at once may still pick the same port; the loser fails
+# with "Address already in use" and its caller retries (tests/common does).
+port_in_use() {
+    local hex
+    hex=$(printf ':%04X ' "$1")
+    grep -qs -- "$hex" /proc/net/tcp /proc/net/tcp6
+}
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+    local port
+    while :; do
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
+        port_in_use "$port" || break
+    done
+    echo "$port"
 }
 pop3_port=${POP3_PORT:-$(free_port)}
 pop3s_port=${POP3S_PORT:-$(free_port)}
@@ -238,32 +250,59 @@ if ! "$dovecot_bin" -c "$dir/dovecot.conf" >>"$dir/dovecot.log" 2>&1; then
     cat "$dir/dovecot.log" >&2
     die "dovecot failed to start (config: $dir/dovecot.conf)"
 fi
+# From here on a failure must not leave a server behind.
+started=false
+stop_unless_started() {
+    $started && return
+    for _ in $(seq 40); do
+        [[ -s $base_dir/master.pid ]] && break
+        sleep 0.05
+    done
+    "$dir/stop.sh" || true
+}
+trap stop_unless_started EXIT
 
 port_open() {
-    python3 - "$1" <<'PY'
-import socket, sys
-try:
-    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.5).close()
-except OSError:
-    sys.exit(1)
-PY
+    # bash's /dev/tcp: a refused connection to 127.0.0.1 fails at once.
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+greets() {
+    # pop3-login greets only once its auth process is up: then the server is
+    # ready (and a stop right away is quick; a half-started Dovecot takes
+    # seconds to shut down).
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        IFS= read -r -t 2 line <&3 || exit 1
+        printf 'QUIT\r\n' >&3
+        [[ $line == "+OK"* ]]
+    ) 2>/dev/null
 }
 
 ports=("$pop3_port")
 $no_stls || ports+=("$pop3s_port")
 deadline=$((SECONDS + 10))
 for port in "${ports[@]}"; do
-    until port_open "$port"; do
+    check=port_open
+    [[ $port == "$pop3_port" ]] && check=greets
+    until "$check" "$port"; do
         if (( SECONDS >= deadline )); then
             cat "$dir/dovecot.log" >&2
-            "$dir/stop.sh" || true
             die "dovecot did not accept connections on 127.0.0.1:$port within 10 s (log above: $dir/dovecot.log)"
         fi
         sleep 0.1
     done
 done
 
+# The listeners accept before the daemonized master has written its pid file.
+until [[ -s $base_dir/master.pid ]]; do
+    if (( SECONDS >= deadline )); then
+        cat "$dir/dovecot.log" >&2
+        die "dovecot wrote no $base_dir/master.pid within 10 s"
+    fi
+    sleep 0.05
+done
 pid=$(cat "$base_dir/master.pid")
+started=true
 echo "pop3_port=$pop3_port"
 $no_stls || echo "pop3s_port=$pop3s_port"
 echo "ca=$dir/ca.pem"
