@@ -144,7 +144,8 @@ fn run_accounts(
         .map_err(|e| fail(ExitCode::Usage, anyhow::anyhow!(e)))?;
     // Create the seen-store (and its schema) once, before the accounts run
     // in parallel and would all try at the same moment.
-    popsync::store::Store::open(&config.state_dir.join("seen.sqlite3")).map_err(|e| fail(e.exit_code(), e))?;
+    popsync::store::Store::open(&config.state_dir.join("seen.sqlite3"))
+        .map_err(|e| fail(e.exit_code(), e))?;
     let opts = Arc::new(RunOptions {
         state_dir: config.state_dir.clone(),
         now: now()?,
@@ -160,13 +161,16 @@ fn run_accounts(
         .map_err(|e| fail(ExitCode::Software, e))?;
     let accounts: Vec<_> = selected.into_iter().cloned().collect();
     let jobs = usize::from(jobs);
+    if job == Job::Fetch && !dry_run {
+        ui.enable_progress();
+    }
     let reports = runtime.block_on(async move {
         if let Err(e) = stop::install(move |code| {
             if ui.verbosity > Verbosity::Quiet {
-                eprintln!(
+                ui::stderr_line(&format!(
                     "popsync: stopping ({}): finishing the messages in flight; signal again to quit at once",
                     if code == ExitCode::Interrupted { "SIGINT" } else { "SIGTERM" }
-                );
+                ));
             }
         }) {
             ui.warn(&format!("cannot listen for SIGINT/SIGTERM: {e}"));

@@ -184,7 +184,10 @@ impl Store {
         // the busy handler, while another process does the same: retry.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mode: String = loop {
-            match self.conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+            match self
+                .conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            {
                 Ok(mode) => break mode,
                 Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));

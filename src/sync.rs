@@ -502,6 +502,11 @@ async fn fetch_new(
         TlsMode::Starttls => "POP3 (STLS)",
         TlsMode::None => "POP3",
     };
+    let bar = opts.ui.account_bar(
+        &account.name,
+        fetch.len(),
+        fetch.iter().map(|p| p.listed.size).sum(),
+    );
     let mut to_delete = Vec::new();
     let mut sent = 0;
     for (i, p) in fetch.iter().enumerate() {
@@ -544,6 +549,9 @@ async fn fetch_new(
         )?;
         session
             .read_retr(p.listed.msg, |chunk| {
+                if let Some(b) = &bar {
+                    b.inc(chunk.len() as u64);
+                }
                 sink.write(chunk)
                     .map_err(|e| SessionError::Sink(Box::new(e)))
             })
@@ -556,6 +564,9 @@ async fn fetch_new(
         store.mark_delivered(&account.name, &key, size, &location, opts.now)?;
         tally.fetched += 1;
         tally.bytes += size;
+        if let Some(b) = &bar {
+            b.set_message(format!("{}/{} messages", tally.fetched, fetch.len()));
+        }
         opts.ui.verbose(&format!(
             "{}: fetched {} ({} bytes) -> {}",
             account.name,
@@ -566,6 +577,9 @@ async fn fetch_new(
         if let Action::Fetch { then_delete: true } = p.action {
             to_delete.push((p.listed.msg, key));
         }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     Ok(to_delete)
 }
@@ -677,7 +691,7 @@ pub struct Connected {
 pub fn trace_for(account: &Account, ui: &Ui) -> Option<Trace> {
     ui.tracing().then(|| {
         let name = account.name.clone();
-        Box::new(move |line: &str| eprintln!("{name}: {line}")) as Trace
+        Box::new(move |line: &str| crate::ui::stderr_line(&format!("{name}: {line}"))) as Trace
     })
 }
 

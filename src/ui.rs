@@ -2,7 +2,27 @@
 //! `-v`, `-vv` and `--json`, which lines reach stderr (DESIGN.md "Streams").
 //! Requested output (JSON, plans) goes to stdout through `stdout_line`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// The progress display, when there is one: stderr is a terminal and neither
+/// `-q` nor `--json` was given. Every stderr line goes through it then, so
+/// lines and bars never overwrite each other.
+static PROGRESS: OnceLock<MultiProgress> = OnceLock::new();
+
+/// Write one line to stderr, above the progress bars if they are shown.
+pub fn stderr_line(line: &str) {
+    match PROGRESS.get() {
+        Some(mp) => {
+            if mp.println(line).is_err() {
+                eprintln!("{line}");
+            }
+        }
+        None => eprintln!("{line}"),
+    }
+}
 
 /// How much to say on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,22 +48,45 @@ impl Ui {
     /// Summaries and notices (not with `-q`).
     pub fn info(&self, line: &str) {
         if self.verbosity >= Verbosity::Normal {
-            eprintln!("{line}");
+            stderr_line(line);
         }
     }
 
     /// Warnings: something the user should fix, but the run went on.
     pub fn warn(&self, line: &str) {
         if self.verbosity >= Verbosity::Normal {
-            eprintln!("popsync: warning: {line}");
+            stderr_line(&format!("popsync: warning: {line}"));
         }
     }
 
     /// Per-message lines (`-v`).
     pub fn verbose(&self, line: &str) {
         if self.verbosity >= Verbosity::Verbose {
-            eprintln!("{line}");
+            stderr_line(line);
         }
+    }
+
+    /// Turn progress bars on if they belong here: stderr is a terminal, and
+    /// neither `-q` nor `--json` asked for quiet or machine output.
+    pub fn enable_progress(&self) {
+        if self.verbosity >= Verbosity::Normal && !self.json && std::io::stderr().is_terminal() {
+            let _ = PROGRESS.set(MultiProgress::new());
+        }
+    }
+
+    /// A progress bar for one account's downloads (bytes, with messages in
+    /// its message), or None when bars are off.
+    pub fn account_bar(&self, account: &str, messages: usize, bytes: u64) -> Option<ProgressBar> {
+        let mp = PROGRESS.get()?;
+        let style = ProgressStyle::with_template(
+            "{prefix:>12.bold} [{bar:25}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {msg}",
+        )
+        .ok()?
+        .progress_chars("=> ");
+        let bar = mp.add(ProgressBar::new(bytes).with_style(style));
+        bar.set_prefix(account.to_owned());
+        bar.set_message(format!("0/{messages} messages"));
+        Some(bar)
     }
 
     pub fn tracing(&self) -> bool {
@@ -52,7 +95,7 @@ impl Ui {
 
     /// Errors are always shown, `-q` included.
     pub fn error(&self, line: &str) {
-        eprintln!("popsync: {line}");
+        stderr_line(&format!("popsync: {line}"));
     }
 }
 
