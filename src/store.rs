@@ -295,31 +295,97 @@ impl Store {
         Ok(out)
     }
 
-    /// Record that delivery of a message is about to start, durably, so that a
-    /// run killed mid-delivery can be finished or rolled back by the next one.
+    /// Record, durably and in one transaction, that deliveries of these
+    /// messages are about to start, so that a run killed mid-delivery can be
+    /// finished or rolled back by the next one.
     pub fn begin_pending(
         &mut self,
         account: &str,
-        key: &MessageKey,
-        pending: &PendingRow,
+        rows: &[PendingRow],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO pending (account, uidl, copy, target, location, offset, started_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
+        let path = self.path.clone();
+        let sql = move |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&sql)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO pending (account, uidl, copy, target, location, offset, started_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(&sql)?;
+            for row in rows {
+                stmt.execute(params![
                     account,
-                    key.0,
-                    key.1,
-                    pending.target,
-                    pending.location,
-                    pending.offset.map(|o| o as i64),
+                    row.uidl,
+                    row.copy,
+                    row.target,
+                    row.location,
+                    row.offset.map(|o| o as i64),
                     ts(now)
-                ],
-            )
-            .map_err(self.sql())?;
-        Ok(())
+                ])
+                .map_err(&sql)?;
+            }
+        }
+        tx.commit().map_err(&sql)
+    }
+
+    /// End a batch in one transaction: record the durable deliveries
+    /// ((UIDL, copy), size, location) and forget the pending rows of messages
+    /// the batch did not get to. Only after this returns may they be DELEted.
+    pub fn finish_batch(
+        &mut self,
+        account: &str,
+        delivered: &[(MessageKey, u64, &str)],
+        abandoned: &[MessageKey],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = move |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&sql)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO messages (account, uidl, copy, size, first_seen, delivered_at, location)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
+                     ON CONFLICT (account, uidl, copy) DO UPDATE SET
+                        size = excluded.size, delivered_at = excluded.delivered_at,
+                        location = excluded.location, deleted_at = NULL",
+                )
+                .map_err(&sql)?;
+            let mut unpend = tx
+                .prepare_cached(
+                    "DELETE FROM pending WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
+                )
+                .map_err(&sql)?;
+            for (key, size, location) in delivered {
+                insert
+                    .execute(params![
+                        account,
+                        key.0,
+                        key.1,
+                        *size as i64,
+                        ts(now),
+                        location
+                    ])
+                    .map_err(&sql)?;
+                unpend
+                    .execute(params![account, key.0, key.1])
+                    .map_err(&sql)?;
+            }
+            for key in abandoned {
+                unpend
+                    .execute(params![account, key.0, key.1])
+                    .map_err(&sql)?;
+            }
+        }
+        tx.commit().map_err(&sql)
     }
 
     /// Deliveries begun but never recorded as finished, for `account`.
@@ -355,8 +421,8 @@ impl Store {
         Ok(())
     }
 
-    /// Record a finished, durable delivery and clear its pending row, in one
-    /// transaction. Only after this returns may the message be DELEted.
+    /// Record one finished, durable delivery (found by crash recovery) and
+    /// clear its pending row.
     pub fn mark_delivered(
         &mut self,
         account: &str,
@@ -365,27 +431,7 @@ impl Store {
         location: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let sql = move |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(&sql)?;
-        tx.execute(
-            "INSERT INTO messages (account, uidl, copy, size, first_seen, delivered_at, location)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
-             ON CONFLICT (account, uidl, copy) DO UPDATE SET
-                size = excluded.size, delivered_at = excluded.delivered_at,
-                location = excluded.location, deleted_at = NULL",
-            params![account, key.0, key.1, size as i64, ts(now), location],
-        )
-        .map_err(&sql)?;
-        tx.execute(
-            "DELETE FROM pending WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
-            params![account, key.0, key.1],
-        )
-        .map_err(&sql)?;
-        tx.commit().map_err(&sql)
+        self.finish_batch(account, &[(key.clone(), size, location)], &[], now)
     }
 
     /// Record that the server committed the DELE of these messages (after QUIT).
@@ -653,7 +699,8 @@ mod tests {
                 location: "123.M1P2Q3.host".into(),
                 offset: None,
             };
-            s.begin_pending("a", &key("u1"), &p, now()).unwrap();
+            s.begin_pending("a", std::slice::from_ref(&p), now())
+                .unwrap();
             assert_eq!(s.pending("a").unwrap(), vec![p]);
             s.mark_delivered("a", &key("u1"), 42, "/m/new/x", now())
                 .unwrap();

@@ -28,6 +28,11 @@ use crate::ui::Ui;
 /// Commands kept in flight when the server offers PIPELINING.
 const PIPELINE_WINDOW: usize = 16;
 
+/// Most mail (server octets) delivered in one batch before it is synced and
+/// committed; and the longest a batch may take.
+const BATCH_BYTES: u64 = 32 << 20;
+const BATCH_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Most header bytes handed to a filter.
 const MAX_FILTER_HEADERS: usize = 1 << 20;
 
@@ -507,76 +512,130 @@ async fn fetch_new(
         fetch.len(),
         fetch.iter().map(|p| p.listed.size).sum(),
     );
+    let describe = target.describe();
     let mut to_delete = Vec::new();
     let mut sent = 0;
-    for (i, p) in fetch.iter().enumerate() {
+    let mut next = 0;
+    while next < fetch.len() {
         // On SIGINT/SIGTERM: no new RETRs; the ones already sent are
         // delivered (their replies are on the way), then DELE and QUIT.
-        let stopping = crate::stop::requested().is_some();
-        if stopping && i >= sent {
+        if crate::stop::requested().is_some() && next >= sent {
             break;
         }
-        // Keep up to `window` RETRs in flight; replies come back in order.
-        let upto = (i + window).min(fetch.len());
-        if sent < upto && !stopping {
-            let msgs: Vec<u32> = fetch[sent..upto].iter().map(|p| p.listed.msg).collect();
-            session.send_retr(&msgs).await?;
-            sent = upto;
+        // A batch: up to the target's limit and BATCH_BYTES of mail.
+        let mut end = next;
+        let mut bytes = 0;
+        while end < fetch.len()
+            && end - next < target.batch_limit()
+            && (end == next || bytes + fetch[end].listed.size <= BATCH_BYTES)
+        {
+            bytes += fetch[end].listed.size;
+            end += 1;
         }
-        let key = p.key();
-        let prepared = target.prepare()?;
-        store.begin_pending(
-            &account.name,
-            &key,
-            &PendingRow {
-                uidl: key.0.clone(),
-                copy: key.1,
-                target: target.describe(),
-                location: prepared.location.clone(),
-                offset: prepared.offset,
-            },
-            opts.now,
-        )?;
-        let received = account
-            .received_header
-            .then(|| deliver::received_header(&account.host, &account.user, proto, opts.now));
-        let mut sink = target.start(
-            &prepared,
-            &MessageInfo {
-                server_size: p.listed.size,
-                received: received.as_deref(),
-            },
-        )?;
-        session
-            .read_retr(p.listed.msg, |chunk| {
-                if let Some(b) = &bar {
-                    b.inc(chunk.len() as u64);
-                }
-                sink.write(chunk)
-                    .map_err(|e| SessionError::Sink(Box::new(e)))
+        let batch = &fetch[next..end];
+        // Promise 2: the pending rows are durable before any byte is written.
+        let prepared = target.prepare_batch(batch.len())?;
+        let rows: Vec<_> = batch
+            .iter()
+            .zip(&prepared)
+            .map(|(p, prep)| PendingRow {
+                uidl: p.listed.uidl.clone(),
+                copy: p.copy,
+                target: describe.clone(),
+                location: prep.location.clone(),
+                offset: prep.offset,
             })
-            .await?;
-        let committed = sink.commit();
+            .collect();
+        store.begin_pending(&account.name, &rows, opts.now)?;
+
+        let started = Instant::now();
+        let mut finished = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for (k, (p, prep)) in batch.iter().zip(&prepared).enumerate() {
+            let i = next + k;
+            let stopping = crate::stop::requested().is_some();
+            // End the batch early on a stop, or when it has taken long (a
+            // slow link): what is written should not wait long uncommitted.
+            if (stopping && i >= sent) || (k > 0 && started.elapsed() > BATCH_TIME) {
+                break;
+            }
+            let one = async {
+                // Keep up to `window` RETRs in flight; replies come back in order.
+                let upto = (i + window).min(fetch.len());
+                if sent < upto && !stopping {
+                    let msgs: Vec<u32> = fetch[sent..upto].iter().map(|p| p.listed.msg).collect();
+                    session.send_retr(&msgs).await?;
+                    sent = upto;
+                }
+                let received = account.received_header.then(|| {
+                    deliver::received_header(&account.host, &account.user, proto, opts.now)
+                });
+                let mut sink = target.start(
+                    prep,
+                    &MessageInfo {
+                        server_size: p.listed.size,
+                        received: received.as_deref(),
+                    },
+                )?;
+                session
+                    .read_retr(p.listed.msg, |chunk| {
+                        if let Some(b) = &bar {
+                            b.inc(chunk.len() as u64);
+                        }
+                        sink.write(chunk)
+                            .map_err(|e| SessionError::Sink(Box::new(e)))
+                    })
+                    .await?;
+                Ok::<_, SyncError>(sink.finish()?)
+            };
+            match one.await {
+                Ok(f) => finished.push(f),
+                Err(e) => {
+                    // The messages finished before the failure are whole:
+                    // commit them below, then report the failure.
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+
+        // Durable on disk, then recorded: only now may these be DELEted.
+        let sizes: Vec<u64> = finished.iter().map(|f| f.size).collect();
+        let done = finished.len();
+        let committed = target.commit(finished);
         for w in target.take_warnings() {
             opts.ui.warn(&format!("{}: {w}", account.name));
         }
-        let (location, size) = committed?;
-        store.mark_delivered(&account.name, &key, size, &location, opts.now)?;
-        tally.fetched += 1;
-        tally.bytes += size;
+        let locations = match committed {
+            Ok(l) => l,
+            Err(e) => return Err(failure.unwrap_or_else(|| e.into())),
+        };
+        let delivered: Vec<_> = batch[..done]
+            .iter()
+            .zip(sizes.iter().zip(&locations))
+            .map(|(p, (size, location))| (p.key(), *size, location.as_str()))
+            .collect();
+        let abandoned: Vec<_> = batch[done..].iter().map(|p| p.key()).collect();
+        store.finish_batch(&account.name, &delivered, &abandoned, opts.now)?;
+        for (p, (key, size, location)) in batch.iter().zip(&delivered) {
+            tally.fetched += 1;
+            tally.bytes += size;
+            opts.ui.verbose(&format!(
+                "{}: fetched {} ({size} bytes) -> {location}",
+                account.name,
+                sanitize(key.0.as_bytes(), 80),
+            ));
+            if let Action::Fetch { then_delete: true } = p.action {
+                to_delete.push((p.listed.msg, key.clone()));
+            }
+        }
         if let Some(b) = &bar {
             b.set_message(format!("{}/{} messages", tally.fetched, fetch.len()));
         }
-        opts.ui.verbose(&format!(
-            "{}: fetched {} ({} bytes) -> {}",
-            account.name,
-            sanitize(key.0.as_bytes(), 80),
-            size,
-            location
-        ));
-        if let Action::Fetch { then_delete: true } = p.action {
-            to_delete.push((p.listed.msg, key));
+        if let Some(e) = failure {
+            return Err(e);
         }
+        next += done;
     }
     if let Some(b) = bar {
         b.finish_and_clear();

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 
-use super::{DeliveryError, HeadBuffer, MessageInfo, Prepared, Sink, Target, envelope_sender};
+use super::{
+    DeliveryError, Finished, FinishedKind, HeadBuffer, MessageInfo, Prepared, Sink, Target,
+    envelope_sender,
+};
 
 /// A dotlock older than this was left by a killed process.
 const STALE_DOTLOCK: Duration = Duration::from_secs(300);
@@ -26,7 +29,10 @@ pub struct Mbox {
     path: PathBuf,
     now: DateTime<Utc>,
     lock_timeout: Duration,
+    /// The locks, held from `prepare_batch` to `commit` or `abort`.
     held: Option<Locked>,
+    /// The file length when the batch began: where an aborted batch is cut.
+    batch_start: u64,
     warnings: Vec<String>,
 }
 
@@ -39,6 +45,7 @@ impl Mbox {
             now,
             lock_timeout,
             held: None,
+            batch_start: 0,
             warnings: Vec::new(),
         }
     }
@@ -178,6 +185,14 @@ impl Locked {
     }
 }
 
+impl Drop for Mbox {
+    fn drop(&mut self) {
+        // A batch never committed (an error, the server went away): cut off
+        // everything it appended.
+        self.abort();
+    }
+}
+
 impl Drop for Locked {
     fn drop(&mut self) {
         // The fcntl lock goes with the descriptor; the dotlock by hand.
@@ -210,28 +225,47 @@ impl Target for Mbox {
         format!("mbox:{}", self.path.display())
     }
 
-    fn prepare(&mut self) -> Result<Prepared, DeliveryError> {
-        let locked = self.lock()?;
-        let offset = locked.len()?;
-        self.held = Some(locked);
-        Ok(Prepared {
-            location: self.path.display().to_string(),
-            offset: Some(offset),
-        })
+    fn prepare_batch(&mut self, n: usize) -> Result<Vec<Prepared>, DeliveryError> {
+        if self.held.is_none() {
+            let locked = self.lock()?;
+            self.batch_start = locked.len()?;
+            self.held = Some(locked);
+        }
+        // Every message of the batch records the batch's start: the batch is
+        // committed whole, so an interrupted one is cut back whole.
+        Ok((0..n)
+            .map(|_| Prepared {
+                location: self.path.display().to_string(),
+                offset: Some(self.batch_start),
+            })
+            .collect())
     }
 
     fn start(
         &mut self,
-        prepared: &Prepared,
+        _prepared: &Prepared,
         info: &MessageInfo<'_>,
     ) -> Result<Box<dyn Sink>, DeliveryError> {
-        let locked = match self.held.take() {
-            Some(l) => l,
-            None => self.lock()?,
+        if self.held.is_none() {
+            self.prepare_batch(0)?;
+        }
+        let Some(locked) = self.held.as_ref() else {
+            return Err(DeliveryError::Locked {
+                path: self.path.clone(),
+                holder: "nobody (lock lost)".into(),
+            });
         };
-        let offset = prepared.offset.unwrap_or(locked.len()?);
+        let err = |source| DeliveryError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        // The lock stays with the target; the sink writes through its own
+        // descriptor of the same (appending) open file.
+        let file = locked.file.try_clone().map_err(err)?;
+        let offset = locked.len()?;
         Ok(Box::new(MboxSink {
-            out: Some(std::io::BufWriter::with_capacity(64 * 1024, locked)),
+            out: Some(std::io::BufWriter::with_capacity(64 * 1024, file)),
+            path: self.path.clone(),
             offset,
             date: self.now,
             received: info.received.map(str::to_owned),
@@ -241,6 +275,41 @@ impl Target for Mbox {
             last: b'\n',
             written: 0,
         }))
+    }
+
+    fn commit(&mut self, batch: Vec<Finished>) -> Result<Vec<String>, DeliveryError> {
+        let mut locations = Vec::with_capacity(batch.len());
+        for f in batch {
+            match f.kind {
+                FinishedKind::Mbox(location) => locations.push(location),
+                _ => {
+                    return Err(DeliveryError::Write {
+                        path: self.path.clone(),
+                        source: std::io::Error::other(
+                            "a message of another target in an mbox batch",
+                        ),
+                    });
+                }
+            }
+        }
+        if let Some(locked) = self.held.as_ref()
+            && let Err(source) = locked.file.sync_all()
+        {
+            self.abort();
+            return Err(DeliveryError::Sync {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        // Committed: release both locks for mutt and procmail.
+        self.held = None;
+        Ok(locations)
+    }
+
+    fn abort(&mut self) {
+        if let Some(locked) = self.held.take() {
+            let _ = locked.truncate(self.batch_start);
+        }
     }
 
     fn recover(&mut self, pending: &Prepared) -> Result<Option<String>, DeliveryError> {
@@ -392,7 +461,8 @@ impl FromQuoter {
 }
 
 struct MboxSink {
-    out: Option<std::io::BufWriter<Locked>>,
+    out: Option<std::io::BufWriter<File>>,
+    path: PathBuf,
     offset: u64,
     date: DateTime<Utc>,
     received: Option<String>,
@@ -403,29 +473,13 @@ struct MboxSink {
     written: u64,
 }
 
-impl Write for Locked {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
 impl MboxSink {
-    fn path(&self) -> PathBuf {
-        self.out
-            .as_ref()
-            .map(|o| o.get_ref().path.clone())
-            .unwrap_or_default()
-    }
-
     fn raw(&mut self, data: &[u8]) -> Result<(), DeliveryError> {
-        let path = self.path();
         match self.out.as_mut() {
-            Some(out) => out
-                .write_all(data)
-                .map_err(|source| DeliveryError::Write { path, source }),
+            Some(out) => out.write_all(data).map_err(|source| DeliveryError::Write {
+                path: self.path.clone(),
+                source,
+            }),
             None => Ok(()),
         }
     }
@@ -473,15 +527,15 @@ impl Sink for MboxSink {
         }
     }
 
-    fn commit(mut self: Box<Self>) -> Result<(String, u64), DeliveryError> {
+    fn finish(mut self: Box<Self>) -> Result<Finished, DeliveryError> {
         if let Some(mut head) = self.head.take() {
             let whole = head.finish();
             self.open_message(&whole)?;
         }
         let mut tail = Vec::new();
         self.quoter.finish(&mut tail);
-        if !tail.is_empty() {
-            self.last = tail[tail.len() - 1];
+        if let Some(&last) = tail.last() {
+            self.last = last;
             self.written += tail.len() as u64;
             self.raw(&tail)?;
         }
@@ -491,40 +545,34 @@ impl Sink for MboxSink {
             self.written += 1;
         }
         self.raw(b"\n")?;
-        let path = self.path();
-        let Some(out) = self.out.take() else {
+        let Some(mut out) = self.out.take() else {
             return Err(DeliveryError::Write {
-                path,
+                path: self.path.clone(),
                 source: std::io::Error::other("delivery already finished"),
             });
         };
-        let (locked, flushed) = finish_writer(out);
-        if let Err(source) = flushed {
-            let _ = locked.truncate(self.offset);
-            return Err(DeliveryError::Write { path, source });
+        if let Err(source) = out.flush() {
+            let (file, _) = out.into_parts();
+            let _ = file.set_len(self.offset);
+            return Err(DeliveryError::Write {
+                path: self.path.clone(),
+                source,
+            });
         }
-        if let Err(source) = locked.file.sync_all() {
-            let _ = locked.truncate(self.offset);
-            return Err(DeliveryError::Sync { path, source });
-        }
-        Ok((format!("{}@{}", path.display(), self.offset), self.written))
+        Ok(Finished {
+            kind: FinishedKind::Mbox(format!("{}@{}", self.path.display(), self.offset)),
+            size: self.written,
+        })
     }
-}
-
-/// Flush the buffer and take the locked file back, whatever the flush did.
-fn finish_writer(mut out: std::io::BufWriter<Locked>) -> (Locked, std::io::Result<()>) {
-    let flushed = out.flush();
-    let (locked, _unwritten) = out.into_parts();
-    (locked, flushed)
 }
 
 impl Drop for MboxSink {
     fn drop(&mut self) {
-        // Not committed (a write failed, the server dropped us): cut the
+        // Not finished (a write failed, the server went away): cut the
         // partial message off so the mbox holds only whole messages.
         if let Some(out) = self.out.take() {
-            let (locked, _) = finish_writer(out);
-            let _ = locked.truncate(self.offset);
+            let (file, _) = out.into_parts();
+            let _ = file.set_len(self.offset);
         }
     }
 }
@@ -565,19 +613,21 @@ mod tests {
         }
     }
 
-    fn deliver(mbox: &mut Mbox, msg: &[u8]) -> Result<(String, u64), DeliveryError> {
-        let p = mbox.prepare()?;
-        let mut sink = mbox.start(
-            &p,
-            &MessageInfo {
-                server_size: 0,
-                received: None,
-            },
-        )?;
+    fn info() -> MessageInfo<'static> {
+        MessageInfo {
+            server_size: 0,
+            received: None,
+        }
+    }
+
+    fn deliver(mbox: &mut Mbox, msg: &[u8]) -> Result<Vec<String>, DeliveryError> {
+        let p = mbox.prepare_batch(1)?.remove(0);
+        let mut sink = mbox.start(&p, &info())?;
         for chunk in msg.chunks(7) {
             sink.write(chunk)?;
         }
-        sink.commit()
+        let f = sink.finish()?;
+        mbox.commit(vec![f])
     }
 
     fn now() -> DateTime<Utc> {
@@ -607,19 +657,35 @@ mod tests {
         let mut m = Mbox::new(path.clone(), now(), Duration::from_secs(1));
         deliver(&mut m, b"Subject: 1\n\nbody\n").unwrap();
         let before = std::fs::read(&path).unwrap();
-        let p = m.prepare().unwrap();
-        let mut sink = m
-            .start(
-                &p,
-                &MessageInfo {
-                    server_size: 0,
-                    received: None,
-                },
-            )
-            .unwrap();
+        let p = m.prepare_batch(1).unwrap().remove(0);
+        let mut sink = m.start(&p, &info()).unwrap();
         sink.write(&vec![b'x'; 300_000]).unwrap();
         drop(sink);
         assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn an_aborted_batch_is_cut_back_whole_and_a_committed_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("box");
+        let mut m = Mbox::new(path.clone(), now(), Duration::from_secs(1));
+        deliver(&mut m, b"Subject: kept\n\nbody\n").unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let batch = m.prepare_batch(2).unwrap();
+        assert_eq!(batch[0].offset, Some(before.len() as u64));
+        assert_eq!(batch[0].offset, batch[1].offset);
+        for p in &batch {
+            let mut sink = m.start(p, &info()).unwrap();
+            sink.write(b"Subject: lost\n\nx\n").unwrap();
+            let _finished = sink.finish().unwrap();
+        }
+        assert!(
+            dir.path().join("box.lock").exists(),
+            "the lock is held across the batch"
+        );
+        drop(m);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert!(!dir.path().join("box.lock").exists());
     }
 
     #[test]

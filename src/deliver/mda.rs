@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::command::expand_command;
 
-use super::{DeliveryError, HeadBuffer, MessageInfo, Prepared, Sink, Target, envelope_sender};
+use super::{
+    DeliveryError, Finished, FinishedKind, HeadBuffer, MessageInfo, Prepared, Sink, Target,
+    envelope_sender,
+};
 
 /// A configured MDA command.
 pub struct Mda {
@@ -38,11 +41,30 @@ impl Target for Mda {
         format!("mda:{}", self.command)
     }
 
-    fn prepare(&mut self) -> Result<Prepared, DeliveryError> {
-        Ok(Prepared {
-            location: "mda".into(),
-            offset: None,
-        })
+    /// One message at a time: a crash can only make the MDA see again the
+    /// one message it was handed last.
+    fn batch_limit(&self) -> usize {
+        1
+    }
+
+    fn prepare_batch(&mut self, n: usize) -> Result<Vec<Prepared>, DeliveryError> {
+        Ok((0..n)
+            .map(|_| Prepared {
+                location: "mda".into(),
+                offset: None,
+            })
+            .collect())
+    }
+
+    fn commit(&mut self, batch: Vec<Finished>) -> Result<Vec<String>, DeliveryError> {
+        // The MDA took each message when it exited 0; nothing is left to do.
+        Ok(batch
+            .into_iter()
+            .map(|f| match f.kind {
+                FinishedKind::Mda(location) => location,
+                _ => String::new(),
+            })
+            .collect())
     }
 
     fn start(
@@ -180,7 +202,7 @@ impl Sink for MdaSink {
         }
     }
 
-    fn commit(mut self: Box<Self>) -> Result<(String, u64), DeliveryError> {
+    fn finish(mut self: Box<Self>) -> Result<Finished, DeliveryError> {
         if let Some(mut head) = self.head.take() {
             let whole = head.finish();
             self.spawn(&whole)?;
@@ -225,7 +247,10 @@ impl Sink for MdaSink {
             })
             .unwrap_or_default();
         match status.code() {
-            Some(0) => Ok((format!("mda:{}", run.expanded), self.written)),
+            Some(0) => Ok(Finished {
+                kind: FinishedKind::Mda(format!("mda:{}", run.expanded)),
+                size: self.written,
+            }),
             Some(75) => Err(DeliveryError::MdaTemporary {
                 command: self.command.clone(),
                 stderr,
@@ -257,20 +282,19 @@ mod tests {
 
     const T: Duration = Duration::from_secs(10);
 
-    fn deliver(cmd: &str, msg: &[u8], timeout: Duration) -> Result<(String, u64), DeliveryError> {
+    fn deliver(cmd: &str, msg: &[u8], timeout: Duration) -> Result<Vec<String>, DeliveryError> {
         let mut m = Mda::new(cmd.into(), "me@example.com".into(), timeout);
-        let p = m.prepare()?;
-        let mut s = m.start(
-            &p,
-            &MessageInfo {
-                server_size: 0,
-                received: None,
-            },
-        )?;
+        let p = m.prepare_batch(1)?.remove(0);
+        let info = MessageInfo {
+            server_size: 0,
+            received: None,
+        };
+        let mut s = m.start(&p, &info)?;
         for c in msg.chunks(5) {
             s.write(c)?;
         }
-        s.commit()
+        let f = s.finish()?;
+        m.commit(vec![f])
     }
 
     #[test]

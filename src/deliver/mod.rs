@@ -111,18 +111,50 @@ pub struct Prepared {
     pub offset: Option<u64>,
 }
 
-/// A delivery target.
+/// A message written in full whose delivery is not yet durable;
+/// `Target::commit` makes it so. Dropping it undoes the write where the
+/// target can (a Maildir tmp file is removed).
+pub struct Finished {
+    pub(crate) kind: FinishedKind,
+    /// Octets written (LF line ends, Received: header included).
+    pub size: u64,
+}
+
+pub(crate) enum FinishedKind {
+    Maildir(maildir::Written),
+    /// Appended at this location ("PATH@OFFSET"); synced at commit.
+    Mbox(String),
+    /// Already handed over: the MDA exited 0.
+    Mda(String),
+}
+
+/// A delivery target. Deliveries come in batches so that durability costs
+/// one sync per batch instead of several per message: `prepare_batch` names
+/// them (the names go into the store's pending rows before any message byte
+/// is written), `start` opens each, and `commit` makes the finished ones
+/// durable together. A batch that is not committed is undone by `abort` (or
+/// by dropping the target).
 pub trait Target: Send {
     /// "maildir:/path" and the like: recorded with pending deliveries.
     fn describe(&self) -> String;
-    /// Choose the name of the next delivery; writes nothing.
-    fn prepare(&mut self) -> Result<Prepared, DeliveryError>;
-    /// Open the delivery named by `prepare`.
+    /// Most messages one batch may hold.
+    fn batch_limit(&self) -> usize {
+        256
+    }
+    /// Name the next `n` deliveries; writes no message bytes (mbox: takes
+    /// the lock, which is held until `commit` or `abort`).
+    fn prepare_batch(&mut self, n: usize) -> Result<Vec<Prepared>, DeliveryError>;
+    /// Open one delivery named by `prepare_batch`.
     fn start(
         &mut self,
         prepared: &Prepared,
         info: &MessageInfo<'_>,
     ) -> Result<Box<dyn Sink>, DeliveryError>;
+    /// Make these finished messages durable and end the batch; returns each
+    /// one's final location, in order.
+    fn commit(&mut self, batch: Vec<Finished>) -> Result<Vec<String>, DeliveryError>;
+    /// Give up the current batch: remove what it wrote.
+    fn abort(&mut self) {}
     /// After a crash: was the delivery recorded as pending completed? Cleans up
     /// leftovers of one that was not. Returns where it landed, if it did.
     fn recover(&mut self, pending: &Prepared) -> Result<Option<String>, DeliveryError>;
@@ -136,8 +168,8 @@ pub trait Target: Send {
 pub trait Sink: Send {
     /// Append message bytes (LF line ends).
     fn write(&mut self, data: &[u8]) -> Result<(), DeliveryError>;
-    /// Make the message durable; returns its final location and size in octets.
-    fn commit(self: Box<Self>) -> Result<(String, u64), DeliveryError>;
+    /// The whole message was written; hand it over for the batch's commit.
+    fn finish(self: Box<Self>) -> Result<Finished, DeliveryError>;
 }
 
 /// The `Received:` header popsync adds (RFC 5322 date), ending in LF.
