@@ -1,8 +1,21 @@
 //! Reading the seen state of the tool a user is leaving, so that the first
 //! popsync run downloads nothing that was already fetched:
 //! fetchmail's `.fetchids`, getmail's `oldmail-*` files, mpop's uidls file.
-//! Only the entries that belong to the account's user and host are taken
-//! (fetchmail records the poll name, which is usually the host).
+//! Only the entries that belong to the account's user and host are taken.
+//!
+//! The formats, as the tools really write them (checked against fetchmail
+//! 6.4, getmail 6.18 and mpop 1.4 in tests/import.rs):
+//! - fetchmail `~/.fetchids`: one `REMOTEUSER@SERVER UIDL` line per message,
+//!   SERVER being the `via` host of the poll entry if it has one, else the
+//!   poll name. The user may itself contain '@' (and spaces), the UIDL may
+//!   contain '@'. fetchmail compares user and server without regard to case.
+//! - getmail `oldmail-SERVER-PORT-USERNAME` in the getmail directory, one file
+//!   per POP3 account, one `UIDL\0UNIX-TIME` line per message; in the file
+//!   name every run of the characters `/\:;<>|` is replaced by one '-'.
+//! - mpop uidls file (default `~/.mpop_uidls/USER_at_HOST`): `#` comment lines
+//!   at the top, then per account a line ` N HOST USER` (a leading space,
+//!   N >= 1) followed by exactly N UIDs, one per line. A UID may begin with
+//!   '#' (mpop reads comments only before the first list).
 
 use std::path::Path;
 
@@ -99,43 +112,47 @@ fn take(out: &mut Imported, mine: bool, uidl: &str, owner: impl FnOnce() -> Stri
     }
 }
 
-/// fetchmail `.fetchids`: one `user@pollname UID` per line (the user may be
-/// quoted, and may itself contain '@').
+/// fetchmail `.fetchids`: one `user@server UID` per line (the user may be
+/// quoted, may itself contain '@' or spaces, and the UID may contain '@').
+/// User and server are compared without regard to case, as fetchmail does.
 fn fetchmail(data: &[u8], user: &str, host: &str) -> ParseResult {
     let text = String::from_utf8_lossy(data);
     let mut out = Imported::default();
     for (i, line) in text.lines().enumerate() {
-        let line = line.trim_end();
+        let line = line.trim_matches(|c| c == ' ' || c == '\t' || c == '\r');
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        let bad = || (i + 1, format!("expected \"user@host UID\", got {line:?}"));
         let (who, uidl) = line
-            .rsplit_once(' ')
+            .rsplit_once([' ', '\t'])
+            .map(|(w, u)| (w.trim_end_matches([' ', '\t']), u))
             .filter(|(w, u)| !w.is_empty() && !u.is_empty())
-            .ok_or_else(|| (i + 1, format!("expected \"user@host UID\", got {:?}", line)))?;
-        let (u, h) = who
-            .rsplit_once('@')
-            .ok_or_else(|| (i + 1, format!("expected \"user@host UID\", got {:?}", line)))?;
+            .ok_or_else(bad)?;
+        let (u, h) = who.rsplit_once('@').ok_or_else(bad)?;
         let u = u.trim_matches('"');
-        take(&mut out, u == user && same_host(h, host), uidl, || {
-            format!("{u}@{h}")
-        });
+        let mine = u.eq_ignore_ascii_case(user) && same_host(h, host);
+        take(&mut out, mine, uidl, || format!("{u}@{h}"));
     }
     Ok(out)
 }
 
-/// mpop uidls file: `#` comments; a line " N hostname user" starts a list of
-/// N UIDs, one per line.
+/// mpop uidls file: `#` comments before the first list; a line
+/// " N hostname user" starts a list of N (at least 1) UIDs, one per line.
 fn mpop(data: &[u8], user: &str, host: &str) -> ParseResult {
     let text = String::from_utf8_lossy(data);
     let mut out = Imported::default();
     let mut remaining = 0usize;
     let mut mine = false;
     let mut owner = String::new();
+    let mut in_header = true;
     for (i, line) in text.lines().enumerate() {
-        if line.starts_with('#') {
+        // As mpop reads it: comments only before the first list, so that a
+        // UID that begins with '#' is still a UID.
+        if in_header && line.starts_with('#') {
             continue;
         }
+        in_header = false;
         if remaining == 0 {
             let head: Vec<&str> = line.strip_prefix(' ').unwrap_or("").split(' ').collect();
             let [n, h, u] = head.as_slice() else {
@@ -144,6 +161,9 @@ fn mpop(data: &[u8], user: &str, host: &str) -> ParseResult {
                     format!("expected \" number-of-uids hostname user\", got {line:?}"),
                 ));
             };
+            if h.is_empty() || u.is_empty() {
+                return Err((i + 1, format!("missing host name or user in {line:?}")));
+            }
             remaining = n
                 .parse()
                 .ok()
@@ -165,27 +185,61 @@ fn mpop(data: &[u8], user: &str, host: &str) -> ParseResult {
     Ok(out)
 }
 
-/// getmail: one file per account, named `oldmail-HOST-PORT-USER`, with a
+/// getmail's file-name form of a server or user name: every run of the
+/// characters `/\:;<>|` becomes one '-' (getmail's `STRIP_CHAR_RE`).
+fn getmail_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_run = false;
+    for c in s.chars() {
+        if matches!(c, '/' | '\\' | ':' | ';' | '<' | '>' | '|') {
+            if !in_run {
+                out.push('-');
+            }
+            in_run = true;
+        } else {
+            out.push(c);
+            in_run = false;
+        }
+    }
+    out
+}
+
+/// getmail: one file per account, named `oldmail-SERVER-PORT-USER`, with a
 /// line `UIDL\0TIMESTAMP` per message.
 fn getmail(file_name: &str, data: &[u8], user: &str, host: &str) -> ParseResult {
     let account = file_name.strip_prefix("oldmail-").unwrap_or(file_name);
-    // The user is last and the host first; the port between them is digits.
-    let prefix = format!("{}-", host.to_ascii_lowercase());
+    // The server is first and the user last; the port between them is digits.
+    // Server and user may contain '-' themselves.
+    let prefix = format!("{}-", getmail_name(host).to_ascii_lowercase());
+    let user = getmail_name(user);
     let mine = account.to_ascii_lowercase().starts_with(&prefix)
         && account[prefix.len()..]
             .split_once('-')
-            .is_some_and(|(port, u)| port.chars().all(|c| c.is_ascii_digit()) && u == user);
+            .is_some_and(|(port, u)| {
+                !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) && u == user
+            });
     let mut out = Imported::default();
     for (i, line) in data.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // getmail strips white space around each line.
+        let line = line.trim_ascii();
         if line.is_empty() {
             continue;
         }
-        let uidl = line
-            .split(|&b| b == 0)
-            .next()
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| (i + 1, "empty message id".to_owned()))?;
+        let (uidl, stamp) = line
+            .iter()
+            .position(|&b| b == 0)
+            .map(|nul| (&line[..nul], &line[nul + 1..]))
+            .filter(|(u, t)| !u.is_empty() && !t.is_empty() && t.iter().all(u8::is_ascii_digit))
+            .ok_or_else(|| {
+                (
+                    i + 1,
+                    format!(
+                        "expected \"UIDL\\0TIMESTAMP\", got {:?}",
+                        String::from_utf8_lossy(line)
+                    ),
+                )
+            })?;
+        let _ = stamp;
         let uidl = String::from_utf8_lossy(uidl);
         take(&mut out, mine, &uidl, || account.to_owned());
     }

@@ -455,6 +455,46 @@ mod tests {
         assert_eq!(p.new_count(), 4);
     }
 
+    proptest::proptest! {
+        /// Whatever the listing, store and settings: a DELE is planned only
+        /// for a message the store says was delivered, or one the filter
+        /// condemned; never for one merely skipped or unknown.
+        #[test]
+        fn the_plan_never_deletes_an_undelivered_message(
+            listing in proptest::collection::vec((0u8..6, 0u64..300), 0..12),
+            rows in proptest::collection::vec((0u8..6, 0u32..2, 0i64..40, proptest::bool::ANY), 0..12),
+            retention in proptest::option::of(0u32..30),
+            max_size in proptest::option::of(0u64..300),
+        ) {
+            let listing: Vec<_> = listing
+                .iter()
+                .enumerate()
+                .map(|(i, (u, size))| listed(i as u32 + 1, &format!("u{u}"), *size))
+                .collect();
+            let seen: HashMap<_, _> = rows
+                .iter()
+                .map(|(u, copy, age, done)| {
+                    let (key, mut row) = delivered(&format!("u{u}"), *copy, *age);
+                    if !done {
+                        row.delivered_at = None;
+                    }
+                    (key, row)
+                })
+                .collect();
+            let retention = retention.map_or(Retention::Forever, Retention::Days);
+            let p = plan(&listing, &seen, now(), settings(retention, max_size));
+            for m in &p.messages {
+                if let Action::Delete(_) = m.action {
+                    let row = seen.get(&m.key());
+                    proptest::prop_assert!(
+                        row.is_some_and(|r| r.delivered_at.is_some()),
+                        "planned DELE of undelivered {:?}", m
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn dry_run_lines_have_action_uidl_size_reason() {
         let p = plan(

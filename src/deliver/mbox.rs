@@ -613,6 +613,43 @@ mod tests {
         }
     }
 
+    /// mboxrd reading: one `>` less on lines matching `^>+From `.
+    fn unquote(quoted: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in quoted.split_inclusive(|&b| b == b'\n') {
+            let gts = line.iter().take_while(|&&b| b == b'>').count();
+            if gts > 0 && line[gts..].starts_with(b"From ") {
+                out.extend_from_slice(&line[1..]);
+            } else {
+                out.extend_from_slice(line);
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn quoting_round_trips_and_leaves_no_bare_from_line(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::string::string_regex(">{0,3}From [a-z ]{0,8}").unwrap(),
+                    proptest::string::string_regex(">{0,3}Fro?m?").unwrap(),
+                    proptest::string::string_regex("[ -~]{0,12}").unwrap(),
+                ],
+                0..20,
+            ),
+            cut in 0usize..400,
+        ) {
+            let input = lines.join("\n").into_bytes();
+            let cut = cut.min(input.len());
+            let quoted = quote_all(&[&input[..cut], &input[cut..]]);
+            proptest::prop_assert_eq!(unquote(&quoted), input);
+            for line in quoted.split(|&b| b == b'\n') {
+                proptest::prop_assert!(!line.starts_with(b"From "), "bare From line in {:?}", quoted);
+            }
+        }
+    }
+
     fn info() -> MessageInfo<'static> {
         MessageInfo {
             server_size: 0,
