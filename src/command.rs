@@ -5,7 +5,8 @@
 //! not read its input, cannot deadlock us; on timeout it is killed.
 
 use std::io::{Read, Write};
-use std::process::{Command, ExitStatus, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Most bytes kept of a command's stdout and stderr.
@@ -59,11 +60,30 @@ pub fn expand_command(command: &str, values: &[(char, &str)]) -> String {
     out
 }
 
+/// A `/bin/sh -c command` in a process group of its own, so that on a
+/// timeout everything it started can be killed, not only the shell.
+pub fn shell(command: &str) -> Command {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(command).process_group(0);
+    cmd
+}
+
+/// Kill a child started by `shell` and everything in its process group.
+pub fn kill_group(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) with a negative pid signals the process group the
+        // child leads (it was started with process_group(0)).
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Run `/bin/sh -c command` with `input` on stdin.
 pub fn run_shell(command: &str, input: &[u8], timeout: Duration) -> Result<Finished, RunError> {
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
+    let mut child = shell(command)
         .stdin(if input.is_empty() {
             Stdio::null()
         } else {
@@ -110,8 +130,7 @@ pub fn run_shell(command: &str, input: &[u8], timeout: Duration) -> Result<Finis
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if started.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 return Err(RunError::TimedOut(timeout));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
@@ -167,8 +186,27 @@ mod tests {
     }
 
     #[test]
-    fn a_hanging_command_is_killed() {
-        let e = run_shell("sleep 30", b"", Duration::from_millis(200)).unwrap_err();
+    fn a_hanging_command_is_killed_with_everything_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let cmd = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let e = run_shell(&cmd, b"", Duration::from_millis(300)).unwrap_err();
         assert!(matches!(e, RunError::TimedOut(_)));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // Dead means gone or a zombie (an orphan waits for PID 1 to reap it).
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = state
+            .split(") ")
+            .nth(1)
+            .is_some_and(|rest| !rest.starts_with('Z'));
+        assert!(
+            !alive,
+            "the shell's child {pid} survived the timeout: {state}"
+        );
     }
 }

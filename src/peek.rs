@@ -78,8 +78,8 @@ pub async fn peek(
     only_new: bool,
     lines: u32,
 ) -> Result<Vec<Peeked>, PeekError> {
-    let store = Store::open(&opts.state_dir.join("seen.sqlite3")).map_err(SyncError::from)?;
-    let mut session = sync::open_session(account, opts).await?;
+    let mut store = Store::open(&opts.state_dir.join("seen.sqlite3")).map_err(SyncError::from)?;
+    let mut session = sync::open_session(account, opts, &mut store).await?;
     let server = session.conn.server().to_owned();
     let listing = session.listing().await.map_err(SyncError::from)?;
     let seen = store.rows(&account.name).map_err(SyncError::from)?;

@@ -20,7 +20,7 @@ use crate::filter::{self, FilterError};
 use crate::net::{self, NetError, TlsSettings, Transport};
 use crate::policy::{self, Action, DeleteReason, Plan, PlanSettings, SkipReason, Verdicts};
 use crate::pop3::auth::{self, AuthError};
-use crate::pop3::codec::{Expire, sanitize};
+use crate::pop3::codec::{Expire, RespCode, sanitize};
 use crate::pop3::session::{Connection, Greeted, SessionError, Trace, Transaction};
 use crate::store::{self, PendingRow, Store, StoreError};
 use crate::ui::Ui;
@@ -224,37 +224,14 @@ struct Planned {
 }
 
 /// Everything up to the plan: LOGIN-DELAY, secret, connect, log in, list.
-/// `record` says whether this run may write the store (not for `check` and
-/// `--dry-run`).
 async fn connect_and_plan(
     account: &Account,
     opts: &RunOptions,
     store: &mut Store,
-    record: bool,
     tally: &mut Tally,
 ) -> Result<Planned, SyncError> {
-    if let Some(store::LastLogin {
-        at: last,
-        login_delay: Some(delay),
-    }) = store.last_login(&account.name)?
-    {
-        let retry_at =
-            last + chrono::Duration::seconds(i64::try_from(delay).unwrap_or(i64::MAX / 2));
-        if opts.now < retry_at {
-            return Err(SyncError::LoginDelay {
-                server: format!("{}:{}", account.host, account.port),
-                delay,
-                last,
-                retry_at,
-            });
-        }
-    }
-    let password = account.secret.resolve(account.command_timeout)?;
-    let mut session = login(account, &password, opts).await?;
+    let mut session = open_session(account, opts, store).await?;
     let server = session.conn.server().to_owned();
-    if record {
-        store.record_login(&account.name, opts.now, session.capa.login_delay())?;
-    }
     warn_about_expire(account, &session, opts);
 
     let listing = session.listing().await?;
@@ -344,7 +321,7 @@ pub async fn check_account(account: &Account, opts: &RunOptions) -> AccountRepor
             session,
             plan,
             filter_error,
-        } = connect_and_plan(account, opts, &mut store, false, &mut tally).await?;
+        } = connect_and_plan(account, opts, &mut store, &mut tally).await?;
         // `check` counts what `fetch` would download, not what max_size skips.
         tally.new = 0;
         for p in &plan.messages {
@@ -402,7 +379,7 @@ async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result
         mut session,
         plan,
         filter_error,
-    } = connect_and_plan(account, opts, &mut store, !opts.dry_run, tally).await?;
+    } = connect_and_plan(account, opts, &mut store, tally).await?;
 
     if opts.dry_run {
         for p in &plan.messages {
@@ -837,12 +814,36 @@ pub fn mechanism(
 
 /// A logged-in session for read-only commands (`peek`): the secret, connect,
 /// log in; no lock, nothing written.
+/// A logged-in session: LOGIN-DELAY honoured (the account is skipped while
+/// the server's delay since the last login has not passed), the secret
+/// fetched, connected, logged in, and the login remembered. Every command
+/// that logs in goes through here, `check`, `peek` and `--dry-run` included:
+/// the server counts their logins too.
 pub async fn open_session(
     account: &Account,
     opts: &RunOptions,
+    store: &mut Store,
 ) -> Result<Transaction<Transport>, SyncError> {
+    if let Some(store::LastLogin {
+        at: last,
+        login_delay: Some(delay),
+    }) = store.last_login(&account.name)?
+    {
+        let retry_at =
+            last + chrono::Duration::seconds(i64::try_from(delay).unwrap_or(i64::MAX / 2));
+        if opts.now < retry_at {
+            return Err(SyncError::LoginDelay {
+                server: format!("{}:{}", account.host, account.port),
+                delay,
+                last,
+                retry_at,
+            });
+        }
+    }
     let password = account.secret.resolve(account.command_timeout)?;
-    login(account, &password, opts).await
+    let session = login(account, &password, opts).await?;
+    store.record_login(&account.name, opts.now, session.capa.login_delay())?;
+    Ok(session)
 }
 
 /// Connect, secure the connection as configured, and log in.
@@ -852,18 +853,54 @@ async fn login(
     opts: &RunOptions,
 ) -> Result<Transaction<Transport>, SyncError> {
     let tls = tls_settings(account)?;
-    let greeted = connect(account, tls.as_ref(), trace_for(account, &opts.ui))
+    let mut greeted = connect(account, tls.as_ref(), trace_for(account, &opts.ui))
         .await?
         .greeted;
-    let mech = mechanism(account, &greeted)?;
-    opts.ui.verbose(&format!(
-        "{}: logging in to {} as {} with {}",
-        account.name,
-        greeted.conn.server(),
-        account.user,
-        mech.name()
-    ));
-    Ok(greeted.login(&account.user, password, mech).await?)
+    let server = greeted.conn.server().to_owned();
+    let candidates =
+        auth::candidates(&account.auth, &greeted.capa, &greeted.greeting).map_err(|source| {
+            SyncError::Auth {
+                server: server.clone(),
+                source,
+            }
+        })?;
+    let attempt = |mech: auth::Mechanism| {
+        opts.ui.verbose(&format!(
+            "{}: logging in to {server} as {} with {}",
+            account.name,
+            account.user,
+            mech.name()
+        ));
+    };
+    let mut tried = candidates.iter();
+    let mut outcome = Err(SessionError::NoUsableAuth {
+        server: server.clone(),
+        message: "no login mechanism to try".into(),
+    });
+    while let Some(&mech) = tried.next() {
+        attempt(mech);
+        outcome = greeted.authenticate(&account.user, password, mech).await;
+        match &outcome {
+            // The server refused this mechanism without saying the
+            // credentials are wrong ([AUTH]) or that it is busy: try the next
+            // one it offers. A wrong password is never tried again.
+            Err(SessionError::AuthFailed {
+                code: None | Some(RespCode::Other(_)),
+                text,
+                ..
+            }) if tried.len() > 0 => {
+                opts.ui.verbose(&format!(
+                    "{}: {} was refused ({}); trying the next mechanism",
+                    account.name,
+                    mech.name(),
+                    sanitize(text.as_bytes(), 120),
+                ));
+            }
+            _ => break,
+        }
+    }
+    outcome?;
+    Ok(greeted.into_transaction().await)
 }
 
 /// RFC 2449 EXPIRE: the server deletes mail itself after N days; say so when

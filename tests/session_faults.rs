@@ -808,6 +808,40 @@ fn auth_plain_failure_is_77_and_success_fetches() {
 }
 
 #[test]
+fn a_mechanism_refused_without_auth_code_falls_back_to_the_next_offered() {
+    let mail = messages(1);
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .capa(&["SASL PLAIN", "USER", "UIDL", "RESP-CODES"])
+        .fault(On::Auth, Fault::err("mechanism temporarily unusable here"))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &["-v"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("PLAIN was refused"), "{}", run.stderr);
+    assert_eq!(env.delivered(), mail);
+    let first = srv.session(0);
+    assert_eq!(sent_verb(&first, "AUTH").len(), 1, "{first:?}");
+    assert_eq!(sent_verb(&first, "USER").len(), 1, "{first:?}");
+}
+
+#[test]
+fn wrong_credentials_are_never_retried_with_another_mechanism() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .capa(&["SASL PLAIN", "USER", "UIDL", "RESP-CODES"])
+        .fault(On::Auth, Fault::err("[AUTH] authentication failed"))
+        .start();
+    let env = Env::new();
+
+    env.fetch(&srv, "", &[]).assert_code(77);
+    let first = srv.session(0);
+    assert_eq!(sent_verb(&first, "AUTH").len(), 1, "{first:?}");
+    assert!(sent_verb(&first, "USER").is_empty(), "{first:?}");
+}
+
+#[test]
 fn implicit_tls_with_pin_or_ca_file_fetches() {
     let mail = messages(2);
     let srv = FaultServer::builder().messages(mail.clone()).tls().start();

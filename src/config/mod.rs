@@ -185,6 +185,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     Ok(config.0)
 }
 
+/// Parse config text as `load` does after reading the file, without the
+/// permission check; `path` only names the file in errors. For the fuzzer.
+pub fn parse_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    parse(path, text).map(|(config, _)| config)
+}
+
 /// Parse config text; also says whether the text holds a `password` key, which
 /// makes the file's permissions matter.
 fn parse(path: &Path, text: &str) -> Result<(Config, bool), ConfigError> {

@@ -7,7 +7,7 @@
 //! delivered, so after a crash the message is delivered again: at-least-once.
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -111,9 +111,7 @@ impl MdaSink {
     fn spawn(&mut self, head: &[u8]) -> Result<(), DeliveryError> {
         let sender = envelope_sender(head);
         let expanded = expand_command(&self.command, &[('F', &sender), ('T', &self.user)]);
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&expanded)
+        let mut child = crate::command::shell(&expanded)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -222,8 +220,7 @@ impl Sink for MdaSink {
             match run.child.try_wait() {
                 Ok(Some(status)) => break status,
                 Ok(None) if run.started.elapsed() >= self.timeout => {
-                    let _ = run.child.kill();
-                    let _ = run.child.wait();
+                    crate::command::kill_group(&mut run.child);
                     return Err(DeliveryError::MdaTimeout {
                         command: self.command.clone(),
                         timeout: self.timeout,
@@ -269,9 +266,8 @@ impl Drop for MdaSink {
         // Not committed: kill the MDA before its stdin closes, so that it
         // cannot take a truncated message for a whole one.
         if let Some(mut run) = self.running.take() {
-            let _ = run.child.kill();
+            crate::command::kill_group(&mut run.child);
             run.tx = None;
-            let _ = run.child.wait();
         }
     }
 }

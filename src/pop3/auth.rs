@@ -98,14 +98,15 @@ const STRENGTH_ORDER: [Mechanism; 7] = [
     Mechanism::User,
 ];
 
-/// Pick the mechanism to use: with `auth` unset the strongest the server
-/// offers; with `auth` set, the first of those that the server offers.
-pub fn choose(
+/// The mechanisms to try, in order: with `auth` unset those the server
+/// offers, strongest first; with `auth` set, those of the list that the server
+/// offers, in the list's order. Never empty.
+pub fn candidates(
     configured: &[AuthMech],
     capa: &Capabilities,
     greeting: &str,
-) -> Result<Mechanism, AuthError> {
-    let candidates: Vec<Mechanism> = if configured.is_empty() {
+) -> Result<Vec<Mechanism>, AuthError> {
+    let wanted: Vec<Mechanism> = if configured.is_empty() {
         STRENGTH_ORDER.to_vec()
     } else {
         configured
@@ -113,31 +114,42 @@ pub fn choose(
             .map(|&m| Mechanism::from_config(m))
             .collect()
     };
-    candidates
+    let offered: Vec<Mechanism> = wanted
         .iter()
         .copied()
-        .find(|m| m.offered(capa, greeting))
-        .ok_or_else(|| {
-            let mut offered: Vec<String> = capa.sasl_mechanisms();
-            if Mechanism::User.offered(capa, greeting) {
-                offered.push("USER".into());
-            }
-            if Mechanism::Apop.offered(capa, greeting) {
-                offered.push("APOP".into());
-            }
-            AuthError::NoCommonMechanism {
-                wanted: candidates
-                    .iter()
-                    .map(|m| m.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                offered: if offered.is_empty() {
-                    "nothing".into()
-                } else {
-                    offered.join(", ")
-                },
-            }
-        })
+        .filter(|m| m.offered(capa, greeting))
+        .collect();
+    if !offered.is_empty() {
+        return Ok(offered);
+    }
+    let mut server: Vec<String> = capa.sasl_mechanisms();
+    if Mechanism::User.offered(capa, greeting) {
+        server.push("USER".into());
+    }
+    if Mechanism::Apop.offered(capa, greeting) {
+        server.push("APOP".into());
+    }
+    Err(AuthError::NoCommonMechanism {
+        wanted: wanted
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        offered: if server.is_empty() {
+            "nothing".into()
+        } else {
+            server.join(", ")
+        },
+    })
+}
+
+/// The mechanism popsync tries first.
+pub fn choose(
+    configured: &[AuthMech],
+    capa: &Capabilities,
+    greeting: &str,
+) -> Result<Mechanism, AuthError> {
+    candidates(configured, capa, greeting).map(|c| c[0])
 }
 
 /// A login that cannot proceed for a reason on our side or a broken exchange.

@@ -305,7 +305,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if let Some((len, consumed)) = found {
                 let line = &self.buf[self.pos..self.pos + len];
                 let parsed = codec::parse_status(line);
-                self.trace(|| format!("S: {}", codec::sanitize(line, 200)));
+                self.trace(|| {
+                    // SASL challenges carry nonces, salts and proofs: redacted
+                    // like the client's answers.
+                    if line.first() == Some(&b'+') && !line.starts_with(b"+OK") {
+                        "S: + <redacted>".to_owned()
+                    } else {
+                        format!("S: {}", codec::sanitize(line, 200))
+                    }
+                });
                 self.pos += consumed;
                 return parsed.map_err(|source| SessionError::Malformed {
                     server: self.server.clone(),
@@ -432,6 +440,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
         password: &str,
         mech: Mechanism,
     ) -> Result<Transaction<S>, SessionError> {
+        self.authenticate(user, password, mech).await?;
+        Ok(self.into_transaction().await)
+    }
+
+    /// Try one login mechanism. On a plain rejection the session stays in
+    /// the AUTHORIZATION state, so another mechanism may be tried.
+    pub async fn authenticate(
+        &mut self,
+        user: &str,
+        password: &str,
+        mech: Mechanism,
+    ) -> Result<(), SessionError> {
         match mech {
             Mechanism::User => {
                 self.conn.send(&Command::User(user.to_owned())).await?;
@@ -456,13 +476,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
             }
             Mechanism::Sasl(kind) => self.sasl(user, password, kind).await?,
         }
+        Ok(())
+    }
+
+    /// After a successful `authenticate`: the TRANSACTION state.
+    pub async fn into_transaction(self) -> Transaction<S> {
         let mut t = Transaction {
             conn: self.conn,
             capa: self.capa,
         };
         // Some servers (Gmail) announce PIPELINING, TOP, UIDL only after login.
         t.capa = capa(&mut t.conn).await.unwrap_or(t.capa);
-        Ok(t)
+        t
     }
 
     async fn auth_reply(&mut self, user: &str, mechanism: &str) -> Result<Reply, SessionError> {
