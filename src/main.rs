@@ -309,7 +309,23 @@ fn probe(config: &Config, args: &ProbeArgs, ui: Ui) -> Result<ExitCode, Failure>
 }
 
 fn accounts(config: &Config, ui: Ui) -> Result<ExitCode, Failure> {
+    use popsync::config::SecretSource;
     for a in &config.accounts {
+        // Where the secret comes from, never the secret itself.
+        let secret = match &a.secret {
+            SecretSource::Password(_) => "password (in the config)".to_owned(),
+            SecretSource::File(p) => format!("password_file {}", p.display()),
+            SecretSource::Command(c) => format!("password_command {c}"),
+        };
+        let auth = if a.auth.is_empty() {
+            "strongest offered".to_owned()
+        } else {
+            a.auth
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let line = if ui.json {
             serde_json::json!({
                 "account": a.name,
@@ -317,20 +333,29 @@ fn accounts(config: &Config, ui: Ui) -> Result<ExitCode, Failure> {
                 "port": a.port,
                 "tls": a.tls.as_str(),
                 "user": a.user,
+                "secret": secret,
+                "auth": auth,
                 "deliver": a.deliver.describe(),
                 "retention": a.retention.to_string(),
+                "max_size": a.max_size,
+                "filter": a.filter,
             })
             .to_string()
         } else {
             format!(
-                "{}: {}@{}:{} tls={} deliver={} retention={}",
+                "{}: {}@{}:{} tls={} auth={} secret={} deliver={} retention={}{}",
                 a.name,
                 a.user,
                 a.host,
                 a.port,
                 a.tls.as_str(),
+                auth,
+                secret,
                 a.deliver.describe(),
-                a.retention
+                a.retention,
+                a.max_size
+                    .map(|m| format!(" max_size={m}"))
+                    .unwrap_or_default()
             )
         };
         ui::stdout_line(&line)
