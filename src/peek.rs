@@ -14,7 +14,6 @@ use crate::sync::{self, RunOptions, SyncError};
 
 /// Most bytes of one TOP reply kept for display.
 const MAX_TOP: usize = 256 * 1024;
-const PIPELINE_WINDOW: usize = 16;
 
 /// One message on the server, as `peek` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -102,7 +101,7 @@ pub async fn peek(
         return Err(PeekError::NoTop { server });
     }
     let window = if session.capa.pipelining() {
-        PIPELINE_WINDOW
+        sync::PIPELINE_WINDOW
     } else {
         1
     };

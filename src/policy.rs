@@ -108,6 +108,14 @@ impl Plan {
         self.messages.iter().filter(|p| p.is_new()).count()
     }
 
+    /// The messages to download, in server order.
+    pub fn to_fetch(&self) -> Vec<&Planned> {
+        self.messages
+            .iter()
+            .filter(|p| matches!(p.action, Action::Fetch { .. }))
+            .collect()
+    }
+
     /// Every (UIDL, copy) on the server, for pruning the store.
     pub fn keys(&self) -> HashSet<MessageKey> {
         self.messages.iter().map(Planned::key).collect()

@@ -257,6 +257,22 @@ impl Store {
         }
     }
 
+    /// Run `work` in one write transaction, committed when it returns Ok.
+    fn write<T>(
+        &mut self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let path = &self.path;
+        let sql = |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        let out = work(&tx).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(out)
+    }
+
     /// The store's file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -304,19 +320,13 @@ impl Store {
         rows: &[PendingRow],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let sql = move |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(&sql)?;
+        self.write(|tx| {
         {
-            let mut stmt = tx
-                .prepare_cached(
+            let mut stmt = tx.prepare_cached(
                     "INSERT OR REPLACE INTO pending (account, uidl, copy, target, location, offset, started_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
-                .map_err(&sql)?;
+                ?;
             for row in rows {
                 stmt.execute(params![
                     account,
@@ -327,10 +337,11 @@ impl Store {
                     row.offset.map(|o| o as i64),
                     ts(now)
                 ])
-                .map_err(&sql)?;
+                ?;
             }
         }
-        tx.commit().map_err(&sql)
+            Ok(())
+        })
     }
 
     /// End a batch in one transaction: record the durable deliveries
@@ -343,27 +354,20 @@ impl Store {
         abandoned: &[MessageKey],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let sql = move |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(&sql)?;
+        self.write(|tx| {
         {
-            let mut insert = tx
-                .prepare_cached(
+            let mut insert = tx.prepare_cached(
                     "INSERT INTO messages (account, uidl, copy, size, first_seen, delivered_at, location)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
                      ON CONFLICT (account, uidl, copy) DO UPDATE SET
                         size = excluded.size, delivered_at = excluded.delivered_at,
                         location = excluded.location, deleted_at = NULL",
                 )
-                .map_err(&sql)?;
-            let mut unpend = tx
-                .prepare_cached(
+                ?;
+            let mut unpend = tx.prepare_cached(
                     "DELETE FROM pending WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
                 )
-                .map_err(&sql)?;
+                ?;
             for (key, size, location) in delivered {
                 insert
                     .execute(params![
@@ -374,18 +378,19 @@ impl Store {
                         ts(now),
                         location
                     ])
-                    .map_err(&sql)?;
+                    ?;
                 unpend
                     .execute(params![account, key.0, key.1])
-                    .map_err(&sql)?;
+                    ?;
             }
             for key in abandoned {
                 unpend
                     .execute(params![account, key.0, key.1])
-                    .map_err(&sql)?;
+                    ?;
             }
         }
-        tx.commit().map_err(&sql)
+            Ok(())
+        })
     }
 
     /// Deliveries begun but never recorded as finished, for `account`.
@@ -441,24 +446,19 @@ impl Store {
         keys: &[MessageKey],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let sql = move |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(&sql)?;
+        self.write(|tx| {
         {
-            let mut stmt = tx
-                .prepare_cached(
+            let mut stmt = tx.prepare_cached(
                     "UPDATE messages SET deleted_at = ?4 WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
                 )
-                .map_err(&sql)?;
+                ?;
             for key in keys {
                 stmt.execute(params![account, key.0, key.1, ts(now)])
-                    .map_err(&sql)?;
+                    ?;
             }
         }
-        tx.commit().map_err(&sql)
+            Ok(())
+        })
     }
 
     /// Record messages the header filter had deleted on the server without
@@ -469,26 +469,21 @@ impl Store {
         keys: &[(MessageKey, u64)],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let sql = move |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(&sql)?;
+        self.write(|tx| {
         {
-            let mut stmt = tx
-                .prepare_cached(
+            let mut stmt = tx.prepare_cached(
                     "INSERT INTO messages (account, uidl, copy, size, first_seen, location, deleted_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, 'deleted by filter', ?5)
                      ON CONFLICT (account, uidl, copy) DO UPDATE SET deleted_at = excluded.deleted_at",
                 )
-                .map_err(&sql)?;
+                ?;
             for ((uidl, copy), size) in keys {
                 stmt.execute(params![account, uidl, copy, *size as i64, ts(now)])
-                    .map_err(&sql)?;
+                    ?;
             }
         }
-        tx.commit().map_err(&sql)
+            Ok(())
+        })
     }
 
     /// Remove rows of messages no longer on the server (after a successful
@@ -503,59 +498,37 @@ impl Store {
             .into_keys()
             .filter(|k| !on_server.contains(k))
             .collect();
-        let path = self.path.clone();
-        let sql = move |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(&sql)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
+        self.write(|tx| {
+            {
+                let mut stmt = tx.prepare_cached(
                     "DELETE FROM messages WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
-                )
-                .map_err(&sql)?;
-            for key in &stale {
-                stmt.execute(params![account, key.0, key.1]).map_err(&sql)?;
+                )?;
+                for key in &stale {
+                    stmt.execute(params![account, key.0, key.1])?;
+                }
             }
-        }
-        tx.commit().map_err(&sql)?;
+            Ok(())
+        })?;
         Ok(stale.len())
     }
 
     /// Forget messages of an account (all of them when `uidls` is empty), so
     /// that the next run treats them as new. Returns how many rows went.
     pub fn forget(&mut self, account: &str, uidls: &[String]) -> Result<usize, StoreError> {
-        let path = self.path.clone();
-        let sql = move |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(&sql)?;
-        let mut removed = 0;
-        if uidls.is_empty() {
-            removed += tx
-                .execute("DELETE FROM messages WHERE account = ?1", params![account])
-                .map_err(&sql)?;
-            tx.execute("DELETE FROM pending WHERE account = ?1", params![account])
-                .map_err(&sql)?;
-        } else {
-            for uidl in uidls {
-                removed += tx
-                    .execute(
-                        "DELETE FROM messages WHERE account = ?1 AND uidl = ?2",
-                        params![account, uidl],
-                    )
-                    .map_err(&sql)?;
-                tx.execute(
-                    "DELETE FROM pending WHERE account = ?1 AND uidl = ?2",
-                    params![account, uidl],
-                )
-                .map_err(&sql)?;
+        self.write(|tx| {
+            if uidls.is_empty() {
+                tx.execute("DELETE FROM pending WHERE account = ?1", params![account])?;
+                return tx.execute("DELETE FROM messages WHERE account = ?1", params![account]);
             }
-        }
-        tx.commit().map_err(&sql)?;
-        Ok(removed)
+            let mut removed = 0;
+            for uidl in uidls {
+                let key = params![account, uidl];
+                removed +=
+                    tx.execute("DELETE FROM messages WHERE account = ?1 AND uidl = ?2", key)?;
+                tx.execute("DELETE FROM pending WHERE account = ?1 AND uidl = ?2", key)?;
+            }
+            Ok(removed)
+        })
     }
 
     /// Record UIDLs another fetcher already downloaded, as delivered by it, so
@@ -568,33 +541,19 @@ impl Store {
         source: &str,
         now: DateTime<Utc>,
     ) -> Result<(usize, usize), StoreError> {
-        let path = self.path.clone();
-        let sql = move |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(&sql)?;
-        let mut taken = 0;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO messages (account, uidl, copy, size, first_seen, delivered_at, location)
-                     VALUES (?1, ?2, 0, 0, ?3, ?3, ?4)
-                     ON CONFLICT (account, uidl, copy) DO NOTHING",
-                )
-                .map_err(&sql)?;
+        let taken = self.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO messages (account, uidl, copy, size, first_seen, delivered_at, location)
+                 VALUES (?1, ?2, 0, 0, ?3, ?3, ?4)
+                 ON CONFLICT (account, uidl, copy) DO NOTHING",
+            )?;
+            let location = format!("imported from {source}");
+            let mut taken = 0;
             for uidl in uidls {
-                taken += stmt
-                    .execute(params![
-                        account,
-                        uidl,
-                        ts(now),
-                        format!("imported from {source}")
-                    ])
-                    .map_err(&sql)?;
+                taken += stmt.execute(params![account, uidl, ts(now), location])?;
             }
-        }
-        tx.commit().map_err(&sql)?;
+            Ok(taken)
+        })?;
         Ok((taken, uidls.len() - taken))
     }
 

@@ -26,7 +26,7 @@ use crate::store::{self, PendingRow, Store, StoreError};
 use crate::ui::Ui;
 
 /// Commands kept in flight when the server offers PIPELINING.
-const PIPELINE_WINDOW: usize = 16;
+pub const PIPELINE_WINDOW: usize = 16;
 
 /// Most mail (server octets) delivered in one batch before it is synced and
 /// committed; and the longest a batch may take.
@@ -264,6 +264,15 @@ async fn connect_and_plan(
     })
 }
 
+/// Commands to keep in flight: a window with PIPELINING, else one at a time.
+fn pipeline_window(session: &Transaction<Transport>) -> usize {
+    if session.capa.pipelining() {
+        PIPELINE_WINDOW
+    } else {
+        1
+    }
+}
+
 /// Ask the header filter about every message the plan would fetch: TOP n 0
 /// (pipelined when the server allows), the headers to the filter's stdin.
 async fn run_filter(
@@ -272,16 +281,8 @@ async fn run_filter(
     plan: &Plan,
     session: &mut Transaction<Transport>,
 ) -> Result<Verdicts, SyncError> {
-    let candidates: Vec<_> = plan
-        .messages
-        .iter()
-        .filter(|p| matches!(p.action, Action::Fetch { .. }))
-        .collect();
-    let window = if session.capa.pipelining() {
-        PIPELINE_WINDOW
-    } else {
-        1
-    };
+    let candidates = plan.to_fetch();
+    let window = pipeline_window(session);
     let mut verdicts = Verdicts::new();
     for batch in candidates.chunks(window) {
         let msgs: Vec<u32> = batch.iter().map(|p| p.listed.msg).collect();
@@ -469,16 +470,8 @@ async fn fetch_new(
     target: &mut dyn Target,
     tally: &mut Tally,
 ) -> Result<Vec<(u32, store::MessageKey)>, SyncError> {
-    let fetch: Vec<_> = plan
-        .messages
-        .iter()
-        .filter(|p| matches!(p.action, Action::Fetch { .. }))
-        .collect();
-    let window = if session.capa.pipelining() {
-        PIPELINE_WINDOW
-    } else {
-        1
-    };
+    let fetch = plan.to_fetch();
+    let window = pipeline_window(session);
     let proto = match account.tls {
         TlsMode::Implicit => "POP3S",
         TlsMode::Starttls => "POP3 (STLS)",
