@@ -377,6 +377,13 @@ impl Resolver<'_> {
         }
         let user = pick(&a.user, &d.user)
             .ok_or_else(|| missing("user", "add user = \"you@example.com\""))?;
+        if user.get_ref().is_empty() || user.get_ref().contains(['\r', '\n', '\0']) {
+            return Err(self.error(
+                user.span(),
+                "user",
+                "user must not be empty or contain CR, LF or NUL characters",
+            ));
+        }
         let tls = pick(&a.tls, &d.tls);
         let tls_mode = tls.as_ref().map_or(TlsMode::Implicit, |t| *t.get_ref());
         let allow_plaintext = pick(&a.allow_plaintext, &d.allow_plaintext)

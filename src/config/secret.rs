@@ -50,6 +50,10 @@ pub enum SecretError {
         status: String,
         stderr: String,
     },
+    #[error(
+        "the password from {source_name} contains a CR, LF or NUL character; refusing to send it (it could smuggle POP3 commands)"
+    )]
+    UnsafeCharacters { source_name: String },
     #[error("password_command `{command}` printed nothing on stdout")]
     EmptyOutput { command: String },
     #[error("password_command `{command}` did not finish within {}s (command_timeout)", timeout.as_secs())]
@@ -65,8 +69,24 @@ fn stderr_part(s: &str) -> String {
 }
 
 impl SecretSource {
-    /// The secret, first line only, without its line end.
+    /// The secret, first line only, without its line end. A secret holding
+    /// CR, LF or NUL is refused here, before any mechanism encodes it (base64
+    /// would hide them from the check on the wire).
     pub fn resolve(&self, timeout: Duration) -> Result<String, SecretError> {
+        let secret = self.fetch(timeout)?;
+        if secret.contains(['\r', '\n', '\0']) {
+            return Err(SecretError::UnsafeCharacters {
+                source_name: match self {
+                    SecretSource::Password(_) => "password".to_owned(),
+                    SecretSource::File(p) => format!("password_file {}", p.display()),
+                    SecretSource::Command(c) => format!("password_command `{c}`"),
+                },
+            });
+        }
+        Ok(secret)
+    }
+
+    fn fetch(&self, timeout: Duration) -> Result<String, SecretError> {
         match self {
             SecretSource::Password(p) => Ok(p.clone()),
             SecretSource::File(path) => {
@@ -151,6 +171,17 @@ mod tests {
         let p = dir.path().join("pw");
         std::fs::write(&p, "secret\r\nignored\n").unwrap();
         assert_eq!(SecretSource::File(p).resolve(T).unwrap(), "secret");
+    }
+
+    #[test]
+    fn a_password_with_cr_lf_or_nul_is_refused() {
+        for bad in ["a\r\nDELE 1", "a\nb", "a\0b"] {
+            let e = SecretSource::Password(bad.into()).resolve(T).unwrap_err();
+            assert!(
+                matches!(e, SecretError::UnsafeCharacters { .. }),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -805,3 +805,58 @@ fn reader(child: &mut Child, stdout: bool) -> thread::JoinHandle<Vec<u8>> {
         buf
     })
 }
+
+/// Like `require_dovecot!` but with options for `tests/dovecot/start.sh`,
+/// e.g. `require_dovecot_with!("--cert", "expired")` or
+/// `require_dovecot_with!("--apop")`.
+#[allow(unused_macros)]
+macro_rules! require_dovecot_with {
+    ($($arg:expr),* $(,)?) => {
+        match $crate::common::Dovecot::start_with_options(&[$($arg),*]) {
+            Some(dovecot) => dovecot,
+            None => {
+                eprintln!("skipped: dovecot not installed");
+                return;
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_dovecot_with;
+
+impl Dovecot {
+    /// Starts a server with extra `tests/dovecot/start.sh` options
+    /// (`--no-stls`, `--apop`, `--cert KIND`). `None`: not installed.
+    pub fn start_with_options(args: &[&str]) -> Option<Dovecot> {
+        Self::start_with(args)
+    }
+
+    /// The PEM file of the certificate the server presents (its
+    /// `ssl_cert`): DIR/server.pem, or DIR/server-KIND.pem with `--cert KIND`.
+    pub fn served_cert(&self) -> PathBuf {
+        let conf = fs::read_to_string(self.dir().join("dovecot.conf")).expect("read dovecot.conf");
+        conf.lines()
+            .find_map(|l| l.trim().strip_prefix("ssl_cert = <"))
+            .map(PathBuf::from)
+            .expect("dovecot.conf has no ssl_cert (started with --no-stls?)")
+    }
+}
+
+/// The `tls_fingerprint` pin of the (first) certificate in a PEM file, as
+/// `popsync probe` prints it: `sha256:AB:CD:...` (SHA-256 of the DER).
+pub fn pem_fingerprint(pem: &Path) -> String {
+    use base64::Engine as _;
+    let text = fs::read_to_string(pem).unwrap_or_else(|e| panic!("read {}: {e}", pem.display()));
+    let b64: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END CERTIFICATE-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .unwrap_or_else(|e| panic!("{} holds no PEM certificate: {e}", pem.display()));
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+    let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    format!("sha256:{}", hex.join(":"))
+}

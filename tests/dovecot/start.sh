@@ -3,7 +3,7 @@
 #
 # Used by the Rust test harness (tests/common/mod.rs) and by tests/demo.sh.
 #
-#   tests/dovecot/start.sh DIR [--no-stls]
+#   tests/dovecot/start.sh DIR [--no-stls] [--apop] [--cert KIND]
 #
 # Creates DIR (if missing) and in it: a private CA (ca.pem, ca.key), a server
 # certificate signed by it (server.pem, server.key; SAN IP:127.0.0.1,
@@ -24,6 +24,21 @@
 # plain port does not offer STLS and there is no POP3S listener. Dovecot 2.3
 # cannot switch STLS off for one listener only, hence the separate mode.
 #
+# --apop: also offer APOP (`auth_mechanisms` gains `apop`; the greeting then
+# carries a <timestamp>). The passwd-file holds {PLAIN} passwords, which APOP
+# needs.
+#
+# --cert KIND: serve another certificate instead of the good one (ca.pem is
+# still made, and is what `ca=` names); one more line is printed:
+#   cert=DIR/server-KIND.pem   the certificate the server presents
+# KIND is one of
+#   good        the default certificate (server.pem), printed as cert=
+#   expired     signed by the CA, SAN IP:127.0.0.1, DNS:localhost, but valid
+#               only from 2020-01-01 to 2021-01-01
+#   wronghost   signed by the CA, valid now, but only for DNS:mail.example.net
+#   selfsigned  valid now for IP:127.0.0.1 and DNS:localhost, but self-signed
+#               (not issued by the CA)
+#
 # Note: Dovecot treats a connection whose remote IP equals its local IP (any
 # loopback connection to 127.0.0.1) as "secured", so `disable_plaintext_auth`
 # does NOT refuse USER/PASS before STLS here. Whether a client sends
@@ -36,16 +51,31 @@ set -euo pipefail
 
 die() { echo "start.sh: $*" >&2; exit 1; }
 
-[[ $# -ge 1 ]] || die "usage: start.sh DIR [--no-stls]"
+usage="usage: start.sh DIR [--no-stls] [--apop] [--cert good|expired|wronghost|selfsigned]"
+[[ $# -ge 1 ]] || die "$usage"
 dir=$1
 shift
 no_stls=false
-for arg in "$@"; do
-    case $arg in
+apop=false
+cert_kind=""
+while [[ $# -gt 0 ]]; do
+    case $1 in
         --no-stls) no_stls=true ;;
-        *) die "unknown argument: $arg" ;;
+        --apop) apop=true ;;
+        --cert)
+            [[ $# -ge 2 ]] || die "--cert needs a KIND; $usage"
+            cert_kind=$2
+            shift
+            ;;
+        --cert=*) cert_kind=${1#--cert=} ;;
+        *) die "unknown argument: $1; $usage" ;;
     esac
+    shift
 done
+case $cert_kind in
+    ""|good|expired|wronghost|selfsigned) ;;
+    *) die "unknown certificate kind: $cert_kind; $usage" ;;
+esac
 
 dovecot_bin=$(command -v dovecot || true)
 [[ -n $dovecot_bin ]] || for candidate in /usr/sbin/dovecot /usr/local/sbin/dovecot; do
@@ -114,6 +144,78 @@ EXT
     ) || die "openssl failed to create the certificates"
 fi
 
+# An alternative server certificate (--cert KIND), made next to the good one.
+served_cert=$dir/server.pem
+served_key=$dir/server.key
+if [[ -n $cert_kind && $cert_kind != good ]]; then
+    served_cert=$dir/server-$cert_kind.pem
+    served_key=$dir/server-$cert_kind.key
+fi
+if [[ ! -s $served_cert ]]; then
+    (
+        cd "$dir"
+        san="IP:127.0.0.1,DNS:localhost"
+        [[ $cert_kind == wronghost ]] && san="DNS:mail.example.net"
+        cat > "alt-$cert_kind.ext" <<EXT
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = $san
+EXT
+        case $cert_kind in
+            selfsigned)
+                openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                    -keyout "server-$cert_kind.key" -out "server-$cert_kind.pem" -days 825 \
+                    -subj "/CN=localhost self-signed" \
+                    -addext "basicConstraints=critical,CA:FALSE" \
+                    -addext "keyUsage=critical,digitalSignature,keyEncipherment" \
+                    -addext "extendedKeyUsage=serverAuth" \
+                    -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" 2>/dev/null
+                ;;
+            wronghost)
+                openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                    -keyout "server-$cert_kind.key" -out "alt-$cert_kind.csr" \
+                    -subj "/CN=mail.example.net" 2>/dev/null
+                openssl x509 -req -in "alt-$cert_kind.csr" -CA ca.pem -CAkey ca.key \
+                    -CAcreateserial -out "server-$cert_kind.pem" -days 825 \
+                    -extfile "alt-$cert_kind.ext" 2>/dev/null
+                ;;
+            expired)
+                # `openssl x509 -req` cannot back-date; `openssl ca` can.
+                openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                    -keyout "server-$cert_kind.key" -out "alt-$cert_kind.csr" \
+                    -subj "/CN=localhost" 2>/dev/null
+                mkdir -p alt-ca
+                : > alt-ca/index.txt
+                echo 1000 > alt-ca/serial
+                cat > alt-ca/ca.cnf <<CNF
+[ ca ]
+default_ca = test_ca
+[ test_ca ]
+dir = $dir/alt-ca
+database = \$dir/index.txt
+new_certs_dir = \$dir
+serial = \$dir/serial
+default_md = sha256
+policy = any_name
+unique_subject = no
+[ any_name ]
+commonName = supplied
+CNF
+                openssl ca -batch -config alt-ca/ca.cnf -cert ca.pem -keyfile ca.key \
+                    -in "alt-$cert_kind.csr" -out "server-$cert_kind.pem" -notext \
+                    -startdate 20200101000000Z -enddate 20210101000000Z \
+                    -extfile "alt-$cert_kind.ext" 2>/dev/null >/dev/null
+                rm -rf alt-ca
+                ;;
+        esac
+        rm -f "alt-$cert_kind.csr" "alt-$cert_kind.ext" ca.srl
+        [[ -s server-$cert_kind.pem ]]
+        chmod 0644 "server-$cert_kind.pem"
+        chmod 0600 "server-$cert_kind.key"
+    ) || die "openssl failed to create the $cert_kind certificate"
+fi
+
 # --- ports -------------------------------------------------------------------
 # A random port below the kernel's ephemeral range that no socket uses now.
 # Two servers starting at once may still pick the same port; the loser fails
@@ -154,14 +256,17 @@ if $no_stls; then
     pop3s_listener=""
 else
     ssl_block="ssl = yes
-ssl_cert = <$dir/server.pem
-ssl_key = <$dir/server.key
+ssl_cert = <$served_cert
+ssl_key = <$served_key
 ssl_min_protocol = TLSv1.2"
     pop3s_listener="inet_listener pop3s {
     port = $pop3s_port
     ssl = yes
   }"
 fi
+
+auth_mechanisms="plain login cram-md5 scram-sha-1 scram-sha-256"
+$apop && auth_mechanisms+=" apop"
 
 cat > "$dir/dovecot.conf" <<CONF
 # Throwaway test server written by tests/dovecot/start.sh; do not edit.
@@ -176,7 +281,7 @@ debug_log_path = $dir/dovecot.log
 
 $ssl_block
 disable_plaintext_auth = yes
-auth_mechanisms = plain login cram-md5 scram-sha-1 scram-sha-256
+auth_mechanisms = $auth_mechanisms
 auth_verbose = yes
 # Failed logins answer at once (the default waits 2 s), so tests stay fast.
 auth_failure_delay = 0
@@ -308,3 +413,4 @@ $no_stls || echo "pop3s_port=$pop3s_port"
 echo "ca=$dir/ca.pem"
 echo "pid=$pid"
 echo "stop=$dir/stop.sh"
+[[ -z $cert_kind ]] || echo "cert=$served_cert"

@@ -4,9 +4,12 @@
 //!
 //! The server is small and honest where it does not misbehave on purpose: it
 //! serves a mailbox over plain TCP (or implicit TLS with a certificate made in
-//! the test), dot-stuffs with CRLF, takes USER/PASS and AUTH PLAIN, and applies
-//! DELEs only at QUIT, like a real server. Its state (mailbox, faults, the
-//! commands it was sent) outlives a connection, so a test can run popsync
+//! the test), dot-stuffs with CRLF, takes USER/PASS and AUTH (PLAIN, LOGIN,
+//! XOAUTH2, OAUTHBEARER, SCRAM-SHA-1, SCRAM-SHA-256; the initial response on
+//! the AUTH line or after an empty "+ " challenge; which ones it announces is
+//! up to the CAPA lines a test gives), and applies DELEs only at QUIT, like a
+//! real server. Its state (mailbox, faults, the commands it was sent, SASL
+//! answers included) outlives a connection, so a test can run popsync
 //! against a broken server, heal it, and run again.
 //!
 //! ```ignore
@@ -151,6 +154,10 @@ struct State {
     capa: Vec<String>,
     user: String,
     password: String,
+    /// The JSON an OAuth mechanism sends as its error challenge.
+    oauth_error: String,
+    /// SCRAM: send a server signature that does not match (an impostor).
+    scram_bad_signature: bool,
 }
 
 impl State {
@@ -178,7 +185,13 @@ pub struct Builder {
     user: String,
     password: String,
     tls: bool,
+    oauth_error: String,
+    scram_bad_signature: bool,
 }
+
+/// The error status an OAuth server sends for a bad token (RFC 7628 3.2.2).
+pub const OAUTH_ERROR_JSON: &str =
+    r#"{"status":"invalid_token","schemes":"bearer","scope":"https://mail.example.org/pop"}"#;
 
 impl Builder {
     /// The mailbox, in message-number order; bodies with LF line ends.
@@ -207,9 +220,28 @@ impl Builder {
         self
     }
 
+    /// The user and password; for XOAUTH2 and OAUTHBEARER the password is
+    /// the bearer token the server accepts.
     pub fn credentials(mut self, user: &str, password: &str) -> Self {
         self.user = user.to_owned();
         self.password = password.to_owned();
+        self
+    }
+
+    /// The JSON that XOAUTH2 and OAUTHBEARER send (base64, as a "+ "
+    /// challenge) when the token is wrong; default `OAUTH_ERROR_JSON`. After
+    /// the client's answer to it the server says `-ERR [AUTH] ...`.
+    pub fn oauth_error(mut self, json: &str) -> Self {
+        self.oauth_error = json.to_owned();
+        self
+    }
+
+    /// SCRAM-SHA-1/-256: accept the client's proof but send a wrong server
+    /// signature (`v=`), as a server that does not really know the password
+    /// (an impostor) would. It logs the client in only if the client then
+    /// answers the final challenge anyway.
+    pub fn scram_bad_signature(mut self) -> Self {
+        self.scram_bad_signature = true;
         self
     }
 
@@ -272,6 +304,8 @@ impl Builder {
             capa: self.capa,
             user: self.user,
             password: self.password,
+            oauth_error: self.oauth_error,
+            scram_bad_signature: self.scram_bad_signature,
         }));
         let tls = self.tls.then(TestTls::new);
         let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
@@ -331,6 +365,8 @@ impl FaultServer {
             user: "alice".into(),
             password: "secret".into(),
             tls: false,
+            oauth_error: OAUTH_ERROR_JSON.to_owned(),
+            scram_bad_signature: false,
         }
     }
 
@@ -973,38 +1009,237 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// AUTH PLAIN, with the initial response on the line or after "+ ".
+    /// AUTH MECH [INITIAL-RESPONSE]: PLAIN, LOGIN, XOAUTH2, OAUTHBEARER,
+    /// SCRAM-SHA-1, SCRAM-SHA-256. Every line the client sends during the
+    /// exchange is recorded like a command. "*" cancels (RFC 5034).
     async fn auth(&mut self, args: &[&str]) -> std::io::Result<Reply> {
-        if !args
-            .first()
-            .is_some_and(|m| m.eq_ignore_ascii_case("PLAIN"))
-        {
+        let mechanism = args.first().map(|m| m.to_ascii_uppercase());
+        let Some(mechanism) = mechanism else {
+            return Ok(Reply::err("AUTH needs a mechanism"));
+        };
+        if !matches!(
+            mechanism.as_str(),
+            "PLAIN" | "LOGIN" | "XOAUTH2" | "OAUTHBEARER" | "SCRAM-SHA-1" | "SCRAM-SHA-256"
+        ) {
             return Ok(Reply::err("unsupported mechanism"));
         }
-        let payload = match args.get(1) {
+        if mechanism == "LOGIN" {
+            return self.auth_login(args.get(1).copied()).await;
+        }
+        // The initial response: on the AUTH line ("=" is an empty one), or
+        // the answer to an empty challenge.
+        let initial = match args.get(1) {
             Some(p) => (*p).to_owned(),
-            None => {
-                self.write(b"+ \r\n").await?;
-                let Some(line) = self.read_line().await? else {
-                    return Ok(Reply::err("client left"));
-                };
-                self.state().sessions[self.index].push(line.clone());
-                line
-            }
+            None => match self.challenge(b"").await? {
+                Some(line) => line,
+                None => return Ok(Reply::err("client left")),
+            },
         };
-        if payload == "*" {
+        if initial == "*" {
             return Ok(Reply::err("AUTH cancelled"));
         }
-        use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(payload.trim())
-            .unwrap_or_default();
-        let parts: Vec<&[u8]> = decoded.split(|&b| b == 0).collect();
+        let initial = if initial == "=" {
+            Vec::new()
+        } else {
+            match b64_decode(&initial) {
+                Some(d) => d,
+                None => return Ok(Reply::err("initial response is not base64")),
+            }
+        };
+        match mechanism.as_str() {
+            "PLAIN" => {
+                let parts: Vec<&[u8]> = initial.split(|&b| b == 0).collect();
+                let ok = {
+                    let s = self.state();
+                    parts.len() == 3
+                        && parts[1] == s.user.as_bytes()
+                        && parts[2] == s.password.as_bytes()
+                };
+                Ok(self.login_reply(ok))
+            }
+            "XOAUTH2" | "OAUTHBEARER" => self.auth_oauth(&mechanism, &initial).await,
+            _ => self.auth_scram(&mechanism, &initial).await,
+        }
+    }
+
+    /// AUTH LOGIN: "Username:" (unless the name came on the AUTH line), then
+    /// "Password:", each answered in base64.
+    async fn auth_login(&mut self, initial: Option<&str>) -> std::io::Result<Reply> {
+        let user = match initial {
+            Some(line) => line.to_owned(),
+            None => match self.challenge(b"Username:").await? {
+                Some(line) => line,
+                None => return Ok(Reply::err("client left")),
+            },
+        };
+        if user == "*" {
+            return Ok(Reply::err("AUTH cancelled"));
+        }
+        let Some(password) = self.challenge(b"Password:").await? else {
+            return Ok(Reply::err("client left"));
+        };
+        if password == "*" {
+            return Ok(Reply::err("AUTH cancelled"));
+        }
         let ok = {
             let s = self.state();
-            parts.len() == 3 && parts[1] == s.user.as_bytes() && parts[2] == s.password.as_bytes()
+            b64_decode(&user).as_deref() == Some(s.user.as_bytes())
+                && b64_decode(&password).as_deref() == Some(s.password.as_bytes())
         };
         Ok(self.login_reply(ok))
+    }
+
+    /// Send "+ BASE64(data)" (just "+ " when empty) and read the answer
+    /// line, recorded; None when the client left.
+    async fn challenge(&mut self, data: &[u8]) -> std::io::Result<Option<String>> {
+        use base64::Engine as _;
+        let text = base64::engine::general_purpose::STANDARD.encode(data);
+        self.write(format!("+ {text}\r\n").as_bytes()).await?;
+        let Some(line) = self.read_line().await? else {
+            return Ok(None);
+        };
+        self.state().sessions[self.index].push(line.clone());
+        Ok(Some(line))
+    }
+
+    /// XOAUTH2 (`user=U^Aauth=Bearer T^A^A`) and OAUTHBEARER (RFC 7628,
+    /// `n,a=U,^Aauth=Bearer T^A^A`). A wrong user or token gets the error
+    /// challenge (the JSON status), then, whatever the answer, -ERR.
+    async fn auth_oauth(&mut self, mechanism: &str, initial: &[u8]) -> std::io::Result<Reply> {
+        let text = String::from_utf8_lossy(initial).into_owned();
+        let mut fields = text.split('\x01');
+        let first = fields.next().unwrap_or_default();
+        let user = if mechanism == "XOAUTH2" {
+            first.strip_prefix("user=").map(str::to_owned)
+        } else {
+            // gs2-header "n,a=USER," (the authzid, with "=2C" and "=3D").
+            first
+                .split(',')
+                .find_map(|f| f.strip_prefix("a="))
+                .map(|u| u.replace("=2C", ",").replace("=3D", "="))
+        };
+        let token = fields.find_map(|f| {
+            let (key, value) = f.split_once('=')?;
+            if !key.eq_ignore_ascii_case("auth") {
+                return None;
+            }
+            let (scheme, token) = value.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("Bearer")
+                .then(|| token.to_owned())
+        });
+        let (ok, json) = {
+            let s = self.state();
+            let ok = user.as_deref() == Some(s.user.as_str())
+                && token.as_deref() == Some(s.password.as_str())
+                && text.ends_with("\x01\x01");
+            (ok, s.oauth_error.clone())
+        };
+        if ok {
+            return Ok(self.login_reply(true));
+        }
+        // RFC 7628 3.2.2 / Google's XOAUTH2: the status as a challenge; the
+        // client answers (0x01, or an empty line), then the failure.
+        if self.challenge(json.as_bytes()).await?.is_none() {
+            return Ok(Reply::err("client left"));
+        }
+        Ok(Reply::err("[AUTH] invalid token"))
+    }
+
+    /// SCRAM-SHA-1 / SCRAM-SHA-256 (RFC 5802) without channel binding: the
+    /// client's proof is checked; the server signature is sent as a final
+    /// challenge, and the login completes when the client answers it.
+    async fn auth_scram(&mut self, mechanism: &str, initial: &[u8]) -> std::io::Result<Reply> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let sha1 = mechanism == "SCRAM-SHA-1";
+        let client_first = String::from_utf8_lossy(initial).into_owned();
+        // gs2-header "n,," or "y,," then client-first-bare "n=USER,r=NONCE".
+        let Some(bare) = client_first
+            .strip_prefix("n,,")
+            .or_else(|| client_first.strip_prefix("y,,"))
+        else {
+            return Ok(Reply::err("SCRAM: bad gs2 header"));
+        };
+        let bare = bare.to_owned();
+        let (Some(user), Some(client_nonce)) = (scram_attr(&bare, 'n'), scram_attr(&bare, 'r'))
+        else {
+            return Ok(Reply::err("SCRAM: bad client-first message"));
+        };
+        let user = user.replace("=2C", ",").replace("=3D", "=");
+        let (known_user, password, bad_signature) = {
+            let s = self.state();
+            (s.user.clone(), s.password.clone(), s.scram_bad_signature)
+        };
+        let salt = b"popsync-fault-salt";
+        let iterations = 4096u32;
+        let nonce = format!("{client_nonce}fAuLtSeRvErNoNcE");
+        let server_first = format!("r={nonce},s={},i={iterations}", b64.encode(salt));
+        let Some(answer) = self.challenge(server_first.as_bytes()).await? else {
+            return Ok(Reply::err("client left"));
+        };
+        if answer == "*" {
+            return Ok(Reply::err("AUTH cancelled"));
+        }
+        let Some(client_final) = b64_decode(&answer).and_then(|d| String::from_utf8(d).ok()) else {
+            return Ok(Reply::err("SCRAM: client-final is not base64"));
+        };
+        let Some((without_proof, proof)) = client_final.rsplit_once(",p=") else {
+            return Ok(Reply::err("SCRAM: no proof"));
+        };
+        if scram_attr(without_proof, 'r') != Some(nonce.as_str()) {
+            return Ok(Reply::err("SCRAM: wrong nonce"));
+        }
+        let (pbkdf, hmac_alg, digest_alg, len) = if sha1 {
+            (
+                ring::pbkdf2::PBKDF2_HMAC_SHA1,
+                ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+                &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                20,
+            )
+        } else {
+            (
+                ring::pbkdf2::PBKDF2_HMAC_SHA256,
+                ring::hmac::HMAC_SHA256,
+                &ring::digest::SHA256,
+                32,
+            )
+        };
+        let mut salted = vec![0u8; len];
+        ring::pbkdf2::derive(
+            pbkdf,
+            std::num::NonZeroU32::new(iterations).expect("non-zero"),
+            salt,
+            password.as_bytes(),
+            &mut salted,
+        );
+        let hmac = |key: &[u8], data: &[u8]| -> Vec<u8> {
+            ring::hmac::sign(&ring::hmac::Key::new(hmac_alg, key), data)
+                .as_ref()
+                .to_vec()
+        };
+        let auth_message = format!("{bare},{server_first},{without_proof}");
+        let client_key = hmac(&salted, b"Client Key");
+        let stored_key = ring::digest::digest(digest_alg, &client_key);
+        let client_signature = hmac(stored_key.as_ref(), auth_message.as_bytes());
+        let expected: Vec<u8> = client_key
+            .iter()
+            .zip(&client_signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        if user != known_user || b64_decode(proof) != Some(expected) {
+            return Ok(self.login_reply(false));
+        }
+        let mut signature = hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes());
+        if bad_signature {
+            signature[0] ^= 0xff;
+        }
+        let server_final = format!("v={}", b64.encode(&signature));
+        match self.challenge(server_final.as_bytes()).await? {
+            None => Ok(Reply::err("client left")),
+            Some(line) if line == "*" => Ok(Reply::err("AUTH cancelled")),
+            Some(_) => Ok(self.login_reply(true)),
+        }
     }
 
     /// Messages not marked deleted, with their numbers.
@@ -1023,6 +1258,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let m = self.snapshot.as_ref()?.get(i)?;
         (!self.deleted[i]).then_some(m)
     }
+}
+
+/// Base64 (standard alphabet, padded) to bytes; None if it is not.
+fn b64_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
+}
+
+/// The value of `attr=` in a SCRAM message ("a=1,b=2").
+fn scram_attr(text: &str, attr: char) -> Option<&str> {
+    text.split(',').find_map(|part| {
+        let rest = part.strip_prefix(attr)?;
+        rest.strip_prefix('=')
+    })
 }
 
 /// The header, the blank line and the first `lines` lines of the body.
