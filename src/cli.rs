@@ -155,7 +155,7 @@ pub enum SeenCmd {
         /// The tool that wrote FILE
         #[arg(long, value_enum)]
         from: crate::import::Source,
-        /// fetchmail: ~/.fetchids; getmail: ~/.getmail/oldmail-HOST-PORT-USER; mpop: ~/.local/share/mpop/uidls (or ~/.mpop_uidls)
+        /// fetchmail: ~/.fetchids; getmail: ~/.config/getmail/ or ~/.getmail/ oldmail-HOST-PORT-USER; mpop: ~/.mpop_uidls/USER_at_HOST
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },

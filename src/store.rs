@@ -120,6 +120,8 @@ pub struct PendingRow {
     pub location: String,
     /// mbox: the file length before the append began.
     pub offset: Option<u64>,
+    /// When the run that began the delivery started (its clock).
+    pub started_at: DateTime<Utc>,
 }
 
 /// The last successful login of an account.
@@ -314,12 +316,7 @@ impl Store {
     /// Record, durably and in one transaction, that deliveries of these
     /// messages are about to start, so that a run killed mid-delivery can be
     /// finished or rolled back by the next one.
-    pub fn begin_pending(
-        &mut self,
-        account: &str,
-        rows: &[PendingRow],
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub fn begin_pending(&mut self, account: &str, rows: &[PendingRow]) -> Result<(), StoreError> {
         self.write(|tx| {
         {
             let mut stmt = tx.prepare_cached(
@@ -335,7 +332,7 @@ impl Store {
                     row.target,
                     row.location,
                     row.offset.map(|o| o as i64),
-                    ts(now)
+                    ts(row.started_at)
                 ])
                 ?;
             }
@@ -398,7 +395,8 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT uidl, copy, target, location, offset FROM pending WHERE account = ?1 ORDER BY started_at",
+                "SELECT uidl, copy, target, location, offset, started_at FROM pending
+                 WHERE account = ?1 ORDER BY started_at",
             )
             .map_err(self.sql())?;
         let rows = stmt
@@ -409,6 +407,8 @@ impl Store {
                     target: r.get(2)?,
                     location: r.get(3)?,
                     offset: r.get::<_, Option<i64>>(4)?.map(|o| o.max(0) as u64),
+                    started_at: parse_ts(&r.get::<_, String>(5)?)
+                        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
                 })
             })
             .map_err(self.sql())?;
@@ -657,9 +657,9 @@ mod tests {
                 target: "maildir:/m".into(),
                 location: "123.M1P2Q3.host".into(),
                 offset: None,
+                started_at: now(),
             };
-            s.begin_pending("a", std::slice::from_ref(&p), now())
-                .unwrap();
+            s.begin_pending("a", std::slice::from_ref(&p)).unwrap();
             assert_eq!(s.pending("a").unwrap(), vec![p]);
             s.mark_delivered("a", &key("u1"), 42, "/m/new/x", now())
                 .unwrap();

@@ -514,9 +514,10 @@ async fn fetch_new(
                 target: describe.clone(),
                 location: prep.location.clone(),
                 offset: prep.offset,
+                started_at: opts.now,
             })
             .collect();
-        store.begin_pending(&account.name, &rows, opts.now)?;
+        store.begin_pending(&account.name, &rows)?;
 
         let started = Instant::now();
         let mut finished = Vec::with_capacity(batch.len());
@@ -660,7 +661,7 @@ fn resolve_pending(
             location: row.location.clone(),
             offset: row.offset,
         };
-        let outcome = target.recover(&prepared);
+        let outcome = target.recover(&prepared, row.started_at);
         for w in target.take_warnings() {
             opts.ui.warn(&format!("{}: {w}", account.name));
         }

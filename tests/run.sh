@@ -4,7 +4,8 @@
 #   bash tests/run.sh
 #
 # Installs what the integration tests need when it is missing (Dovecot's POP3
-# server, openssl, and the mail tools the delivery tests read mail back with),
+# server, openssl, the mail tools the delivery tests read mail back with, and
+# fetchmail, getmail and mpop for the import tests),
 # then runs the whole suite. Without root it installs nothing and says what is
 # missing; the tests that need a missing tool then report themselves skipped,
 # except under CI=true, where a missing Dovecot fails the run.
@@ -18,6 +19,10 @@ command -v openssl >/dev/null || needed+=(openssl)
 command -v procmail >/dev/null || needed+=(procmail)
 command -v formail >/dev/null || needed+=(procmail)
 command -v python3 >/dev/null || needed+=(python3)
+# The peers whose state files `popsync seen import` reads (tests/import.rs).
+command -v fetchmail >/dev/null || needed+=(fetchmail)
+command -v getmail >/dev/null || needed+=(getmail6)
+command -v mpop >/dev/null || needed+=(mpop)
 
 if ((${#needed[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

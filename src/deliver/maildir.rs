@@ -160,22 +160,25 @@ impl Target for Maildir {
         Ok(locations)
     }
 
-    fn recover(&mut self, pending: &Prepared) -> Result<Option<String>, DeliveryError> {
+    fn recover(
+        &mut self,
+        pending: &Prepared,
+        _started: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<String>, DeliveryError> {
         let prefix = &pending.location;
-        for sub in ["new", "cur"] {
-            if let Some(found) = find_with_prefix(&self.root.join(sub), prefix) {
-                return Ok(Some(found.display().to_string()));
-            }
-        }
-        // Not delivered: a partial tmp file may remain; remove it so it cannot
-        // be mistaken for mail.
+        let found = ["new", "cur"]
+            .iter()
+            .find_map(|sub| find_with_prefix(&self.root.join(sub), prefix));
+        // Either way the tmp/ name goes: a partial file must not be mistaken
+        // for mail, and a kill between link() and unlink() leaves a second
+        // name of a delivered one.
         let tmp = self.root.join("tmp").join(prefix);
         match std::fs::remove_file(&tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(DeliveryError::Write { path: tmp, source }),
         }
-        Ok(None)
+        Ok(found.map(|f| f.display().to_string()))
     }
 }
 
@@ -388,7 +391,10 @@ mod tests {
             Path::new(&loc).file_name().unwrap().to_str().unwrap()
         ));
         std::fs::rename(&loc, &moved).unwrap();
-        assert_eq!(md.recover(&p).unwrap(), Some(moved.display().to_string()));
+        assert_eq!(
+            md.recover(&p, chrono::Utc::now()).unwrap(),
+            Some(moved.display().to_string())
+        );
     }
 
     #[test]
@@ -400,7 +406,7 @@ mod tests {
         sink.write(b"half a mess").unwrap();
         // Simulate a crash: the process dies without Drop running.
         std::mem::forget(sink);
-        assert_eq!(md.recover(&p).unwrap(), None);
+        assert_eq!(md.recover(&p, chrono::Utc::now()).unwrap(), None);
         assert_eq!(count(&dir.path().join("tmp")), 0);
     }
 

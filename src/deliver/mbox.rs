@@ -312,7 +312,17 @@ impl Target for Mbox {
         }
     }
 
-    fn recover(&mut self, pending: &Prepared) -> Result<Option<String>, DeliveryError> {
+    /// Cut off what an interrupted batch appended. The batch's messages are
+    /// recognised by their `From ` lines, which all carry the date of the run
+    /// that wrote them (`started`): those from the offset on are cut, and
+    /// anything another program appended after them is kept. Calling it again
+    /// for another row of the same batch finds nothing of ours and does
+    /// nothing.
+    fn recover(
+        &mut self,
+        pending: &Prepared,
+        started: DateTime<Utc>,
+    ) -> Result<Option<String>, DeliveryError> {
         let Some(offset) = pending.offset else {
             return Ok(None);
         };
@@ -325,34 +335,50 @@ impl Target for Mbox {
             path: self.path.clone(),
             source,
         };
-        let mut at = [0u8; 5];
-        locked.file.seek(SeekFrom::Start(offset)).map_err(err)?;
-        locked.file.read_exact(&mut at).map_err(err)?;
-        if &at != b"From " {
-            // The file was rewritten since (a mail reader expunged): nothing
-            // at the offset is recognisably ours, so leave the file alone and
-            // deliver again (a duplicate is better than a loss).
-            self.warnings.push(format!(
-                "{} changed since an interrupted delivery; the message is delivered again and may appear twice",
-                self.path.display()
-            ));
+        let stamp = format!(" {}", from_date(started));
+        let ours =
+            |line: &Line| line.text.starts_with(b"From ") && line.text.ends_with(stamp.as_bytes());
+        let first = read_line_at(&mut locked.file, offset).map_err(err)?;
+        if !first.complete {
+            // A separator torn before its line end: nothing can follow it.
+            if b"From ".starts_with(&first.text[..first.text.len().min(5)]) {
+                locked.truncate(offset)?;
+            }
             return Ok(None);
         }
-        // Our torn append runs from the offset to the next separator (another
-        // program may have appended after it) or to the end of the file.
-        match find_next_separator(&mut locked.file, offset + 1).map_err(err)? {
-            None => locked.truncate(offset)?,
-            Some(next) => {
-                // pwrite on an O_APPEND descriptor appends on Linux: use a
-                // second, non-appending handle to move the tail down.
-                let mut rw = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&self.path)
-                    .map_err(err)?;
-                splice_out(&mut rw, offset, next).map_err(err)?;
-                locked.truncate(len - (next - offset))?;
+        if !ours(&first) {
+            if !first.text.starts_with(b"From ") {
+                // The file was rewritten since (a mail reader expunged):
+                // nothing at the offset is recognisably ours, so leave the
+                // file alone and deliver again (a duplicate beats a loss).
+                self.warnings.push(format!(
+                    "{} changed since an interrupted delivery; the message is delivered again and may appear twice",
+                    self.path.display()
+                ));
             }
+            return Ok(None);
+        }
+        let mut pos = offset;
+        loop {
+            let Some(next) = find_next_separator(&mut locked.file, pos + 1).map_err(err)? else {
+                locked.truncate(offset)?;
+                break;
+            };
+            let line = read_line_at(&mut locked.file, next).map_err(err)?;
+            if !line.complete || ours(&line) {
+                pos = next;
+                continue;
+            }
+            // pwrite on an O_APPEND descriptor appends on Linux: use a
+            // second, non-appending handle to move the foreign tail down.
+            let mut rw = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .map_err(err)?;
+            splice_out(&mut rw, offset, next).map_err(err)?;
+            locked.truncate(len - (next - offset))?;
+            break;
         }
         Ok(None)
     }
@@ -360,6 +386,37 @@ impl Target for Mbox {
     fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
     }
+}
+
+/// The asctime date of a `From ` line.
+fn from_date(t: DateTime<Utc>) -> String {
+    t.format("%a %b %e %H:%M:%S %Y").to_string()
+}
+
+/// One line read back from the mbox (without its LF).
+struct Line {
+    text: Vec<u8>,
+    /// False when the file ended (or `MAX_FROM_LINE` was reached) first.
+    complete: bool,
+}
+
+/// Longest `From ` line recovery looks at; popsync's are far shorter.
+const MAX_FROM_LINE: usize = 4096;
+
+fn read_line_at(file: &mut File, at: u64) -> std::io::Result<Line> {
+    file.seek(SeekFrom::Start(at))?;
+    let mut buf = Vec::with_capacity(256);
+    file.take(MAX_FROM_LINE as u64).read_to_end(&mut buf)?;
+    Ok(match memchr::memchr(b'\n', &buf) {
+        Some(i) => Line {
+            text: buf[..i].to_vec(),
+            complete: true,
+        },
+        None => Line {
+            text: buf,
+            complete: false,
+        },
+    })
 }
 
 /// Offset of the next line starting with "From " at or after `from`.
@@ -487,11 +544,7 @@ impl MboxSink {
     /// The head is complete: write the separator, Received:, then the head.
     fn open_message(&mut self, head: &[u8]) -> Result<(), DeliveryError> {
         let sender = envelope_sender(head);
-        let from_line = format!(
-            "From {} {}\n",
-            sender,
-            self.date.format("%a %b %e %H:%M:%S %Y")
-        );
+        let from_line = format!("From {} {}\n", sender, from_date(self.date));
         self.raw(from_line.as_bytes())?;
         if let Some(r) = self.received.take() {
             self.quoted(r.as_bytes())?;
@@ -731,22 +784,45 @@ mod tests {
         let path = dir.path().join("box");
         let good = b"From x Mon Nov  2 03:04:05 2026\nSubject: ok\n\nbody\n\n";
         let torn = b"From y Mon Nov  2 03:04:05 2026\nSubject: torn\n\nhal";
-        let later = b"\nFrom z Mon Nov  2 03:04:05 2026\nSubject: later\n\nz\n\n";
+        let later = b"\nFrom z Tue Nov  3 09:00:00 2026\nSubject: later\n\nz\n\n";
         std::fs::write(&path, [&good[..], &torn[..], &later[..]].concat()).unwrap();
         let mut m = Mbox::new(path.clone(), now(), Duration::from_secs(1));
         let pending = Prepared {
             location: path.display().to_string(),
             offset: Some(good.len() as u64),
         };
-        assert_eq!(m.recover(&pending).unwrap(), None);
+        assert_eq!(m.recover(&pending, now()).unwrap(), None);
         assert_eq!(
             std::fs::read(&path).unwrap(),
             [&good[..], &later[1..]].concat()
         );
 
         std::fs::write(&path, [&good[..], &torn[..]].concat()).unwrap();
-        m.recover(&pending).unwrap();
+        m.recover(&pending, now()).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), good);
+    }
+
+    #[test]
+    fn recovery_of_a_batch_cuts_all_its_messages_once_and_nothing_foreign() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("box");
+        let before = b"From a Sun Nov  1 00:00:00 2026\nSubject: old\n\nold\n\n";
+        let ours = b"From b Mon Nov  2 03:04:05 2026\nS: 1\n\none\n\nFrom c Mon Nov  2 03:04:05 2026\nS: 2\n\ntwo\n\nFrom d Mon Nov  2 03:04:05 2026\nS: 3\n\nthr";
+        let foreign = b"\n\nFrom e Mon Nov  2 03:09:00 2026\nS: procmail\n\nkeep me\n\n";
+        std::fs::write(&path, [&before[..], &ours[..], &foreign[..]].concat()).unwrap();
+        let mut m = Mbox::new(path.clone(), now(), Duration::from_secs(1));
+        let pending = Prepared {
+            location: path.display().to_string(),
+            offset: Some(before.len() as u64),
+        };
+        let want = [&before[..], &foreign[2..]].concat();
+        // One pending row per message of the batch: each recovery after the
+        // first finds nothing of ours at the offset.
+        for _ in 0..5 {
+            assert_eq!(m.recover(&pending, now()).unwrap(), None);
+            assert_eq!(std::fs::read(&path).unwrap(), want);
+        }
+        assert!(m.take_warnings().is_empty());
     }
 
     #[test]

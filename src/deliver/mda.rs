@@ -83,7 +83,11 @@ impl Target for Mda {
         }))
     }
 
-    fn recover(&mut self, _pending: &Prepared) -> Result<Option<String>, DeliveryError> {
+    fn recover(
+        &mut self,
+        _pending: &Prepared,
+        _started: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<String>, DeliveryError> {
         Ok(None)
     }
 }

@@ -155,9 +155,14 @@ pub trait Target: Send {
     fn commit(&mut self, batch: Vec<Finished>) -> Result<Vec<String>, DeliveryError>;
     /// Give up the current batch: remove what it wrote.
     fn abort(&mut self) {}
-    /// After a crash: was the delivery recorded as pending completed? Cleans up
-    /// leftovers of one that was not. Returns where it landed, if it did.
-    fn recover(&mut self, pending: &Prepared) -> Result<Option<String>, DeliveryError>;
+    /// After a crash: was the delivery recorded as pending (by a run that
+    /// started at `started`) completed? Cleans up leftovers of one that was
+    /// not. Returns where it landed, if it did.
+    fn recover(
+        &mut self,
+        pending: &Prepared,
+        started: DateTime<Utc>,
+    ) -> Result<Option<String>, DeliveryError>;
     /// Warnings gathered since the last call (a stale lock removed, ...).
     fn take_warnings(&mut self) -> Vec<String> {
         Vec::new()
@@ -233,6 +238,9 @@ impl HeadBuffer {
     }
 }
 
+/// Longest envelope sender used (addresses are at most 254 octets).
+const MAX_SENDER: usize = 512;
+
 /// The envelope sender: the address in `Return-Path:`, else `MAILER-DAEMON`
 /// (also for the null sender `<>`). Control characters and spaces are
 /// removed: the value goes into an mbox separator and a shell command.
@@ -244,6 +252,7 @@ pub fn envelope_sender(head: &[u8]) -> String {
         .trim_end_matches('>')
         .chars()
         .filter(|c| !c.is_control() && !c.is_whitespace())
+        .take(MAX_SENDER)
         .collect();
     if addr.is_empty() {
         "MAILER-DAEMON".into()
