@@ -253,10 +253,7 @@ impl Store {
     }
 
     fn sql(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        move |source| StoreError::Sql {
-            path: self.path.clone(),
-            source,
-        }
+        move |source| sql_error(&self.path, source)
     }
 
     /// Run `work` in one write transaction, committed when it returns Ok.
@@ -265,10 +262,7 @@ impl Store {
         work: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         let path = &self.path;
-        let sql = |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
+        let sql = |source| sql_error(path, source);
         let tx = self.conn.transaction().map_err(sql)?;
         let out = work(&tx).map_err(sql)?;
         tx.commit().map_err(sql)?;
@@ -593,6 +587,21 @@ impl Store {
             )
             .map_err(self.sql())?;
         Ok(())
+    }
+}
+
+/// A failed statement: busy (another process holds the store past the busy
+/// timeout) is temporary; anything else is an I/O error.
+fn sql_error(path: &Path, source: rusqlite::Error) -> StoreError {
+    if is_busy(&source) {
+        StoreError::Busy {
+            path: path.to_owned(),
+        }
+    } else {
+        StoreError::Sql {
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
