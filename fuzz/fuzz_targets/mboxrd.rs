@@ -1,0 +1,8 @@
+//! Fuzz target `mboxrd`: the checks are in `fuzz/checks/mboxrd.rs`, shared with
+//! `tests/fuzz_regressions.rs`, which replays the seeds and found inputs.
+#![no_main]
+
+#[path = "../checks/mboxrd.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::check(data));
