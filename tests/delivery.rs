@@ -651,6 +651,29 @@ fn mda_failure_exits_74_with_the_mda_stderr() {
 }
 
 #[test]
+fn mda_killed_by_a_signal_exits_74_and_keeps_the_mail_on_the_server() {
+    let dovecot = require_dovecot!();
+    let f = Fixture::new(dovecot);
+    let sent = vec![sample_message(1, 3)];
+    f.deliver(&sent);
+    f.env.write_accounts(&[mda_account(
+        "work",
+        &f.dovecot,
+        &f.user,
+        "cat > /dev/null; kill -9 $$",
+        "retention = \"0d\"",
+    )]);
+
+    let out = f.env.run(&["fetch", "--all"]);
+
+    out.assert_code_with(74, &f.dovecot);
+    assert_stderr_contains(&out.stderr, "signal");
+    assert_eq!(f.user.server_messages(), sent, "nothing deleted");
+    let again = f.env.run(&["fetch", "--all"]);
+    again.assert_code_with(74, &f.dovecot);
+}
+
+#[test]
 fn mda_that_hangs_is_killed_after_command_timeout() {
     let dovecot = require_dovecot!();
     let f = Fixture::new(dovecot);
