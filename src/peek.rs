@@ -81,6 +81,7 @@ pub async fn peek(
     let mut session = sync::open_session(account, opts, &mut store).await?;
     let server = session.conn.server().to_owned();
     let listing = session.listing().await.map_err(SyncError::from)?;
+    sync::record_login(account, opts, &mut store, &session)?;
     let seen = store.rows(&account.name).map_err(SyncError::from)?;
     // The copy number of a duplicated UIDL, as the plan counts them.
     let mut copies = std::collections::HashMap::<&str, u32>::new();

@@ -26,7 +26,12 @@ use crate::store::{self, PendingRow, Store, StoreError};
 use crate::ui::Ui;
 
 /// Commands kept in flight when the server offers PIPELINING.
-pub const PIPELINE_WINDOW: usize = 16;
+pub const PIPELINE_WINDOW: usize = 256;
+
+/// Most RETR octets (LIST sizes) in flight: about the bandwidth-delay
+/// product of a fast link at 50 ms, and a bound on what a stop request must
+/// still deliver.
+const PIPELINE_BYTES: u64 = 8 << 20;
 
 /// Most mail (server octets) delivered in one batch before it is synced and
 /// committed; and the longest a batch may take.
@@ -232,9 +237,9 @@ async fn connect_and_plan(
 ) -> Result<Planned, SyncError> {
     let mut session = open_session(account, opts, store).await?;
     let server = session.conn.server().to_owned();
-    warn_about_expire(account, &session, opts);
-
     let listing = session.listing().await?;
+    record_login(account, opts, store, &session)?;
+    warn_about_expire(account, &session, opts);
     let seen = store.rows(&account.name)?;
     let settings = PlanSettings {
         retention: account.retention,
@@ -271,6 +276,20 @@ fn pipeline_window(session: &Transaction<Transport>) -> usize {
     } else {
         1
     }
+}
+
+/// Where the RETRs in flight may extend to, reading message `i` next with
+/// `sent` already sent: at most `window` messages and `PIPELINE_BYTES`
+/// (always at least the message about to be read).
+fn retr_window_end(fetch: &[&policy::Planned], i: usize, sent: usize, window: usize) -> usize {
+    let mut end = sent.max(i + 1).min(fetch.len());
+    let mut bytes: u64 = fetch[i..end].iter().map(|p| p.listed.size).sum();
+    while end < fetch.len() && end - i < window && bytes + fetch[end].listed.size <= PIPELINE_BYTES
+    {
+        bytes += fetch[end].listed.size;
+        end += 1;
+    }
+    end
 }
 
 /// Ask the header filter about every message the plan would fetch: TOP n 0
@@ -532,7 +551,7 @@ async fn fetch_new(
             }
             let one = async {
                 // Keep up to `window` RETRs in flight; replies come back in order.
-                let upto = (i + window).min(fetch.len());
+                let upto = retr_window_end(&fetch, i, sent, window);
                 if sent < upto && !stopping {
                     let msgs: Vec<u32> = fetch[sent..upto].iter().map(|p| p.listed.msg).collect();
                     session.send_retr(&msgs).await?;
@@ -810,8 +829,8 @@ pub fn mechanism(
 /// log in; no lock, nothing written.
 /// A logged-in session: LOGIN-DELAY honoured (the account is skipped while
 /// the server's delay since the last login has not passed), the secret
-/// fetched, connected, logged in, and the login remembered. Every command
-/// that logs in goes through here, `check`, `peek` and `--dry-run` included:
+/// fetched, connected, logged in. Every command that logs in goes through
+/// here and then `record_login`, `check`, `peek` and `--dry-run` included:
 /// the server counts their logins too.
 pub async fn open_session(
     account: &Account,
@@ -835,9 +854,18 @@ pub async fn open_session(
         }
     }
     let password = account.secret.resolve(account.command_timeout)?;
-    let session = login(account, &password, opts).await?;
-    store.record_login(&account.name, opts.now, session.capa.login_delay())?;
-    Ok(session)
+    login(account, &password, opts).await
+}
+
+/// Remember a login and the server's LOGIN-DELAY (from the capabilities
+/// after login, so call it after `listing`).
+pub fn record_login(
+    account: &Account,
+    opts: &RunOptions,
+    store: &mut Store,
+    session: &Transaction<Transport>,
+) -> Result<(), SyncError> {
+    Ok(store.record_login(&account.name, opts.now, session.capa.login_delay())?)
 }
 
 /// Connect, secure the connection as configured, and log in.
@@ -894,7 +922,7 @@ async fn login(
         }
     }
     outcome?;
-    Ok(greeted.into_transaction().await)
+    Ok(greeted.into_transaction_pipelined().await)
 }
 
 /// RFC 2449 EXPIRE: the server deletes mail itself after N days; say so when

@@ -484,10 +484,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
         let mut t = Transaction {
             conn: self.conn,
             capa: self.capa,
+            capa_stale: false,
         };
         // Some servers (Gmail) announce PIPELINING, TOP, UIDL only after login.
         t.capa = capa(&mut t.conn).await.unwrap_or(t.capa);
         t
+    }
+
+    /// Like `into_transaction`, but when the server already offers
+    /// PIPELINING the new CAPA is not waited for here: `listing` sends it
+    /// together with UIDL and LIST, saving a round trip. Until then `capa`
+    /// holds what the server said before login.
+    pub async fn into_transaction_pipelined(self) -> Transaction<S> {
+        if !self.capa.pipelining() {
+            return self.into_transaction().await;
+        }
+        Transaction {
+            conn: self.conn,
+            capa: self.capa,
+            capa_stale: true,
+        }
     }
 
     async fn auth_reply(&mut self, user: &str, mechanism: &str) -> Result<Reply, SessionError> {
@@ -588,6 +604,8 @@ pub struct Listed {
 pub struct Transaction<S> {
     pub conn: Connection<S>,
     pub capa: Capabilities,
+    /// The post-login CAPA is still to be asked (with the listing).
+    capa_stale: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
@@ -603,9 +621,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
                 source,
             }
         };
-        self.conn
-            .send_many(&[Command::Uidl(None), Command::List(None)])
-            .await?;
+        if self.capa_stale {
+            self.conn
+                .send_many(&[Command::Capa, Command::Uidl(None), Command::List(None)])
+                .await?;
+            let reply = self.conn.read_status("CAPA").await?;
+            if reply.status == Status::Ok {
+                self.capa = Capabilities::parse(&self.conn.read_listing("CAPA").await?);
+            }
+            self.capa_stale = false;
+        } else {
+            self.conn
+                .send_many(&[Command::Uidl(None), Command::List(None)])
+                .await?;
+        }
         let uidl_reply = self.conn.read_status("UIDL").await;
         let uidls = match uidl_reply {
             Ok(r) if r.status == Status::Ok => {
