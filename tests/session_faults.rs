@@ -891,3 +891,110 @@ fn close_during_tls_handshake_names_the_server() {
     );
     assert!(srv.commands().is_empty());
 }
+
+/// Every fault at every command, with the server advertising PIPELINING:
+/// popsync never panics or hangs, names the server, delivers nothing partial
+/// and deletes nothing it did not deliver; a run against the healed server
+/// then leaves every message in the Maildir exactly once and the server empty.
+#[test]
+fn every_fault_at_every_command_loses_nothing_and_heals() {
+    let mail = messages(4);
+    let places = [
+        On::Greeting,
+        On::Capa,
+        On::User,
+        On::Pass,
+        On::Uidl,
+        On::List,
+        On::Retr(1),
+        On::Retr(3),
+        On::Dele,
+        On::Quit,
+    ];
+    let faults: Vec<(&str, Fault)> = vec![
+        ("drop before the first byte", Fault::DropAfter(0)),
+        ("drop after 1 byte", Fault::DropAfter(1)),
+        ("drop after 7 bytes", Fault::DropAfter(7)),
+        ("drop after 40 bytes", Fault::DropAfter(40)),
+        ("-ERR", Fault::err("injected failure")),
+        ("malformed reply", Fault::malformed("?? what")),
+    ];
+    let mut failures = Vec::new();
+    for place in places {
+        for (what, fault) in &faults {
+            let srv = FaultServer::builder()
+                .messages(mail.clone())
+                .fault(place, fault.clone())
+                .times(1)
+                .start();
+            let env = Env::new();
+            let case = format!("{what} at {place:?}");
+            let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+            let delivered = env.delivered();
+            let left = srv.mailbox();
+            let mut problems = Vec::new();
+            if !(run.code == 0 || (64..=78).contains(&run.code)) {
+                problems.push(format!("exit {}", run.code));
+            }
+            if run.elapsed > Duration::from_secs(20) {
+                problems.push(format!("took {:?}", run.elapsed));
+            }
+            if run.code != 0 && !run.stderr.contains(&srv.addr()) {
+                problems.push("stderr does not name the server".to_owned());
+            }
+            if !env.tmp_files().is_empty() {
+                problems.push("partial file in tmp/".to_owned());
+            }
+            let mut seen = delivered.clone();
+            seen.dedup();
+            if seen.len() != delivered.len() {
+                problems.push("a message delivered twice".to_owned());
+            }
+            for m in &mail {
+                if !delivered.contains(m) && !left.contains(m) {
+                    problems.push("a message deleted without being delivered".to_owned());
+                }
+            }
+            srv.heal();
+            let healed = env.fetch(&srv, "retention = \"0d\"", &[]);
+            if healed.code != 0 {
+                problems.push(format!(
+                    "healed run exit {}: {}",
+                    healed.code, healed.stderr
+                ));
+            }
+            if env.delivered() != sorted(mail.clone()) {
+                problems.push("after healing: not every message exactly once".to_owned());
+            }
+            if !srv.mailbox().is_empty() {
+                problems.push("after healing: mail left on the server".to_owned());
+            }
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "{case}: {} (first run exit {}: {})",
+                    problems.join("; "),
+                    run.code,
+                    run.stderr.trim()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn uidls_with_illegal_characters_are_refused_and_nothing_is_touched() {
+    let mail = messages(2);
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .uidls(&["good-1", "bad\u{7f}uid"])
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    run.assert_code(76);
+    run.assert_names(&srv, "UIDL");
+    assert!(env.delivered().is_empty());
+    assert_eq!(srv.mailbox(), mail);
+    assert!(!sent(&srv.session(0), "RETR 1"), "{:?}", srv.session(0));
+}
