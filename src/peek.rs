@@ -6,8 +6,9 @@
 
 use serde::Serialize;
 
-use crate::config::Account;
+use crate::config::{Account, Retention};
 use crate::headers;
+use crate::policy::{self, PlanSettings, Verdicts};
 use crate::pop3::codec::sanitize;
 use crate::store::Store;
 use crate::sync::{self, RunOptions, SyncError};
@@ -83,19 +84,18 @@ pub async fn peek(
     let listing = session.listing().await.map_err(SyncError::from)?;
     sync::record_login(account, opts, &mut store, &session)?;
     let seen = store.rows(&account.name).map_err(SyncError::from)?;
-    // The copy number of a duplicated UIDL, as the plan counts them.
-    let mut copies = std::collections::HashMap::<&str, u32>::new();
-    let wanted: Vec<_> = listing
+    // The plan numbers duplicated UIDLs and tells new from seen exactly as
+    // `fetch` will; retention and size limits do not matter here.
+    let settings = PlanSettings {
+        retention: Retention::Forever,
+        max_size: None,
+        accept_uidl_reset: true,
+    };
+    let plan = policy::plan(&listing, &seen, opts.now, settings, &Verdicts::new());
+    let wanted: Vec<_> = plan
+        .messages
         .iter()
-        .map(|l| {
-            let n = copies.entry(l.uidl.as_str()).or_insert(0);
-            let copy = *n;
-            *n += 1;
-            let was_seen = seen
-                .get(&(l.uidl.clone(), copy))
-                .is_some_and(|r| r.delivered_at.is_some());
-            (l, was_seen)
-        })
+        .map(|p| (&p.listed, !p.is_new()))
         .filter(|(_, s)| !only_new || !s)
         .collect();
     if !wanted.is_empty() && !session.capa.top() && session.capa.lines().next().is_some() {

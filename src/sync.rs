@@ -496,6 +496,10 @@ async fn fetch_new(
         TlsMode::Starttls => "POP3 (STLS)",
         TlsMode::None => "POP3",
     };
+    // The same for every message of the session (the clock is fixed per run).
+    let received = account
+        .received_header
+        .then(|| deliver::received_header(&account.host, &account.user, proto, opts.now));
     let bar = opts.ui.account_bar(
         &account.name,
         fetch.len(),
@@ -557,9 +561,6 @@ async fn fetch_new(
                     session.send_retr(&msgs).await?;
                     sent = upto;
                 }
-                let received = account.received_header.then(|| {
-                    deliver::received_header(&account.host, &account.user, proto, opts.now)
-                });
                 let mut sink = target.start(
                     prep,
                     &MessageInfo {
