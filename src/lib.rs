@@ -18,3 +18,4 @@ pub mod stop;
 pub mod store;
 pub mod sync;
 pub mod ui;
+pub mod window;

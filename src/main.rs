@@ -142,6 +142,12 @@ fn run_accounts(
     let selected = config
         .select(&selection.accounts, selection.all)
         .map_err(|e| fail(ExitCode::Usage, anyhow::anyhow!(e)))?;
+    if selected
+        .iter()
+        .any(|a| a.tls != popsync::config::TlsMode::None)
+    {
+        popsync::net::preload_system_roots();
+    }
     // Create the seen-store (and its schema) once, before the accounts run
     // in parallel and would all try at the same moment.
     popsync::store::Store::open(&config.state_dir.join("seen.sqlite3"))

@@ -8,7 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -178,6 +178,28 @@ pub async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<Tcp
     })
 }
 
+/// The system's trust anchors, read once per process: they are the same for
+/// every account, and reading and parsing some hundred certificates costs
+/// milliseconds each time. Unreadable system certificates are skipped: a
+/// machine with none still works with `ca_file` or a pin.
+fn system_roots() -> &'static RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        roots
+    })
+}
+
+/// Start reading the system's trust anchors in the background, so that it
+/// overlaps with reading the configuration and opening the seen-store
+/// instead of delaying the first connection.
+pub fn preload_system_roots() {
+    std::thread::spawn(system_roots);
+}
+
 /// TLS settings for one account.
 #[derive(Clone)]
 pub struct TlsSettings {
@@ -198,12 +220,7 @@ impl TlsSettings {
         pin: Option<Fingerprint>,
     ) -> Result<TlsSettings, NetError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        // Unreadable system certificates are skipped: a machine with none still
-        // works with ca_file or a pin.
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
+        let mut roots = system_roots().clone();
         if let Some(path) = ca_file {
             let ca_err = |detail: String| NetError::CaFile {
                 path: path.to_owned(),

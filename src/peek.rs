@@ -101,11 +101,7 @@ pub async fn peek(
     if !wanted.is_empty() && !session.capa.top() && session.capa.lines().next().is_some() {
         return Err(PeekError::NoTop { server });
     }
-    let window = if session.capa.pipelining() {
-        sync::PIPELINE_WINDOW
-    } else {
-        1
-    };
+    let window = sync::command_window(&session);
     let mut out = Vec::with_capacity(wanted.len());
     for batch in wanted.chunks(window) {
         let msgs: Vec<u32> = batch.iter().map(|(l, _)| l.msg).collect();

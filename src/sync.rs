@@ -24,14 +24,7 @@ use crate::pop3::codec::{Expire, RespCode, sanitize};
 use crate::pop3::session::{Connection, Greeted, SessionError, Trace, Transaction};
 use crate::store::{self, PendingRow, Store, StoreError};
 use crate::ui::Ui;
-
-/// Commands kept in flight when the server offers PIPELINING.
-pub const PIPELINE_WINDOW: usize = 256;
-
-/// Most RETR octets (LIST sizes) in flight: about the bandwidth-delay
-/// product of a fast link at 50 ms, and a bound on what a stop request must
-/// still deliver.
-const PIPELINE_BYTES: u64 = 8 << 20;
+use crate::window::{self, Window};
 
 /// Most mail (server octets) delivered in one batch before it is synced and
 /// committed; and the longest a batch may take.
@@ -270,26 +263,12 @@ async fn connect_and_plan(
 }
 
 /// Commands to keep in flight: a window with PIPELINING, else one at a time.
-fn pipeline_window(session: &Transaction<Transport>) -> usize {
+pub fn command_window(session: &Transaction<Transport>) -> usize {
     if session.capa.pipelining() {
-        PIPELINE_WINDOW
+        window::MAX_COMMANDS
     } else {
         1
     }
-}
-
-/// Where the RETRs in flight may extend to, reading message `i` next with
-/// `sent` already sent: at most `window` messages and `PIPELINE_BYTES`
-/// (always at least the message about to be read).
-fn retr_window_end(fetch: &[&policy::Planned], i: usize, sent: usize, window: usize) -> usize {
-    let mut end = sent.max(i + 1).min(fetch.len());
-    let mut bytes: u64 = fetch[i..end].iter().map(|p| p.listed.size).sum();
-    while end < fetch.len() && end - i < window && bytes + fetch[end].listed.size <= PIPELINE_BYTES
-    {
-        bytes += fetch[end].listed.size;
-        end += 1;
-    }
-    end
 }
 
 /// Ask the header filter about every message the plan would fetch: TOP n 0
@@ -301,7 +280,7 @@ async fn run_filter(
     session: &mut Transaction<Transport>,
 ) -> Result<Verdicts, SyncError> {
     let candidates = plan.to_fetch();
-    let window = pipeline_window(session);
+    let window = command_window(session);
     let mut verdicts = Verdicts::new();
     for batch in candidates.chunks(window) {
         let msgs: Vec<u32> = batch.iter().map(|p| p.listed.msg).collect();
@@ -490,7 +469,8 @@ async fn fetch_new(
     tally: &mut Tally,
 ) -> Result<Vec<(u32, store::MessageKey)>, SyncError> {
     let fetch = plan.to_fetch();
-    let window = pipeline_window(session);
+    let sizes: Vec<u64> = fetch.iter().map(|p| p.listed.size).collect();
+    let mut window = Window::new(session.capa.pipelining(), session.conn.rtt());
     let proto = match account.tls {
         TlsMode::Implicit => "POP3S",
         TlsMode::Starttls => "POP3 (STLS)",
@@ -554,12 +534,16 @@ async fn fetch_new(
                 break;
             }
             let one = async {
-                // Keep up to `window` RETRs in flight; replies come back in order.
-                let upto = retr_window_end(&fetch, i, sent, window);
-                if sent < upto && !stopping {
-                    let msgs: Vec<u32> = fetch[sent..upto].iter().map(|p| p.listed.msg).collect();
-                    session.send_retr(&msgs).await?;
-                    sent = upto;
+                // Keep the window of RETRs in flight; replies come back in order.
+                if !stopping {
+                    let upto =
+                        i + window.extend(&sizes[i..], sent.saturating_sub(i), Instant::now());
+                    if sent < upto {
+                        let msgs: Vec<u32> =
+                            fetch[sent..upto].iter().map(|p| p.listed.msg).collect();
+                        session.send_retr(&msgs).await?;
+                        sent = upto;
+                    }
                 }
                 let mut sink = target.start(
                     prep,
@@ -577,6 +561,7 @@ async fn fetch_new(
                             .map_err(|e| SessionError::Sink(Box::new(e)))
                     })
                     .await?;
+                window.arrived(p.listed.size);
                 Ok::<_, SyncError>(sink.finish()?)
             };
             match one.await {
@@ -788,11 +773,7 @@ pub async fn connect(
             };
             let secured = tls.handshake(tcp, account.timeout).await?;
             // RFC 2595: forget what was learnt in clear text; ask CAPA again.
-            let mut g = Greeted {
-                conn: settings.resume(secured),
-                greeting,
-                capa: Default::default(),
-            };
+            let mut g = Greeted::resume(settings.resume(secured), greeting);
             g.refresh_capa().await?;
             (g, Some(before))
         }
@@ -895,6 +876,7 @@ async fn login(
             mech.name()
         ));
     };
+    greeted.send_listing_with_login();
     let mut tried = candidates.iter();
     let mut outcome = Err(SessionError::NoUsableAuth {
         server: server.clone(),
@@ -911,7 +893,7 @@ async fn login(
                 code: None | Some(RespCode::Other(_)),
                 text,
                 ..
-            }) if tried.len() > 0 => {
+            }) if tried.len() > 0 && greeted.can_retry() => {
                 opts.ui.verbose(&format!(
                     "{}: {} was refused ({}); trying the next mechanism",
                     account.name,

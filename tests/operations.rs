@@ -146,11 +146,6 @@ fn deliver(user: &User, first: usize, n: usize, body_lines: usize) -> Vec<Vec<u8
         .collect()
 }
 
-/// `n` messages of about 20 KB each (sample messages with 360 body lines).
-fn deliver_20k(user: &User, first: usize, n: usize) -> Vec<Vec<u8>> {
-    deliver(user, first, n, 360)
-}
-
 /// An account block for a scripted server: plain TCP (the fault server has
 /// no STLS), user alice / secret, delivery into `maildir`, a short timeout.
 fn fault_account(name: &str, srv: &FaultServer, maildir: &Path, extra: &str) -> String {
@@ -509,9 +504,10 @@ fn jobs_run_accounts_at_the_same_time() {
 // SIGINT and SIGTERM mid-fetch
 // ---------------------------------------------------------------------------
 
-/// Starts `fetch --all` on a mailbox of 400 × 20 KB, waits until five
+/// Starts `fetch --all` on a mailbox of 400 × 220 KB, waits until five
 /// deliveries have started, sends `signal` (twice if `twice`), and returns the outcome with what
-/// was delivered by then.
+/// was delivered by then. 88 MB is more than popsync ever keeps in flight
+/// (64 MiB), so the stop comes part-way however fast the fetch is.
 fn fetch_and_signal(
     dovecot: &Dovecot,
     alice: &User,
@@ -519,7 +515,7 @@ fn fetch_and_signal(
     signal: i32,
     twice: bool,
 ) -> (TestEnv, Vec<Vec<u8>>, Output) {
-    let sent = deliver_20k(alice, 1, 400);
+    let sent = deliver(alice, 1, 400, 4000);
     let env = TestEnv::new();
     let maildir = env.maildir("alice");
     env.write_accounts(&[account_toml(
@@ -620,9 +616,10 @@ fn sigterm_while_a_retr_stalls_delivers_what_was_asked_for_then_deletes_and_quit
     // Message 10's reply stalls for 2 s; SIGTERM arrives meanwhile. Every RETR
     // already sent must be delivered and committed, no RETR may follow the
     // signal, and the delivered messages are DELEted before QUIT.
-    // More messages than popsync keeps in flight (256), so the stop comes
-    // mid-fetch.
-    let mail: Vec<Vec<u8>> = (1..=400).map(fault_message).collect();
+    // More messages than popsync keeps in flight (1024 commands at most),
+    // so the stop comes mid-fetch.
+    let total = 1500;
+    let mail: Vec<Vec<u8>> = (1..=total).map(fault_message).collect();
     let srv = FaultServer::builder()
         .messages(mail.clone())
         .fault(On::Retr(10), Fault::Stall(Duration::from_secs(2)))
@@ -657,7 +654,7 @@ fn sigterm_while_a_retr_stalls_delivers_what_was_asked_for_then_deletes_and_quit
     let deleted = verb_args("DELE ");
     let k = maildir_count(&maildir);
     assert!(
-        retrieved.contains(&10) && retrieved.len() < 400,
+        retrieved.contains(&10) && retrieved.len() < total,
         "the stop must come mid-fetch: {commands:?}"
     );
     assert_eq!(

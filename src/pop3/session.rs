@@ -143,6 +143,8 @@ pub struct Connection<S> {
     timeout: Duration,
     trace: Option<Trace>,
     read_size: usize,
+    /// The shortest command round trip seen (see `note_rtt`).
+    rtt: Option<Duration>,
 }
 
 /// A connection's settings without its stream, while TLS is being set up.
@@ -172,12 +174,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             timeout,
             trace,
             read_size: 64 * 1024,
+            rtt: None,
         }
     }
 
     /// The underlying stream (for TLS facts).
     pub fn stream(&self) -> &S {
         &self.stream
+    }
+
+    /// The shortest round trip measured on this connection: it sizes the
+    /// pipelining window.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// Record the time from sending a command, with nothing else in flight,
+    /// to its first reply line.
+    pub fn note_rtt(&mut self, sample: Duration) {
+        self.rtt = Some(self.rtt.map_or(sample, |r| r.min(sample)));
     }
 
     /// The server as named in errors ("host:port").
@@ -248,6 +263,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 timeout: self.timeout,
             }),
         }
+    }
+
+    /// Close our side (TLS close_notify, then FIN), not waiting for the
+    /// server's: used after a QUIT whose reply does not matter, so a failure
+    /// here changes nothing.
+    pub async fn close(&mut self) {
+        let _ = tokio::time::timeout(self.timeout, self.stream.shutdown()).await;
     }
 
     /// Read more bytes into the buffer; an error when the server closed.
@@ -403,19 +425,105 @@ pub struct Greeted<S> {
     /// The greeting text; holds the APOP timestamp when the server offers APOP.
     pub greeting: String,
     pub capa: Capabilities,
+    listing: Ahead,
 }
 
+/// Whether the post-login CAPA, UIDL and LIST go out with the last login
+/// message (`send_listing_with_login`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ahead {
+    No,
+    Wanted,
+    Sent,
+    /// Their replies could not be read after a refused login: the
+    /// connection is out of step and cannot be used for another attempt.
+    Lost,
+}
+
+/// The commands `Transaction::listing` needs after login.
+const LISTING: [Command; 3] = [Command::Capa, Command::Uidl(None), Command::List(None)];
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
-    /// Read the server greeting and its capabilities.
+    /// Read the server greeting and its capabilities. CAPA is sent at once,
+    /// without waiting for the greeting: servers read commands only after
+    /// greeting, so it waits in the socket, and its reply arrives with the
+    /// greeting instead of a round trip later.
     pub async fn start(mut conn: Connection<S>) -> Result<Greeted<S>, SessionError> {
+        let asked = std::time::Instant::now();
+        conn.send(&Command::Capa).await?;
         let reply = conn.expect_ok("greeting").await?;
-        let mut g = Greeted {
-            conn,
-            greeting: reply.text,
-            capa: Capabilities::default(),
-        };
-        g.refresh_capa().await?;
+        conn.note_rtt(asked.elapsed());
+        let mut g = Greeted::resume(conn, reply.text);
+        g.capa = capa_reply(&mut g.conn).await?;
         Ok(g)
+    }
+
+    /// A greeted connection continued over a new stream (after STLS), its
+    /// capabilities not yet asked.
+    pub fn resume(conn: Connection<S>, greeting: String) -> Greeted<S> {
+        Greeted {
+            conn,
+            greeting,
+            capa: Capabilities::default(),
+            listing: Ahead::No,
+        }
+    }
+
+    /// When the server offers PIPELINING, send the post-login CAPA, UIDL and
+    /// LIST right behind the login message that completes the exchange
+    /// (AUTH PLAIN with its initial response; SCRAM's last, empty answer,
+    /// once the server has proved itself), saving a round trip. Only for a
+    /// session that goes on with `Transaction::listing`.
+    pub fn send_listing_with_login(&mut self) {
+        if self.listing == Ahead::No {
+            self.listing = Ahead::Wanted;
+        }
+    }
+
+    /// False when a refused login left replies that could not be read: no
+    /// other mechanism can be tried on this connection.
+    pub fn can_retry(&self) -> bool {
+        self.listing != Ahead::Lost
+    }
+
+    /// Send the login message `cmd`, with the listing behind it when that is
+    /// wanted and `complete` (nothing but +OK or -ERR can follow).
+    async fn send_login_message(
+        &mut self,
+        cmd: Command,
+        complete: bool,
+    ) -> Result<(), SessionError> {
+        if self.listing == Ahead::Wanted && complete && self.capa.pipelining() {
+            let mut cmds = vec![cmd];
+            cmds.extend(LISTING.iter().cloned());
+            self.conn.send_many(&cmds).await?;
+            self.listing = Ahead::Sent;
+            Ok(())
+        } else {
+            self.conn.send(&cmd).await
+        }
+    }
+
+    /// The login was refused with the listing in flight: read its replies
+    /// (in the AUTHORIZATION state: CAPA's, then two -ERR) so the session
+    /// is back in step for another mechanism.
+    async fn drain_listing(&mut self) {
+        if self.listing != Ahead::Sent {
+            return;
+        }
+        self.listing = Ahead::Wanted;
+        for cmd in &LISTING {
+            let name = cmd.name();
+            let drained = match self.conn.read_status(&name).await {
+                Ok(r) if r.status == Status::Ok => self.conn.read_listing(&name).await.map(|_| ()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if drained.is_err() {
+                self.listing = Ahead::Lost;
+                return;
+            }
+        }
     }
 
     /// Ask CAPA again (after STLS and after login the answer can change).
@@ -485,6 +593,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
             conn: self.conn,
             capa: self.capa,
             capa_stale: false,
+            listing_sent: false,
+            marked: false,
         };
         // Some servers (Gmail) announce PIPELINING, TOP, UIDL only after login.
         t.capa = capa(&mut t.conn).await.unwrap_or(t.capa);
@@ -500,9 +610,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
             return self.into_transaction().await;
         }
         Transaction {
+            listing_sent: self.listing == Ahead::Sent,
             conn: self.conn,
             capa: self.capa,
             capa_stale: true,
+            marked: false,
         }
     }
 
@@ -534,6 +646,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
         let mut client = auth::SaslClient::new(kind, user, password).map_err(&wrap)?;
         let name = kind.name();
         let initial = client.initial_response().map_err(&wrap)?;
+        let mut deferred = false;
         // RFC 5034: the whole command must fit in 255 octets, else send the
         // initial response after an empty challenge.
         let cmd = match initial {
@@ -542,6 +655,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
                 initial_response: Some(ir),
             },
             Some(ir) => {
+                deferred = true;
                 client.defer_initial(ir);
                 Command::Auth {
                     mechanism: name.to_owned(),
@@ -553,7 +667,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
                 initial_response: None,
             },
         };
-        self.conn.send(&cmd).await?;
+        let complete = !deferred && client.is_complete();
+        self.send_login_message(cmd, complete).await?;
         let label = format!("AUTH {name}");
         loop {
             let reply = self.conn.read_status(&label).await?;
@@ -563,6 +678,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
                     return Ok(());
                 }
                 Status::Err => {
+                    self.drain_listing().await;
                     return Err(SessionError::AuthFailed {
                         server: self.conn.server.clone(),
                         user: user.to_owned(),
@@ -571,9 +687,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
                         text: client.error_detail().unwrap_or(reply.text),
                     });
                 }
+                Status::Continue if self.listing == Ahead::Sent => {
+                    // The listing went out as if the exchange were over.
+                    return Err(SessionError::Protocol {
+                        server: self.conn.server.clone(),
+                        command: label,
+                        message: "the server asked for more after the last login message".into(),
+                    });
+                }
                 Status::Continue => {
                     let answer = client.step(&reply.text).map_err(&wrap)?;
-                    self.conn.send(&Command::AuthResponse(answer)).await?;
+                    let complete = client.is_complete();
+                    self.send_login_message(Command::AuthResponse(answer), complete)
+                        .await?;
                 }
             }
         }
@@ -583,8 +709,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
 async fn capa<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
 ) -> Result<Capabilities, SessionError> {
+    let asked = std::time::Instant::now();
     conn.send(&Command::Capa).await?;
     let reply = conn.read_status("CAPA").await?;
+    conn.note_rtt(asked.elapsed());
+    capa_listing(conn, reply).await
+}
+
+/// Read the reply to a CAPA sent earlier.
+async fn capa_reply<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+) -> Result<Capabilities, SessionError> {
+    let reply = conn.read_status("CAPA").await?;
+    capa_listing(conn, reply).await
+}
+
+async fn capa_listing<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    reply: Reply,
+) -> Result<Capabilities, SessionError> {
     match reply.status {
         Status::Ok => Ok(Capabilities::parse(&conn.read_listing("CAPA").await?)),
         // RFC 1939-only servers answer -ERR: they simply have no extensions.
@@ -606,6 +749,11 @@ pub struct Transaction<S> {
     pub capa: Capabilities,
     /// The post-login CAPA is still to be asked (with the listing).
     capa_stale: bool,
+    /// CAPA, UIDL and LIST went out with the login; only their replies are
+    /// still to be read.
+    listing_sent: bool,
+    /// Messages are marked deleted (DELE since the last RSET).
+    marked: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
@@ -621,19 +769,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
                 source,
             }
         };
+        let mut list_sent = true;
         if self.capa_stale {
-            self.conn
-                .send_many(&[Command::Capa, Command::Uidl(None), Command::List(None)])
-                .await?;
+            if !self.listing_sent {
+                self.conn.send_many(&LISTING).await?;
+            }
+            self.listing_sent = false;
             let reply = self.conn.read_status("CAPA").await?;
             if reply.status == Status::Ok {
                 self.capa = Capabilities::parse(&self.conn.read_listing("CAPA").await?);
             }
             self.capa_stale = false;
-        } else {
+        } else if self.capa.pipelining() {
             self.conn
                 .send_many(&[Command::Uidl(None), Command::List(None)])
                 .await?;
+        } else {
+            self.conn.send(&Command::Uidl(None)).await?;
+            list_sent = false;
         }
         let uidl_reply = self.conn.read_status("UIDL").await;
         let uidls = match uidl_reply {
@@ -654,15 +807,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
             Ok(_) => None,
             Err(e) => return Err(e),
         };
+        let no_uidl = || {
+            SessionError::Protocol {
+            server: server.clone(),
+            command: "UIDL".into(),
+            message: "the server does not support UIDL, which popsync needs to tell new mail from old; ask the provider to enable it".into(),
+        }
+        };
+        if !list_sent {
+            // Without PIPELINING one command at a time (RFC 2449).
+            if uidls.is_none() {
+                return Err(no_uidl());
+            }
+            self.conn.send(&Command::List(None)).await?;
+        }
         self.conn.expect_ok("LIST").await?;
         let body = self.conn.read_listing("LIST").await?;
         let sizes = codec::parse_list_listing(&body).map_err(malformed("LIST"))?;
         let Some(uidls) = uidls else {
-            return Err(SessionError::Protocol {
-                server,
-                command: "UIDL".into(),
-                message: "the server does not support UIDL, which popsync needs to tell new mail from old; ask the provider to enable it".into(),
-            });
+            return Err(no_uidl());
         };
         let size_of: std::collections::HashMap<u32, u64> = sizes.into_iter().collect();
         let mut out = Vec::with_capacity(uidls.len());
@@ -728,6 +891,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
             return Ok(());
         }
         let cmds: Vec<Command> = msgs.iter().map(|&m| Command::Dele(m)).collect();
+        self.marked = true;
         if self.capa.pipelining() {
             self.conn.send_many(&cmds).await?;
             for m in msgs {
@@ -743,12 +907,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
 
     /// Undo DELEs of this session.
     pub async fn rset(&mut self) -> Result<(), SessionError> {
-        self.conn.simple(&Command::Rset).await.map(|_| ())
+        self.conn.simple(&Command::Rset).await?;
+        self.marked = false;
+        Ok(())
     }
 
     /// QUIT: the server commits DELEs (UPDATE state). Only an +OK means they
-    /// were committed.
+    /// were committed, so with messages marked the reply is awaited. With
+    /// none marked the reply carries no news: the connection is closed once
+    /// QUIT is on its way, which saves a round trip.
     pub async fn quit(mut self) -> Result<(), SessionError> {
-        self.conn.simple(&Command::Quit).await.map(|_| ())
+        if self.marked {
+            return self.conn.simple(&Command::Quit).await.map(|_| ());
+        }
+        self.conn.send(&Command::Quit).await?;
+        self.conn.close().await;
+        Ok(())
     }
 }

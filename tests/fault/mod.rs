@@ -149,6 +149,10 @@ struct State {
     rules: Vec<Rule>,
     /// The lines each connection sent, in order, secrets included.
     sessions: Vec<Vec<String>>,
+    /// Per connection, the lines that had already arrived when the server
+    /// finished writing the reply before them (the greeting for the first):
+    /// sent without waiting for that reply.
+    ahead: Vec<Vec<String>>,
     /// Connections still being served.
     active: usize,
     capa: Vec<String>,
@@ -300,6 +304,7 @@ impl Builder {
             mailbox,
             rules: self.rules,
             sessions: Vec::new(),
+            ahead: Vec::new(),
             active: 0,
             capa: self.capa,
             user: self.user,
@@ -416,6 +421,14 @@ impl FaultServer {
     }
 
     /// How many connections were accepted so far.
+    /// The lines of connection `i` that the client sent without waiting for
+    /// the reply before them (the greeting for the first line): pipelined.
+    /// Exact when the server held that reply back (`Fault::Stall`) long
+    /// enough for them to arrive.
+    pub fn ahead(&self, i: usize) -> Vec<String> {
+        lock(&self.state).ahead.get(i).cloned().unwrap_or_default()
+    }
+
     pub fn connections(&self) -> usize {
         self.settle();
         self.state().sessions.len()
@@ -575,6 +588,7 @@ async fn accept_loop(
         let index = {
             let mut s = lock(&state);
             s.sessions.push(Vec::new());
+            s.ahead.push(Vec::new());
             s.active += 1;
             s.sessions.len() - 1
         };
@@ -628,6 +642,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         user: None,
         snapshot: None,
         deleted: Vec::new(),
+        ahead: 0,
     };
     let _ = conn.run().await;
 }
@@ -714,6 +729,9 @@ struct Conn<S> {
     /// The maildrop as of login (TRANSACTION state); None before.
     snapshot: Option<Vec<Msg>>,
     deleted: Vec<bool>,
+    /// Lines at the front of `inbuf` that arrived before the last reply was
+    /// written.
+    ahead: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -732,15 +750,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if !self.send_with(greeting, fault).await? {
             return Ok(());
         }
+        self.note_ahead();
         while let Some(line) = self.read_line().await? {
-            self.state().sessions[self.index].push(line.clone());
+            let ahead = self.ahead > 0;
+            self.ahead = self.ahead.saturating_sub(1);
+            {
+                let mut state = self.state();
+                state.sessions[self.index].push(line.clone());
+                if ahead {
+                    state.ahead[self.index].push(line.clone());
+                }
+            }
             let (on, reply) = self.answer(&line).await?;
             let fault = on.and_then(|on| self.state().fire(on));
             if !self.send_with(reply, fault).await? {
                 return Ok(());
             }
+            self.note_ahead();
         }
         Ok(())
+    }
+
+    /// A reply is written: the whole lines the server has already read
+    /// were sent without waiting for it.
+    fn note_ahead(&mut self) {
+        self.ahead = self.inbuf.iter().filter(|&&b| b == b'\n').count();
     }
 
     /// Read one command line (without CRLF); None when the client left.
