@@ -177,12 +177,18 @@ password=bench-pw
 
 # user -> "count size"
 declare -A corpus=([small]="2000 5000" [large]="200 1000000" [huge]="1 200000000" [latsmall]="500 5000")
-declare -A corpus_bytes=()
+declare -A corpus_bytes=() maildir_of=()
+# Every user is added before the first login: Dovecot looks at its
+# passwd-file at most once a second, so a user added in the same second as
+# an earlier login would be unknown for a moment.
+for user in "${!corpus[@]}"; do
+    maildir_of[$user]=$("$repo/tests/dovecot/add-user.sh" "$work/srv" "$user" "$password")
+done
 make_user() {
     local user=$1 count size maildir line
     [[ -n ${corpus_bytes[$user]:-} ]] && return
     read -r count size <<<"${corpus[$user]}"
-    maildir=$("$repo/tests/dovecot/add-user.sh" "$work/srv" "$user" "$password")
+    maildir=${maildir_of[$user]}
     echo "generating corpus $user: $count x $size bytes..." >&2
     line=$("$py" "$here/gen_corpus.py" "$maildir" "$count" "$size" "$mail_uid" "$mail_gid")
     corpus_bytes[$user]=${line#* }
