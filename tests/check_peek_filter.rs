@@ -192,15 +192,7 @@ impl FaultEnv {
 
     /// One account `test` on `srv` (plain TCP), timeout 5 s, plus `extra`.
     fn config(&self, srv: &FaultServer, extra: &str) -> String {
-        format!(
-            "[defaults]\nstate_dir = {state}\ntimeout = 5\n\n\
-             [accounts.test]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
-             allow_plaintext = true\nuser = \"alice\"\npassword = \"secret\"\n\
-             deliver = {{ maildir = {maildir} }}\nreceived_header = false\n{extra}\n",
-            state = toml_string(&self.path().join("state").to_string_lossy()),
-            port = srv.port(),
-            maildir = toml_string(&self.maildir().to_string_lossy()),
-        )
+        fault::plain_account_config(self.path(), "test", srv, &self.maildir(), 5, extra)
     }
 
     /// `popsync ARGS` with `POPSYNC_NOW=now` when given.

@@ -14,7 +14,7 @@ mod fault;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{maildir_messages, sorted, toml_string};
+use common::{maildir_messages, sorted};
 use fault::{Fault, FaultServer, On};
 
 const HOLD: Duration = Duration::from_millis(300);
@@ -26,17 +26,10 @@ fn mail() -> Vec<Vec<u8>> {
     ]
 }
 
-/// An account on the scripted server (plain TCP), with `extra` config lines.
+/// An account on the scripted server (plain TCP, timeout 2 s), with `extra`
+/// config lines.
 fn config(dir: &Path, srv: &FaultServer, extra: &str) -> String {
-    format!(
-        "[defaults]\nstate_dir = {state}\n\n[accounts.acct]\n\
-         host = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\n\
-         user = \"alice\"\npassword = \"secret\"\ntimeout = 2\n\
-         deliver = {{ maildir = {maildir} }}\nreceived_header = false\n{extra}\n",
-        state = toml_string(&dir.join("state").to_string_lossy()),
-        port = srv.port(),
-        maildir = toml_string(&dir.join("mail").to_string_lossy()),
-    )
+    fault::plain_account_config(dir, "acct", srv, &dir.join("mail"), 2, extra)
 }
 
 /// `popsync fetch acct`: (exit code, stderr), with the Maildir's messages.

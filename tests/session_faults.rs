@@ -57,15 +57,7 @@ impl Env {
     /// One account `test` on `srv` over plain TCP, timeout 2 s, plus `extra`
     /// account lines (retention, max_size, ...).
     fn config(&self, srv: &FaultServer, extra: &str) -> String {
-        format!(
-            "[defaults]\nstate_dir = {state:?}\ntimeout = 2\n\n\
-             [accounts.test]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
-             allow_plaintext = true\nuser = \"alice\"\npassword = \"secret\"\n\
-             deliver = {{ maildir = {maildir:?} }}\nreceived_header = false\n{extra}\n",
-            state = self.path().join("state").display().to_string(),
-            port = srv.port(),
-            maildir = self.maildir().display().to_string(),
-        )
+        fault::plain_account_config(self.path(), "test", srv, &self.maildir(), 2, extra)
     }
 
     fn fetch(&self, srv: &FaultServer, extra: &str, args: &[&str]) -> Run {

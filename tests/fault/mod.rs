@@ -1330,6 +1330,33 @@ fn top_of(body: &[u8], lines: usize) -> Vec<u8> {
     out
 }
 
+/// The config of one account `name` on `srv` over plain TCP (user alice,
+/// password secret, no `Received:` header): its state in `dir/state`, its
+/// Maildir at `maildir`, a `timeout` of `timeout_secs`, and `extra` account
+/// lines (retention, auth, ...).
+pub fn plain_account_config(
+    dir: &Path,
+    name: &str,
+    srv: &FaultServer,
+    maildir: &Path,
+    timeout_secs: u64,
+    extra: &str,
+) -> String {
+    let quote = |p: &Path| {
+        let s = p.to_string_lossy();
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    };
+    format!(
+        "[defaults]\nstate_dir = {state}\ntimeout = {timeout_secs}\n\n\
+         [accounts.{name}]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
+         allow_plaintext = true\nuser = \"alice\"\npassword = \"secret\"\n\
+         deliver = {{ maildir = {maildir} }}\nreceived_header = false\n{extra}\n",
+        state = quote(&dir.join("state")),
+        port = srv.port(),
+        maildir = quote(maildir),
+    )
+}
+
 /// Run the real `popsync` with `config_toml` written to
 /// `config_dir/config.toml` (mode 0600) and passed with `--config`; HOME and
 /// the XDG directories point into `config_dir`, stdin is null, and a run
