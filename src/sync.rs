@@ -876,7 +876,6 @@ async fn login(
             mech.name()
         ));
     };
-    greeted.send_listing_with_login();
     let mut tried = candidates.iter();
     let mut outcome = Err(SessionError::NoUsableAuth {
         server: server.clone(),
@@ -893,7 +892,7 @@ async fn login(
                 code: None | Some(RespCode::Other(_)),
                 text,
                 ..
-            }) if tried.len() > 0 && greeted.can_retry() => {
+            }) if tried.len() > 0 => {
                 opts.ui.verbose(&format!(
                     "{}: {} was refused ({}); trying the next mechanism",
                     account.name,
@@ -905,7 +904,7 @@ async fn login(
         }
     }
     outcome?;
-    Ok(greeted.into_transaction_pipelined().await)
+    Ok(greeted.into_transaction().await?)
 }
 
 /// RFC 2449 EXPIRE: the server deletes mail itself after N days; say so when

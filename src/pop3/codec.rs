@@ -103,6 +103,8 @@ pub enum Command {
     Rset,
     /// Keep-alive.
     Noop,
+    /// Ask for UTF-8 mode (RFC 6856), in the AUTHORIZATION state.
+    Utf8,
     /// End the session and commit deletions.
     Quit,
 }
@@ -168,6 +170,7 @@ impl Command {
             Command::Dele(_) => "DELE",
             Command::Rset => "RSET",
             Command::Noop => "NOOP",
+            Command::Utf8 => "UTF8",
             Command::Quit => "QUIT",
         }
     }
@@ -237,6 +240,7 @@ impl Command {
             | Command::Uidl(None)
             | Command::Rset
             | Command::Noop
+            | Command::Utf8
             | Command::Quit => keyword.to_owned(),
         }
     }
@@ -690,6 +694,11 @@ impl Capabilities {
     /// PIPELINING: commands may be sent without waiting for each reply.
     pub fn pipelining(&self) -> bool {
         self.has("PIPELINING")
+    }
+
+    /// UTF8 (RFC 6856): the server can be asked to send raw UTF-8 headers.
+    pub fn utf8(&self) -> bool {
+        self.has("UTF8")
     }
 
     /// TOP.

@@ -3,8 +3,10 @@
 //! Protocol states are types: `Greeted` (AUTHORIZATION state) can only log in or
 //! upgrade to TLS; only `Transaction` can RETR or DELE. The async code here only
 //! moves bytes and applies timeouts; parsing is `codec`'s. Server replies are
-//! read in command order, so a caller may send several commands before reading
-//! their replies (pipelining).
+//! matched to commands by position alone. Pipelining (several commands sent
+//! before their replies are read) follows RFC 2449: only in `Transaction`,
+//! and only when the CAPA asked after login lists PIPELINING; before login
+//! every command waits for its reply.
 
 use std::time::Duration;
 
@@ -420,41 +422,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 }
 
 /// A connection in the AUTHORIZATION state.
+///
+/// Every command here changes the state or may (USER, PASS, APOP, AUTH and
+/// its continuation lines, STLS, UTF8), so each one waits for its reply
+/// before anything else is sent (RFC 2449 allows pipelining only in the
+/// TRANSACTION state). Servers that hand a logged-in connection to another
+/// process (Courier) drop whatever was sent behind the login, and others
+/// (Cyrus) refuse it, which would misalign every reply after it.
 pub struct Greeted<S> {
     pub conn: Connection<S>,
     /// The greeting text; holds the APOP timestamp when the server offers APOP.
     pub greeting: String,
     pub capa: Capabilities,
-    listing: Ahead,
+    /// UTF8 (RFC 6856) was asked for on this connection.
+    utf8_asked: bool,
 }
-
-/// Whether the post-login CAPA, UIDL and LIST go out with the last login
-/// message (`send_listing_with_login`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ahead {
-    No,
-    Wanted,
-    Sent,
-    /// Their replies could not be read after a refused login: the
-    /// connection is out of step and cannot be used for another attempt.
-    Lost,
-}
-
-/// The commands `Transaction::listing` needs after login.
-const LISTING: [Command; 3] = [Command::Capa, Command::Uidl(None), Command::List(None)];
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
-    /// Read the server greeting and its capabilities. CAPA is sent at once,
-    /// without waiting for the greeting: servers read commands only after
-    /// greeting, so it waits in the socket, and its reply arrives with the
-    /// greeting instead of a round trip later.
+    /// Read the server greeting, then ask its capabilities. Nothing is sent
+    /// before the greeting has arrived: a server may discard input that
+    /// comes before it.
     pub async fn start(mut conn: Connection<S>) -> Result<Greeted<S>, SessionError> {
-        let asked = std::time::Instant::now();
-        conn.send(&Command::Capa).await?;
         let reply = conn.expect_ok("greeting").await?;
-        conn.note_rtt(asked.elapsed());
         let mut g = Greeted::resume(conn, reply.text);
-        g.capa = capa_reply(&mut g.conn).await?;
+        g.refresh_capa().await?;
         Ok(g)
     }
 
@@ -465,64 +456,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
             conn,
             greeting,
             capa: Capabilities::default(),
-            listing: Ahead::No,
-        }
-    }
-
-    /// When the server offers PIPELINING, send the post-login CAPA, UIDL and
-    /// LIST right behind the login message that completes the exchange
-    /// (AUTH PLAIN with its initial response; SCRAM's last, empty answer,
-    /// once the server has proved itself), saving a round trip. Only for a
-    /// session that goes on with `Transaction::listing`.
-    pub fn send_listing_with_login(&mut self) {
-        if self.listing == Ahead::No {
-            self.listing = Ahead::Wanted;
-        }
-    }
-
-    /// False when a refused login left replies that could not be read: no
-    /// other mechanism can be tried on this connection.
-    pub fn can_retry(&self) -> bool {
-        self.listing != Ahead::Lost
-    }
-
-    /// Send the login message `cmd`, with the listing behind it when that is
-    /// wanted and `complete` (nothing but +OK or -ERR can follow).
-    async fn send_login_message(
-        &mut self,
-        cmd: Command,
-        complete: bool,
-    ) -> Result<(), SessionError> {
-        if self.listing == Ahead::Wanted && complete && self.capa.pipelining() {
-            let mut cmds = vec![cmd];
-            cmds.extend(LISTING.iter().cloned());
-            self.conn.send_many(&cmds).await?;
-            self.listing = Ahead::Sent;
-            Ok(())
-        } else {
-            self.conn.send(&cmd).await
-        }
-    }
-
-    /// The login was refused with the listing in flight: read its replies
-    /// (in the AUTHORIZATION state: CAPA's, then two -ERR) so the session
-    /// is back in step for another mechanism.
-    async fn drain_listing(&mut self) {
-        if self.listing != Ahead::Sent {
-            return;
-        }
-        self.listing = Ahead::Wanted;
-        for cmd in &LISTING {
-            let name = cmd.name();
-            let drained = match self.conn.read_status(&name).await {
-                Ok(r) if r.status == Status::Ok => self.conn.read_listing(&name).await.map(|_| ()),
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if drained.is_err() {
-                self.listing = Ahead::Lost;
-                return;
-            }
+            utf8_asked: false,
         }
     }
 
@@ -549,7 +483,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
         mech: Mechanism,
     ) -> Result<Transaction<S>, SessionError> {
         self.authenticate(user, password, mech).await?;
-        Ok(self.into_transaction().await)
+        self.into_transaction().await
     }
 
     /// Try one login mechanism. On a plain rejection the session stays in
@@ -560,6 +494,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
         password: &str,
         mech: Mechanism,
     ) -> Result<(), SessionError> {
+        self.utf8_if_offered().await?;
         match mech {
             Mechanism::User => {
                 self.conn.send(&Command::User(user.to_owned())).await?;
@@ -587,35 +522,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
         Ok(())
     }
 
-    /// After a successful `authenticate`: the TRANSACTION state.
-    pub async fn into_transaction(self) -> Transaction<S> {
-        let mut t = Transaction {
-            conn: self.conn,
-            capa: self.capa,
-            capa_stale: false,
-            listing_sent: false,
+    /// After a successful `authenticate`: the TRANSACTION state. CAPA is
+    /// asked again, and its answer alone decides about pipelining: some
+    /// servers (Gmail) announce PIPELINING, TOP, UIDL only after login, and
+    /// what held before login need not hold after it.
+    pub async fn into_transaction(self) -> Result<Transaction<S>, SessionError> {
+        let mut conn = self.conn;
+        let capa = capa(&mut conn).await?;
+        Ok(Transaction {
+            conn,
+            capa,
             marked: false,
-        };
-        // Some servers (Gmail) announce PIPELINING, TOP, UIDL only after login.
-        t.capa = capa(&mut t.conn).await.unwrap_or(t.capa);
-        t
+        })
     }
 
-    /// Like `into_transaction`, but when the server already offers
-    /// PIPELINING the new CAPA is not waited for here: `listing` sends it
-    /// together with UIDL and LIST, saving a round trip. Until then `capa`
-    /// holds what the server said before login.
-    pub async fn into_transaction_pipelined(self) -> Transaction<S> {
-        if !self.capa.pipelining() {
-            return self.into_transaction().await;
+    /// RFC 6856: when the server offers UTF8, ask for it before logging in,
+    /// so that it sends headers with raw UTF-8 as they are stored instead of
+    /// rewriting them (Courier does). A refusal changes nothing: the session
+    /// goes on as before. Asked once per connection.
+    async fn utf8_if_offered(&mut self) -> Result<(), SessionError> {
+        if self.utf8_asked || !self.capa.utf8() {
+            return Ok(());
         }
-        Transaction {
-            listing_sent: self.listing == Ahead::Sent,
-            conn: self.conn,
-            capa: self.capa,
-            capa_stale: true,
-            marked: false,
+        self.utf8_asked = true;
+        self.conn.send(&Command::Utf8).await?;
+        let reply = self.conn.read_status("UTF8").await?;
+        if reply.status == Status::Continue {
+            return Err(SessionError::Protocol {
+                server: self.conn.server.clone(),
+                command: "UTF8".into(),
+                message: "unexpected \"+\" continuation".into(),
+            });
         }
+        Ok(())
     }
 
     async fn auth_reply(&mut self, user: &str, mechanism: &str) -> Result<Reply, SessionError> {
@@ -646,7 +585,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
         let mut client = auth::SaslClient::new(kind, user, password).map_err(&wrap)?;
         let name = kind.name();
         let initial = client.initial_response().map_err(&wrap)?;
-        let mut deferred = false;
         // RFC 5034: the whole command must fit in 255 octets, else send the
         // initial response after an empty challenge.
         let cmd = match initial {
@@ -655,7 +593,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
                 initial_response: Some(ir),
             },
             Some(ir) => {
-                deferred = true;
                 client.defer_initial(ir);
                 Command::Auth {
                     mechanism: name.to_owned(),
@@ -667,8 +604,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
                 initial_response: None,
             },
         };
-        let complete = !deferred && client.is_complete();
-        self.send_login_message(cmd, complete).await?;
+        self.conn.send(&cmd).await?;
         let label = format!("AUTH {name}");
         loop {
             let reply = self.conn.read_status(&label).await?;
@@ -678,7 +614,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
                     return Ok(());
                 }
                 Status::Err => {
-                    self.drain_listing().await;
                     return Err(SessionError::AuthFailed {
                         server: self.conn.server.clone(),
                         user: user.to_owned(),
@@ -687,19 +622,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
                         text: client.error_detail().unwrap_or(reply.text),
                     });
                 }
-                Status::Continue if self.listing == Ahead::Sent => {
-                    // The listing went out as if the exchange were over.
-                    return Err(SessionError::Protocol {
-                        server: self.conn.server.clone(),
-                        command: label,
-                        message: "the server asked for more after the last login message".into(),
-                    });
-                }
                 Status::Continue => {
                     let answer = client.step(&reply.text).map_err(&wrap)?;
-                    let complete = client.is_complete();
-                    self.send_login_message(Command::AuthResponse(answer), complete)
-                        .await?;
+                    self.conn.send(&Command::AuthResponse(answer)).await?;
                 }
             }
         }
@@ -713,14 +638,6 @@ async fn capa<S: AsyncRead + AsyncWrite + Unpin>(
     conn.send(&Command::Capa).await?;
     let reply = conn.read_status("CAPA").await?;
     conn.note_rtt(asked.elapsed());
-    capa_listing(conn, reply).await
-}
-
-/// Read the reply to a CAPA sent earlier.
-async fn capa_reply<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Connection<S>,
-) -> Result<Capabilities, SessionError> {
-    let reply = conn.read_status("CAPA").await?;
     capa_listing(conn, reply).await
 }
 
@@ -747,11 +664,6 @@ pub struct Listed {
 pub struct Transaction<S> {
     pub conn: Connection<S>,
     pub capa: Capabilities,
-    /// The post-login CAPA is still to be asked (with the listing).
-    capa_stale: bool,
-    /// CAPA, UIDL and LIST went out with the login; only their replies are
-    /// still to be read.
-    listing_sent: bool,
     /// Messages are marked deleted (DELE since the last RSET).
     marked: bool,
 }
@@ -770,17 +682,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
             }
         };
         let mut list_sent = true;
-        if self.capa_stale {
-            if !self.listing_sent {
-                self.conn.send_many(&LISTING).await?;
-            }
-            self.listing_sent = false;
-            let reply = self.conn.read_status("CAPA").await?;
-            if reply.status == Status::Ok {
-                self.capa = Capabilities::parse(&self.conn.read_listing("CAPA").await?);
-            }
-            self.capa_stale = false;
-        } else if self.capa.pipelining() {
+        if self.capa.pipelining() {
             self.conn
                 .send_many(&[Command::Uidl(None), Command::List(None)])
                 .await?;
