@@ -18,6 +18,8 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
@@ -580,6 +582,27 @@ impl Account {
             self.extra.push('\n');
         }
         self
+    }
+
+    /// An account for a mailbox on any server of the matrix
+    /// (`servers::PopServer`), otherwise as `new` makes it.
+    pub fn on(
+        name: &str,
+        server: &dyn servers::PopServer,
+        mailbox: &dyn servers::Mailbox,
+    ) -> Account {
+        Account {
+            name: name.to_owned(),
+            port: server.pop3s_port(),
+            pop3_port: server.pop3_port(),
+            pop3s_port: Some(server.pop3s_port()),
+            tls: "implicit".to_owned(),
+            ca_file: Some(server.ca_file()),
+            user: mailbox.user().to_owned(),
+            password: mailbox.password().to_owned(),
+            maildir: None,
+            extra: String::new(),
+        }
     }
 
     pub fn toml(&self) -> String {

@@ -20,6 +20,9 @@ dir=$1 user=$2 password=$3
 dir=$(cd "$dir" && pwd -P)
 [[ $user =~ ^[A-Za-z0-9._@+-]+$ ]] || die "user name must match [A-Za-z0-9._@+-]+: $user"
 [[ $password != *:* && $password != *$'\n'* ]] || die "password must not contain ':' or a newline"
+# Tests that share one server add users concurrently.
+exec 9>>"$dir/users.lock"
+flock 9
 if grep -q "^$user:" "$dir/users"; then die "user $user exists already"; fi
 
 # Who owns the server mailbox (start.sh wrote it down).
@@ -33,4 +36,10 @@ if [[ $(id -u) -eq 0 ]]; then
 fi
 
 printf '%s:{PLAIN}%s:%s:%s::%s::\n' "$user" "$password" "$mail_uid" "$mail_gid" "$home" >> "$dir/users"
+flock -u 9
+# Dovecot looks at the passwd-file at most once a second: a lookup earlier in
+# this second may have read it just before the new line. Return once the
+# next second has begun, when the next lookup reads the file again.
+now=$(date +%s.%N)
+sleep "$(awk -v now="$now" 'BEGIN { printf "%.3f", int(now) + 1.02 - now }')"
 echo "$home/Maildir"

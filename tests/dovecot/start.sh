@@ -3,7 +3,7 @@
 #
 # Used by the Rust test harness (tests/common/mod.rs) and by tests/demo.sh.
 #
-#   tests/dovecot/start.sh DIR [--no-stls] [--apop] [--cert KIND]
+#   tests/dovecot/start.sh DIR [--no-stls] [--apop] [--cert KIND] [--owner-pid PID]
 #
 # Creates DIR (if missing) and in it: a private CA (ca.pem, ca.key), a server
 # certificate signed by it (server.pem, server.key; SAN IP:127.0.0.1,
@@ -39,6 +39,10 @@
 #   selfsigned  valid now for IP:127.0.0.1 and DNS:localhost, but self-signed
 #               (not issued by the CA)
 #
+# --owner-pid PID: a detached watchdog stops the server and removes DIR once
+# process PID has gone (a server shared by a whole test binary lives in a
+# static, which Rust never drops).
+#
 # Note: Dovecot treats a connection whose remote IP equals its local IP (any
 # loopback connection to 127.0.0.1) as "secured", so `disable_plaintext_auth`
 # does NOT refuse USER/PASS before STLS here. Whether a client sends
@@ -51,13 +55,14 @@ set -euo pipefail
 
 die() { echo "start.sh: $*" >&2; exit 1; }
 
-usage="usage: start.sh DIR [--no-stls] [--apop] [--cert good|expired|wronghost|selfsigned]"
+usage="usage: start.sh DIR [--no-stls] [--apop] [--cert good|expired|wronghost|selfsigned] [--owner-pid PID]"
 [[ $# -ge 1 ]] || die "$usage"
 dir=$1
 shift
 no_stls=false
 apop=false
 cert_kind=""
+owner_pid=""
 while [[ $# -gt 0 ]]; do
     case $1 in
         --no-stls) no_stls=true ;;
@@ -68,6 +73,11 @@ while [[ $# -gt 0 ]]; do
             shift
             ;;
         --cert=*) cert_kind=${1#--cert=} ;;
+        --owner-pid)
+            [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--owner-pid needs a process id; $usage"
+            owner_pid=$2
+            shift
+            ;;
         *) die "unknown argument: $1; $usage" ;;
     esac
     shift
@@ -408,6 +418,11 @@ until [[ -s $base_dir/master.pid ]]; do
 done
 pid=$(cat "$base_dir/master.pid")
 started=true
+if [[ -n $owner_pid ]]; then
+    # Detached and off the caller's pipes, so the caller sees EOF at once.
+    setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; bash "$2/stop.sh"; rm -rf "$2"' \
+        watchdog "$owner_pid" "$dir" </dev/null >/dev/null 2>&1 &
+fi
 echo "pop3_port=$pop3_port"
 $no_stls || echo "pop3s_port=$pop3s_port"
 echo "ca=$dir/ca.pem"
