@@ -422,17 +422,6 @@ impl SaslClient {
         }
     }
 
-    /// Nothing but the server's verdict can follow the message just
-    /// produced: PLAIN's initial response (sent with the command), or SCRAM's
-    /// last, empty answer once the server's signature has checked out.
-    pub fn is_complete(&self) -> bool {
-        match self.kind {
-            Sasl::Plain => self.step == 0 && self.deferred.is_none(),
-            Sasl::ScramSha1 | Sasl::ScramSha256 => self.server_verified,
-            _ => false,
-        }
-    }
-
     /// The server's own words about a failed OAuth login (its JSON status).
     pub fn error_detail(&mut self) -> Option<String> {
         self.error_detail.take()
