@@ -11,7 +11,7 @@
 mod common;
 mod mailcheck;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::servers::{Mailbox, PopServer};
@@ -24,10 +24,15 @@ fn dovecot() -> Option<&'static dyn PopServer> {
     common::Dovecot::shared().map(|s| s as &dyn PopServer)
 }
 
+fn courier() -> Option<&'static dyn PopServer> {
+    common::courier::Courier::shared().map(|s| s as &dyn PopServer)
+}
+
 /// One test function per server for each scenario below.
 macro_rules! matrix {
     ($($scenario:ident),* $(,)?) => {
         matrix!(@server dovecot, $($scenario),*);
+        matrix!(@server courier, $($scenario),*);
     };
     (@server $server:ident, $($scenario:ident),*) => {
         mod $server {
@@ -126,6 +131,18 @@ fn env_for(server: &dyn PopServer, mailbox: &dyn Mailbox, tls: &str, extra: &str
     env
 }
 
+static MINUTES: AtomicI64 = AtomicI64::new(0);
+
+/// `popsync ARGS` with a clock a minute on from the last run's: Courier
+/// announces LOGIN-DELAY 10, which popsync honours, so runs as close
+/// together as a test's would be refused.
+fn run(env: &TestEnv, args: &[&str]) -> Output {
+    let minute = MINUTES.fetch_add(1, Ordering::Relaxed);
+    let now = chrono::DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").expect("a valid time")
+        + chrono::Duration::minutes(minute);
+    env.run_with_env(args, &[("POPSYNC_NOW", &now.to_rfc3339())])
+}
+
 fn expect(out: &Output, code: i32, server: &dyn PopServer) {
     assert_eq!(
         out.code,
@@ -145,7 +162,7 @@ fn fetch_is_byte_exact(server: &dyn PopServer, tls: &str) {
     let copy = deliver(server, &*mb, &mail);
     let env = env_for(server, &*mb, tls, "");
 
-    let out = env.run(&["fetch", "--all", "-q"]);
+    let out = run(&env, &["fetch", "--all", "-q"]);
     expect(&out, 0, server);
     assert_eq!(out.stderr, "", "-q prints nothing on success");
     assert_same_messages(
@@ -155,7 +172,7 @@ fn fetch_is_byte_exact(server: &dyn PopServer, tls: &str) {
     );
     assert_eq!(mb.server_messages().len(), mail.len(), "retention forever");
 
-    let again = env.run(&["fetch", "--all", "--json"]);
+    let again = run(&env, &["fetch", "--all", "--json"]);
     expect(&again, 0, server);
     assert!(
         again.stdout.contains("\"fetched\":0"),
@@ -180,7 +197,7 @@ fn every_offered_login_mechanism_fetches(server: &dyn PopServer) {
     for mech in server.mechanisms() {
         for tls in ["implicit", "starttls"] {
             let env = env_for(server, &*mb, tls, &format!("auth = [\"{mech}\"]"));
-            let out = env.run(&["fetch", "--all", "-v"]);
+            let out = run(&env, &["fetch", "--all", "-vv"]);
             expect(&out, 0, server);
             assert!(
                 out.stderr
@@ -202,10 +219,14 @@ fn every_offered_login_mechanism_fetches(server: &dyn PopServer) {
 
 fn retention_0d_leaves_the_server_empty(server: &dyn PopServer) {
     let mb = mailbox(server);
-    let mail = originals();
+    // Enough messages that removing them takes the server a moment after
+    // its +OK to QUIT (Courier answers first, then removes; over TLS it
+    // stopped half-way when the client hung up at once).
+    let mut mail = originals();
+    mail.extend((0..150).map(|i| message_of_size(100 + i, 3000, false)));
     let copy = deliver(server, &*mb, &mail);
     let env = env_for(server, &*mb, "implicit", "retention = \"0d\"");
-    let out = env.run(&["fetch", "--all", "--json"]);
+    let out = run(&env, &["fetch", "--all", "--json"]);
     expect(&out, 0, server);
     assert!(
         out.stdout.contains(&format!("\"deleted\":{}", mail.len())),
@@ -275,7 +296,7 @@ fn killed_mid_fetch_then_rerun_delivers_each_message_once(server: &dyn PopServer
     let killed_at = maildir_messages(&maildir).len();
     assert!(killed_at < COUNT, "killed mid-fetch, not after it");
 
-    let out = env.run(&["fetch", "--all"]);
+    let out = run(&env, &["fetch", "--all"]);
     expect(&out, 0, server);
     assert_same_messages(&maildir_messages(&maildir), &sorted(copy), server.kind());
     assert_eq!(
@@ -298,7 +319,7 @@ fn check_peek_probe_and_dry_run_change_nothing(server: &dyn PopServer) {
     let env = env_for(server, &*mb, "starttls", "retention = \"0d\"");
     let total: usize = copy.iter().map(Vec::len).sum();
 
-    let check = env.run(&["check", "acct"]);
+    let check = run(&env, &["check", "acct"]);
     expect(&check, 0, server);
     assert!(
         check
@@ -317,7 +338,7 @@ fn check_peek_probe_and_dry_run_change_nothing(server: &dyn PopServer) {
         .unwrap_or_else(|| panic!("no byte count in {:?}", check.stdout));
     assert!(listed >= total, "check counts {listed} bytes of {total}");
 
-    let peek = env.run(&["peek", "acct"]);
+    let peek = run(&env, &["peek", "acct"]);
     expect(&peek, 0, server);
     for subject in ["Test message 1", "Test message 4", "bulk message 9"] {
         assert!(
@@ -327,11 +348,11 @@ fn check_peek_probe_and_dry_run_change_nothing(server: &dyn PopServer) {
         );
     }
 
-    let probe = env.run(&["probe", "acct", "--login"]);
+    let probe = run(&env, &["probe", "acct", "--login"]);
     expect(&probe, 0, server);
     assert!(probe.stdout.contains("ok ("), "{}", probe.stdout);
 
-    let dry = env.run(&["fetch", "acct", "--dry-run"]);
+    let dry = run(&env, &["fetch", "acct", "--dry-run"]);
     expect(&dry, 0, server);
     let planned: Vec<&str> = dry.stdout.lines().collect();
     assert_eq!(planned.len(), mail.len(), "{}", dry.stdout);
@@ -349,7 +370,7 @@ fn check_peek_probe_and_dry_run_change_nothing(server: &dyn PopServer) {
         server.kind()
     );
     // And the real fetch still finds everything new.
-    expect(&env.run(&["fetch", "acct"]), 0, server);
+    expect(&run(&env, &["fetch", "acct"]), 0, server);
     assert_same_messages(
         &maildir_messages(&env.maildir("acct")),
         &sorted(copy),

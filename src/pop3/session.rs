@@ -274,6 +274,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let _ = tokio::time::timeout(self.timeout, self.stream.shutdown()).await;
     }
 
+    /// After a QUIT answered +OK: read and drop whatever comes until the
+    /// server closes the connection (RFC 1939: the server closes it after
+    /// the UPDATE state), bounded by the timeout.
+    pub async fn await_close(&mut self) {
+        let mut scrap = [0u8; 512];
+        let drained = async {
+            while let Ok(n) = self.stream.read(&mut scrap).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.timeout, drained).await;
+        self.close().await;
+    }
+
     /// Read more bytes into the buffer; an error when the server closed.
     async fn fill(&mut self, command: &str) -> Result<(), SessionError> {
         if self.pos > 0 && self.pos == self.buf.len() {
@@ -820,7 +836,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
     /// QUIT is on its way, which saves a round trip.
     pub async fn quit(mut self) -> Result<(), SessionError> {
         if self.marked {
-            return self.conn.simple(&Command::Quit).await.map(|_| ());
+            self.conn.simple(&Command::Quit).await?;
+            // Some servers (Courier) answer QUIT before they remove the
+            // messages, and over TLS their removal stops when the client
+            // hangs up first: wait for the server to close.
+            self.conn.await_close().await;
+            return Ok(());
         }
         self.conn.send(&Command::Quit).await?;
         self.conn.close().await;
@@ -960,6 +981,20 @@ mod tests {
             .reply("+OK\r\n1 a\r\n.\r\n+OK\r\n1 10\r\n.\r\n")
             .await;
         assert_eq!(listing.await.expect("join").expect("listing").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn after_deletions_quit_waits_for_the_server_to_close() {
+        let (mut t, mut server) = transaction(b"").await;
+        t.marked = true;
+        let quit = tokio::spawn(t.quit());
+        server.expect("QUIT").await;
+        server.reply("+OK Bye-bye.\r\n").await;
+        // The server is still removing messages: the client stays.
+        tokio::time::sleep(QUIET).await;
+        assert!(!quit.is_finished(), "hung up before the server closed");
+        drop(server);
+        quit.await.expect("join").expect("quit");
     }
 
     #[tokio::test]
