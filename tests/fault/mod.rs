@@ -7,10 +7,19 @@
 //! the test), dot-stuffs with CRLF, takes USER/PASS and AUTH (PLAIN, LOGIN,
 //! XOAUTH2, OAUTHBEARER, SCRAM-SHA-1, SCRAM-SHA-256; the initial response on
 //! the AUTH line or after an empty "+ " challenge; which ones it announces is
-//! up to the CAPA lines a test gives), and applies DELEs only at QUIT, like a
-//! real server. Its state (mailbox, faults, the commands it was sent, SASL
+//! up to the CAPA lines a test gives), APOP when asked to (`apop`), UTF8
+//! (RFC 6856) before login, and applies DELEs only at QUIT, like a real
+//! server. Its state (mailbox, faults, the commands it was sent, SASL
 //! answers included) outlives a connection, so a test can run popsync
 //! against a broken server, heal it, and run again.
+//!
+//! Two modes hold popsync to the pipelining rules of RFC 2449 the way real
+//! servers do: `login_handoff` (Courier's login front end: whatever arrived
+//! before the reply to a state-changing command, or before a delayed
+//! greeting, is thrown away) and `strict_no_pipelining` (no PIPELINING in
+//! CAPA, and a command that arrives before the previous reply was written
+//! is answered `-ERR`, as Cyrus does). Either way the server also records
+//! what was sent ahead (`ahead`) and what it threw away (`discarded`).
 //!
 //! ```ignore
 //! mod fault;
@@ -58,8 +67,12 @@ pub enum On {
     TlsHandshake,
     Greeting,
     Capa,
+    /// `UTF8` (RFC 6856), accepted in AUTHORIZATION state.
+    Utf8,
     User,
     Pass,
+    /// `APOP` (only with `Builder::apop`).
+    Apop,
     /// The final reply to AUTH (after the SASL payload).
     Auth,
     Uidl,
@@ -124,6 +137,22 @@ impl Fault {
     }
 }
 
+/// One line a client sent, as the server saw it (`FaultServer::transcript`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// Without CRLF; secrets as sent.
+    pub text: String,
+    /// It had arrived before the server finished writing the reply before
+    /// it (the greeting for the first line, the challenge for a SASL
+    /// answer): the client did not wait for that reply.
+    pub ahead: bool,
+    /// Thrown away unanswered (`greeting_delay`, `login_handoff`).
+    pub discarded: bool,
+    /// Read in TRANSACTION state: after the reply that completed the login
+    /// was written (lines thrown away at that reply count as before).
+    pub logged_in: bool,
+}
+
 /// One fault and how many more times it may fire (`None`: always).
 #[derive(Debug, Clone)]
 struct Rule {
@@ -153,9 +182,27 @@ struct State {
     /// finished writing the reply before them (the greeting for the first):
     /// sent without waiting for that reply.
     ahead: Vec<Vec<String>>,
+    /// Per connection, every line with what the server knew of it.
+    transcripts: Vec<Vec<Line>>,
+    /// Per connection, the lines the server threw away unanswered: sent
+    /// before a delayed greeting or before the reply to a state-changing
+    /// command of a `login_handoff` server.
+    discarded: Vec<Vec<String>>,
     /// Connections still being served.
     active: usize,
     capa: Vec<String>,
+    /// The CAPA lines in TRANSACTION state, if not the same as before login.
+    capa_after_login: Option<Vec<String>>,
+    /// Hold the greeting this long, then throw away what arrived meanwhile.
+    greeting_delay: Option<Duration>,
+    /// Throw away what arrived before the reply to USER, PASS, APOP, AUTH
+    /// (each challenge and the final reply) and UTF8.
+    handoff: bool,
+    /// Answer `-ERR` to any line that arrived before the previous reply was
+    /// written.
+    strict: bool,
+    /// The APOP timestamp of the greeting (`<...>`), when APOP is offered.
+    apop_stamp: Option<String>,
     user: String,
     password: String,
     /// The JSON an OAuth mechanism sends as its error challenge.
@@ -191,7 +238,26 @@ pub struct Builder {
     tls: bool,
     oauth_error: String,
     scram_bad_signature: bool,
+    capa_after_login: Option<Vec<String>>,
+    greeting_delay: Option<Duration>,
+    handoff: bool,
+    strict: bool,
+    apop: bool,
 }
+
+/// How long a `login_handoff` server delays the greeting.
+pub const HANDOFF_GREETING_DELAY: Duration = Duration::from_millis(200);
+
+/// How long a `login_handoff` server (before the reply to a state-changing
+/// command) and a `strict_no_pipelining` one (before every reply) keep
+/// reading before they answer, so that a line the client pipelined has
+/// arrived by then whatever the scheduling: an honest client sends nothing
+/// in that time, a pipelining one is caught every time.
+pub const GRACE: Duration = Duration::from_millis(20);
+
+/// The text of the `-ERR` a `strict_no_pipelining` server answers to a
+/// pipelined command.
+pub const PIPELINED_ERR: &str = "Unrecognized command (pipelined; PIPELINING was not offered)";
 
 /// The error status an OAuth server sends for a bad token (RFC 7628 3.2.2).
 pub const OAUTH_ERROR_JSON: &str =
@@ -249,6 +315,51 @@ impl Builder {
         self
     }
 
+    /// Different CAPA lines in TRANSACTION state (after login); the lines of
+    /// `capa` stay those before login.
+    pub fn capa_after_login(mut self, lines: &[&str]) -> Self {
+        self.capa_after_login = Some(lines.iter().map(|l| (*l).to_owned()).collect());
+        self
+    }
+
+    /// Hold the greeting for `d`, then throw away whatever the client sent
+    /// meanwhile (recorded in `sessions`, `ahead` and `discarded`): a client
+    /// that talks before the greeting loses those commands.
+    pub fn greeting_delay(mut self, d: Duration) -> Self {
+        self.greeting_delay = Some(d);
+        self
+    }
+
+    /// Courier's login front end: the greeting comes after
+    /// `HANDOFF_GREETING_DELAY`, and before it answers a state-changing
+    /// command (USER, PASS, APOP, each step and the end of AUTH, UTF8) the
+    /// server waits `GRACE`, then throws away everything it has received
+    /// beyond that command (another process takes the connection over).
+    /// CAPA is left as it is (Courier lists PIPELINING).
+    pub fn login_handoff(mut self) -> Self {
+        self.handoff = true;
+        self.greeting_delay.get_or_insert(HANDOFF_GREETING_DELAY);
+        self
+    }
+
+    /// A strict server without pipelining: PIPELINING is taken out of CAPA
+    /// (before and after login), and a line that arrived before the reply
+    /// to the previous one was written (the greeting for the first; within
+    /// AUTH, before the challenge it answers) is answered `PIPELINED_ERR`
+    /// instead, without effect; within AUTH it ends the exchange with -ERR.
+    /// Every reply waits `GRACE` first, so pipelined lines are caught.
+    pub fn strict_no_pipelining(mut self) -> Self {
+        self.strict = true;
+        self
+    }
+
+    /// Offer APOP: the greeting carries a timestamp, and `APOP USER DIGEST`
+    /// (MD5 of the timestamp and the password, RFC 1939) logs in.
+    pub fn apop(mut self) -> Self {
+        self.apop = true;
+        self
+    }
+
     /// Arm a fault; it fires every time unless `times` follows.
     pub fn fault(mut self, on: On, fault: Fault) -> Self {
         self.rules.push(Rule {
@@ -299,14 +410,36 @@ impl Builder {
                     .map(|(_, s)| *s),
             })
             .collect();
+        let strict = self.strict;
+        let without_pipelining = |lines: Vec<String>| -> Vec<String> {
+            if !strict {
+                return lines;
+            }
+            lines
+                .into_iter()
+                .filter(|l| !l.eq_ignore_ascii_case("PIPELINING"))
+                .collect()
+        };
         let state = Arc::new(Mutex::new(State {
             next_id: mailbox.len() as u64,
             mailbox,
             rules: self.rules,
             sessions: Vec::new(),
             ahead: Vec::new(),
+            transcripts: Vec::new(),
+            discarded: Vec::new(),
             active: 0,
-            capa: self.capa,
+            capa: without_pipelining(self.capa),
+            capa_after_login: self.capa_after_login.map(without_pipelining),
+            greeting_delay: self.greeting_delay,
+            handoff: self.handoff,
+            strict: self.strict,
+            apop_stamp: self.apop.then(|| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                format!("<{}.{nanos}@fault.example>", std::process::id())
+            }),
             user: self.user,
             password: self.password,
             oauth_error: self.oauth_error,
@@ -372,6 +505,11 @@ impl FaultServer {
             tls: false,
             oauth_error: OAUTH_ERROR_JSON.to_owned(),
             scram_bad_signature: false,
+            capa_after_login: None,
+            greeting_delay: None,
+            handoff: false,
+            strict: false,
+            apop: false,
         }
     }
 
@@ -420,15 +558,112 @@ impl FaultServer {
         self.state().sessions.get(i).cloned().unwrap_or_default()
     }
 
-    /// How many connections were accepted so far.
     /// The lines of connection `i` that the client sent without waiting for
-    /// the reply before them (the greeting for the first line): pipelined.
-    /// Exact when the server held that reply back (`Fault::Stall`) long
-    /// enough for them to arrive.
+    /// the reply before them (the greeting for the first line; for a SASL
+    /// answer, the challenge it answers): pipelined. Exact when the server
+    /// held that reply back (`Fault::Stall`, `GRACE` in the strict and
+    /// hand-off modes) long enough for them to arrive.
     pub fn ahead(&self, i: usize) -> Vec<String> {
         lock(&self.state).ahead.get(i).cloned().unwrap_or_default()
     }
 
+    /// Every line of connection `i` with what the server knew of it: sent
+    /// ahead of a reply, thrown away, sent after login.
+    pub fn transcript(&self, i: usize) -> Vec<Line> {
+        self.settle();
+        self.state().transcripts.get(i).cloned().unwrap_or_default()
+    }
+
+    /// `transcript` of every connection, in order.
+    pub fn transcripts(&self) -> Vec<Vec<Line>> {
+        self.settle();
+        self.state().transcripts.clone()
+    }
+
+    /// Where clients broke the pipelining rules (RFC 2449 as DESIGN.md
+    /// reads it), one description per breach, all connections; empty when
+    /// they kept them:
+    /// - nothing is sent before the greeting, and nothing is thrown away;
+    /// - in AUTHORIZATION state every line waits for the reply before it
+    ///   (CAPA, UTF8, USER, PASS, APOP, AUTH and each SASL answer);
+    /// - after login, a line may be sent ahead of a reply only if this
+    ///   server's CAPA after login lists PIPELINING and the client asked
+    ///   CAPA after login and had its reply before the line it sent ahead
+    ///   of the previous reply (so neither CAPA nor the first command after
+    ///   it is ever ahead);
+    /// - nothing follows QUIT.
+    pub fn pipelining_breaches(&self) -> Vec<String> {
+        self.settle();
+        let state = self.state();
+        let capa = state.capa_after_login.as_ref().unwrap_or(&state.capa);
+        let offered = capa.iter().any(|c| c.eq_ignore_ascii_case("PIPELINING"));
+        let mut breaches = Vec::new();
+        for (i, transcript) in state.transcripts.iter().enumerate() {
+            let texts: Vec<&str> = transcript.iter().map(|l| l.text.as_str()).collect();
+            let mut capa_after_login = None;
+            let mut quit = false;
+            for (n, line) in transcript.iter().enumerate() {
+                let what = |why: &str| {
+                    format!(
+                        "connection {i}, line {n} {:?}: {why}; all: {texts:?}",
+                        line.text
+                    )
+                };
+                if quit {
+                    breaches.push(what("sent after QUIT"));
+                }
+                quit |= line.text.eq_ignore_ascii_case("QUIT");
+                if line.discarded {
+                    breaches.push(what(
+                        "thrown away (sent before the greeting or a login reply)",
+                    ));
+                    continue;
+                }
+                if line.logged_in
+                    && capa_after_login.is_none()
+                    && line.text.eq_ignore_ascii_case("CAPA")
+                {
+                    capa_after_login = Some(n);
+                }
+                if !line.ahead {
+                    continue;
+                }
+                if n == 0 {
+                    breaches.push(what("sent before the greeting"));
+                } else if !line.logged_in {
+                    breaches.push(what("sent ahead of a reply before login"));
+                } else if !offered {
+                    breaches.push(what(
+                        "pipelined, but the CAPA after login has no PIPELINING",
+                    ));
+                } else if capa_after_login.is_none_or(|c| n <= c + 1) {
+                    breaches.push(what("pipelined before the reply to the CAPA after login"));
+                }
+            }
+        }
+        breaches
+    }
+
+    /// `ahead` of every connection, once they have ended (`settle`).
+    pub fn ahead_all(&self) -> Vec<Vec<String>> {
+        self.settle();
+        self.state().ahead.clone()
+    }
+
+    /// The lines connection `i` sent that the server threw away unanswered
+    /// (`greeting_delay`, `login_handoff`); they are in `session(i)` too.
+    pub fn discarded(&self, i: usize) -> Vec<String> {
+        self.settle();
+        self.state().discarded.get(i).cloned().unwrap_or_default()
+    }
+
+    /// `discarded` of every connection.
+    pub fn discarded_all(&self) -> Vec<Vec<String>> {
+        self.settle();
+        self.state().discarded.clone()
+    }
+
+    /// How many connections were accepted so far.
     pub fn connections(&self) -> usize {
         self.settle();
         self.state().sessions.len()
@@ -589,6 +824,8 @@ async fn accept_loop(
             let mut s = lock(&state);
             s.sessions.push(Vec::new());
             s.ahead.push(Vec::new());
+            s.transcripts.push(Vec::new());
+            s.discarded.push(Vec::new());
             s.active += 1;
             s.sessions.len() - 1
         };
@@ -643,6 +880,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         snapshot: None,
         deleted: Vec::new(),
         ahead: 0,
+        handoff: false,
+        strict: false,
+        refused_ahead: false,
     };
     let _ = conn.run().await;
 }
@@ -732,6 +972,11 @@ struct Conn<S> {
     /// Lines at the front of `inbuf` that arrived before the last reply was
     /// written.
     ahead: usize,
+    /// `Builder::login_handoff`, `Builder::strict_no_pipelining`.
+    handoff: bool,
+    strict: bool,
+    /// A strict server refused a SASL answer sent before its challenge.
+    refused_ahead: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -740,7 +985,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     async fn run(&mut self) -> std::io::Result<()> {
-        let greeting = Reply::ok("popsync fault server ready");
+        let (delay, stamp) = {
+            let s = self.state();
+            (s.greeting_delay, s.apop_stamp.clone())
+        };
+        (self.handoff, self.strict) = {
+            let s = self.state();
+            (s.handoff, s.strict)
+        };
+        let greeting = match stamp {
+            Some(stamp) => Reply::ok(&format!("popsync fault server ready {stamp}")),
+            None => Reply::ok("popsync fault server ready"),
+        };
+        if let Some(d) = delay {
+            if !self.hold(d).await {
+                return Ok(());
+            }
+            self.discard();
+        }
+        // Strict: a command sent before the greeting is caught too.
+        self.before_reply(false).await;
         let fault = self.state().fire(On::Greeting);
         if matches!(fault, Some(Fault::Err(_))) {
             // A server that refuses at the greeting hangs up.
@@ -751,17 +1015,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Ok(());
         }
         self.note_ahead();
-        while let Some(line) = self.read_line().await? {
-            let ahead = self.ahead > 0;
-            self.ahead = self.ahead.saturating_sub(1);
-            {
-                let mut state = self.state();
-                state.sessions[self.index].push(line.clone());
-                if ahead {
-                    state.ahead[self.index].push(line.clone());
-                }
+        while let Some((line, ahead)) = self.next_line().await? {
+            if self.strict && ahead {
+                self.before_reply(false).await;
+                self.write(format!("-ERR {PIPELINED_ERR}\r\n").as_bytes())
+                    .await?;
+                self.note_ahead();
+                continue;
             }
             let (on, reply) = self.answer(&line).await?;
+            let state_changing = matches!(
+                on,
+                Some(On::User | On::Pass | On::Apop | On::Auth | On::Utf8)
+            );
+            self.before_reply(state_changing).await;
             let fault = on.and_then(|on| self.state().fire(on));
             if !self.send_with(reply, fault).await? {
                 return Ok(());
@@ -769,6 +1036,84 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.note_ahead();
         }
         Ok(())
+    }
+
+    /// Read the next line and record it; true with it if it had arrived
+    /// before the last reply was written (pipelined).
+    async fn next_line(&mut self) -> std::io::Result<Option<(String, bool)>> {
+        let Some(line) = self.read_line().await? else {
+            return Ok(None);
+        };
+        let ahead = self.ahead > 0;
+        self.ahead = self.ahead.saturating_sub(1);
+        let logged_in = self.snapshot.is_some();
+        let mut state = lock(&self.state);
+        state.sessions[self.index].push(line.clone());
+        if ahead {
+            state.ahead[self.index].push(line.clone());
+        }
+        state.transcripts[self.index].push(Line {
+            text: line.clone(),
+            ahead,
+            discarded: false,
+            logged_in,
+        });
+        Ok(Some((line, ahead)))
+    }
+
+    /// About to reply (to a state-changing command if `state_changing`):
+    /// a strict server, and a hand-off server before a state-changing
+    /// reply, first read for `GRACE` so that pipelined lines are in; the
+    /// hand-off server then throws them away. A client that left meanwhile
+    /// still gets the reply written (and its effect applied), as with
+    /// `Fault::Stall`.
+    async fn before_reply(&mut self, state_changing: bool) {
+        let handoff = self.handoff && state_changing;
+        if self.strict || handoff {
+            let _ = self.hold(GRACE).await;
+        }
+        if handoff {
+            self.discard();
+        }
+    }
+
+    /// Throw away what was received and not yet answered, recording it in
+    /// `sessions`, `ahead` and `discarded` (a last partial line included).
+    fn discard(&mut self) {
+        if self.inbuf.is_empty() {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.inbuf);
+        self.ahead = 0;
+        let lines: Vec<String> = bytes
+            .split_inclusive(|&b| b == b'\n')
+            .map(|l| {
+                String::from_utf8_lossy(l)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned()
+            })
+            .collect();
+        let logged_in = self.snapshot.is_some();
+        let mut state = lock(&self.state);
+        state.sessions[self.index].extend(lines.iter().cloned());
+        state.ahead[self.index].extend(lines.iter().cloned());
+        state.transcripts[self.index].extend(lines.iter().map(|text| Line {
+            text: text.clone(),
+            ahead: true,
+            discarded: true,
+            logged_in,
+        }));
+        state.discarded[self.index].extend(lines);
+    }
+
+    /// The final reply of an AUTH exchange that `challenge` ended: the
+    /// client left, or (strict) answered before the challenge.
+    fn no_answer(&self) -> Reply {
+        if self.refused_ahead {
+            Reply::err(PIPELINED_ERR)
+        } else {
+            Reply::err("client left")
+        }
     }
 
     /// A reply is written: the whole lines the server has already read
@@ -938,7 +1283,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let logged_in = self.snapshot.is_some();
         let reply = match verb.as_str() {
             "CAPA" => {
-                let capa = self.state().capa.clone();
+                let capa = {
+                    let s = self.state();
+                    match &s.capa_after_login {
+                        Some(after) if logged_in => after.clone(),
+                        _ => s.capa.clone(),
+                    }
+                };
                 if capa.is_empty() {
                     return Ok((Some(On::Capa), Reply::err("unknown command")));
                 }
@@ -950,6 +1301,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             "QUIT" => (On::Quit, Reply::single("+OK bye".into(), Effect::Quit)),
             "NOOP" if logged_in => (On::Noop, Reply::ok("")),
+            // RFC 6856: only in AUTHORIZATION state.
+            "UTF8" if !logged_in => (On::Utf8, Reply::ok("UTF8 enabled")),
+            "APOP" if !logged_in && self.state().apop_stamp.is_some() => {
+                let ok = {
+                    let s = self.state();
+                    let stamp = s.apop_stamp.as_deref().unwrap_or_default();
+                    args.len() == 2
+                        && args[0] == s.user
+                        && args[1].eq_ignore_ascii_case(&md5_hex(
+                            format!("{stamp}{}", s.password).as_bytes(),
+                        ))
+                };
+                (On::Apop, self.login_reply(ok))
+            }
             "USER" if !logged_in => match args.first() {
                 Some(name) => (
                     On::User,
@@ -1066,7 +1431,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Some(p) => (*p).to_owned(),
             None => match self.challenge(b"").await? {
                 Some(line) => line,
-                None => return Ok(Reply::err("client left")),
+                None => return Ok(self.no_answer()),
             },
         };
         if initial == "*" {
@@ -1103,14 +1468,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Some(line) => line.to_owned(),
             None => match self.challenge(b"Username:").await? {
                 Some(line) => line,
-                None => return Ok(Reply::err("client left")),
+                None => return Ok(self.no_answer()),
             },
         };
         if user == "*" {
             return Ok(Reply::err("AUTH cancelled"));
         }
         let Some(password) = self.challenge(b"Password:").await? else {
-            return Ok(Reply::err("client left"));
+            return Ok(self.no_answer());
         };
         if password == "*" {
             return Ok(Reply::err("AUTH cancelled"));
@@ -1125,14 +1490,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Send "+ BASE64(data)" (just "+ " when empty) and read the answer
     /// line, recorded; None when the client left.
+    /// A hand-off server throws away what came before the challenge; a
+    /// strict one ends the exchange (None, see `no_answer`) if the answer
+    /// was sent before the challenge.
     async fn challenge(&mut self, data: &[u8]) -> std::io::Result<Option<String>> {
         use base64::Engine as _;
         let text = base64::engine::general_purpose::STANDARD.encode(data);
+        self.before_reply(true).await;
         self.write(format!("+ {text}\r\n").as_bytes()).await?;
-        let Some(line) = self.read_line().await? else {
+        self.note_ahead();
+        let Some((line, ahead)) = self.next_line().await? else {
             return Ok(None);
         };
-        self.state().sessions[self.index].push(line.clone());
+        if self.strict && ahead {
+            self.refused_ahead = true;
+            return Ok(None);
+        }
         Ok(Some(line))
     }
 
@@ -1175,7 +1548,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // RFC 7628 3.2.2 / Google's XOAUTH2: the status as a challenge; the
         // client answers (0x01, or an empty line), then the failure.
         if self.challenge(json.as_bytes()).await?.is_none() {
-            return Ok(Reply::err("client left"));
+            return Ok(self.no_answer());
         }
         Ok(Reply::err("[AUTH] invalid token"))
     }
@@ -1210,7 +1583,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let nonce = format!("{client_nonce}fAuLtSeRvErNoNcE");
         let server_first = format!("r={nonce},s={},i={iterations}", b64.encode(salt));
         let Some(answer) = self.challenge(server_first.as_bytes()).await? else {
-            return Ok(Reply::err("client left"));
+            return Ok(self.no_answer());
         };
         if answer == "*" {
             return Ok(Reply::err("AUTH cancelled"));
@@ -1270,7 +1643,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let server_final = format!("v={}", b64.encode(&signature));
         match self.challenge(server_final.as_bytes()).await? {
-            None => Ok(Reply::err("client left")),
+            None => Ok(self.no_answer()),
             Some(line) if line == "*" => Ok(Reply::err("AUTH cancelled")),
             Some(_) => Ok(self.login_reply(true)),
         }
@@ -1292,6 +1665,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let m = self.snapshot.as_ref()?.get(i)?;
         (!self.deleted[i]).then_some(m)
     }
+}
+
+/// MD5 in lower-case hex (APOP).
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest as _;
+    md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Base64 (standard alphabet, padded) to bytes; None if it is not.
@@ -1342,6 +1724,20 @@ pub fn plain_account_config(
     timeout_secs: u64,
     extra: &str,
 ) -> String {
+    account_config(dir, name, srv, maildir, timeout_secs, "secret", extra)
+}
+
+/// `plain_account_config` with another password (for XOAUTH2 and
+/// OAUTHBEARER: the token).
+pub fn account_config(
+    dir: &Path,
+    name: &str,
+    srv: &FaultServer,
+    maildir: &Path,
+    timeout_secs: u64,
+    password: &str,
+    extra: &str,
+) -> String {
     let quote = |p: &Path| {
         let s = p.to_string_lossy();
         format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
@@ -1349,10 +1745,11 @@ pub fn plain_account_config(
     format!(
         "[defaults]\nstate_dir = {state}\ntimeout = {timeout_secs}\n\n\
          [accounts.{name}]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
-         allow_plaintext = true\nuser = \"alice\"\npassword = \"secret\"\n\
+         allow_plaintext = true\nuser = \"alice\"\npassword = {password}\n\
          deliver = {{ maildir = {maildir} }}\nreceived_header = false\n{extra}\n",
         state = quote(&dir.join("state")),
         port = srv.port(),
+        password = quote(Path::new(password)),
         maildir = quote(maildir),
     )
 }
