@@ -98,6 +98,8 @@ pub struct Dovecot {
     ca_file: PathBuf,
     pid: u32,
     stopped: bool,
+    /// Shared by the tests of a binary, which log in while others add users.
+    shared: bool,
 }
 
 impl Dovecot {
@@ -186,6 +188,7 @@ impl Dovecot {
             ca_file,
             pid,
             stopped: false,
+            shared: false,
         }
     }
 
@@ -219,11 +222,12 @@ impl Dovecot {
     /// `password` has no ':' or newline.
     pub fn add_user(&self, name: &str, password: &str) -> User {
         let script = manifest_dir().join("tests/dovecot/add-user.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(self.dir())
-            .arg(name)
-            .arg(password)
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script).arg(self.dir()).arg(name).arg(password);
+        if self.shared {
+            cmd.arg("--settle");
+        }
+        let out = cmd
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
@@ -883,3 +887,7 @@ pub fn pem_fingerprint(pem: &Path) -> String {
     let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
     format!("sha256:{}", hex.join(":"))
 }
+
+pub mod cyrus;
+
+pub mod courier;

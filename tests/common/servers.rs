@@ -51,7 +51,9 @@ impl super::Dovecot {
         SHARED
             .get_or_init(|| {
                 let owner = std::process::id().to_string();
-                super::Dovecot::start_with(&["--owner-pid", &owner])
+                let mut dovecot = super::Dovecot::start_with(&["--owner-pid", &owner])?;
+                dovecot.shared = true;
+                Some(dovecot)
             })
             .as_ref()
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Add a mail user to the throwaway Dovecot made by start.sh.
 #
-#   tests/dovecot/add-user.sh DIR USER PASSWORD
+#   tests/dovecot/add-user.sh DIR USER PASSWORD [--settle]
 #
 # Appends a passwd-file line to DIR/users (password stored {PLAIN}, so every
 # SASL mechanism works) and creates the empty Maildir DIR/home/USER/Maildir
@@ -14,8 +14,8 @@ set -euo pipefail
 
 die() { echo "add-user.sh: $*" >&2; exit 1; }
 
-[[ $# -eq 3 ]] || die "usage: add-user.sh DIR USER PASSWORD"
-dir=$1 user=$2 password=$3
+[[ $# -eq 3 || ( $# -eq 4 && $4 == --settle ) ]] || die "usage: add-user.sh DIR USER PASSWORD [--settle]"
+dir=$1 user=$2 password=$3 settle=${4:-}
 [[ -f $dir/mail-owner ]] || die "$dir is not a server made by start.sh"
 dir=$(cd "$dir" && pwd -P)
 [[ $user =~ ^[A-Za-z0-9._@+-]+$ ]] || die "user name must match [A-Za-z0-9._@+-]+: $user"
@@ -37,9 +37,9 @@ fi
 
 printf '%s:{PLAIN}%s:%s:%s::%s::\n' "$user" "$password" "$mail_uid" "$mail_gid" "$home" >> "$dir/users"
 flock -u 9
-# Dovecot looks at the passwd-file at most once a second: a lookup earlier in
-# this second may have read it just before the new line. Return once the
-# next second has begun, when the next lookup reads the file again.
-now=$(date +%s.%N)
-sleep "$(awk -v now="$now" 'BEGIN { printf "%.3f", int(now) + 1.02 - now }')"
+# --settle, for a server that others log in to meanwhile: Dovecot looks at the
+# passwd-file at most once a second, so a lookup earlier in this second may
+# have read it just before the new line. Return once the next second has
+# begun, when the next lookup reads the file again.
+[[ -z $settle ]] || sleep "$(awk -v now="$(date +%s.%N)" 'BEGIN { printf "%.3f", int(now) + 1.02 - now }')"
 echo "$home/Maildir"
