@@ -4,11 +4,12 @@
 #   bash tests/run.sh
 #
 # Installs what the integration tests need when it is missing (Dovecot's POP3
-# server, openssl, the mail tools the delivery tests read mail back with, and
+# server; Courier's and Cyrus's, unpacked privately by tests/courier/install.sh
+# and tests/cyrus/install.sh; openssl, the mail tools the delivery tests read mail back with, and
 # fetchmail, getmail and mpop for the import tests),
 # then runs the whole suite. Without root it installs nothing and says what is
 # missing; the tests that need a missing tool then report themselves skipped,
-# except under CI=true, where a missing Dovecot fails the run.
+# except under CI=true, where a server that cannot start fails the run.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,5 +38,11 @@ if ((${#needed[@]})); then
         echo "tests/run.sh: missing ${needed[*]}; install them to run every test" >&2
     fi
 fi
+
+# Courier and Cyrus conflict with Dovecot as Debian packages (pop3-server):
+# these install their parts that do not conflict and unpack the rest under
+# target/test-servers/, where the tests run them as private servers.
+bash tests/courier/install.sh
+bash tests/cyrus/install.sh
 
 exec cargo test --locked "$@"

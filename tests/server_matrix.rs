@@ -28,11 +28,16 @@ fn courier() -> Option<&'static dyn PopServer> {
     common::courier::Courier::shared().map(|s| s as &dyn PopServer)
 }
 
+fn cyrus() -> Option<&'static dyn PopServer> {
+    common::cyrus::Cyrus::shared().map(|s| s as &dyn PopServer)
+}
+
 /// One test function per server for each scenario below.
 macro_rules! matrix {
     ($($scenario:ident),* $(,)?) => {
         matrix!(@server dovecot, $($scenario),*);
         matrix!(@server courier, $($scenario),*);
+        matrix!(@server cyrus, $($scenario),*);
     };
     (@server $server:ident, $($scenario:ident),*) => {
         mod $server {
@@ -110,11 +115,27 @@ fn deliver(server: &dyn PopServer, mailbox: &dyn Mailbox, mail: &[Vec<u8>]) -> V
         mail.len()
     );
     for (i, (stored, original)) in copy.iter().zip(mail).enumerate() {
+        if server.stores_verbatim() {
+            assert!(
+                stored == original,
+                "{}: message {i} is not stored as delivered:\n{}",
+                server.kind(),
+                String::from_utf8_lossy(stored)
+            );
+            continue;
+        }
+        // Every header line but Return-Path kept, and the body unchanged.
+        let text = String::from_utf8_lossy(original);
+        let (head, body) = text.split_once("\n\n").expect("a header and a body");
+        let stored = String::from_utf8_lossy(stored);
         assert!(
-            stored.ends_with(original),
-            "{}: message {i} is not stored as delivered:\n{}",
+            stored.ends_with(&format!("\n\n{body}"))
+                && head
+                    .lines()
+                    .filter(|l| !l.starts_with("Return-Path:"))
+                    .all(|l| stored.contains(l)),
+            "{}: message {i} is not stored as delivered:\n{stored}",
             server.kind(),
-            String::from_utf8_lossy(stored)
         );
     }
     copy
@@ -377,4 +398,66 @@ fn check_peek_probe_and_dry_run_change_nothing(server: &dyn PopServer) {
         server.kind(),
     );
     assert!(mb.server_messages().is_empty());
+}
+
+/// Cyrus with `popminpoll`: CAPA says LOGIN-DELAY 60, and the server itself
+/// refuses a login that comes too soon. popsync skips a run it knows to be
+/// too soon without logging in; a run that does not know (a new seen-store)
+/// is refused by the server: 75 either way, nothing delivered, no mail lost.
+#[test]
+fn cyrus_popminpoll_refusals_are_temporary() {
+    let Some(cyrus) = common::cyrus::Cyrus::start(&["--popminpoll", "1"]) else {
+        eprintln!("skipped: cyrus not installed");
+        return;
+    };
+    let mb = mailbox(&cyrus);
+    let copy = deliver(&cyrus, &*mb, &[sample_message(1, 2)]);
+    let env = env_for(&cyrus, &*mb, "implicit", "");
+    expect(&env.run(&["fetch", "--all"]), 0, &cyrus);
+    assert_eq!(maildir_messages(&env.maildir("acct")), copy);
+
+    mb.deliver(&sample_message(2, 2));
+    let known = env.run(&["fetch", "--all"]);
+    expect(&known, 75, &cyrus);
+    assert!(
+        known
+            .stderr
+            .contains("allows a login only every 60 s (LOGIN-DELAY)"),
+        "{}",
+        known.stderr
+    );
+
+    let stranger = env_for(&cyrus, &*mb, "implicit", "");
+    let refused = stranger.run(&["fetch", "--all"]);
+    expect(&refused, 75, &cyrus);
+    assert!(
+        refused.stderr.contains("[LOGIN-DELAY"),
+        "{}",
+        refused.stderr
+    );
+    assert!(maildir_messages(&stranger.maildir("acct")).is_empty());
+    assert_eq!(mb.server_messages().len(), 2, "nothing deleted");
+}
+
+/// Courier announces LOGIN-DELAY 10 (without enforcing it): popsync honours
+/// it for a run right after another, with exit 75 and when to try again.
+#[test]
+fn courier_login_delay_is_honoured() {
+    let Some(courier) = courier() else {
+        eprintln!("skipped: courier not installed");
+        return;
+    };
+    let mb = mailbox(courier);
+    deliver(courier, &*mb, &[sample_message(1, 2)]);
+    let env = env_for(courier, &*mb, "starttls", "");
+    expect(&env.run(&["fetch", "--all"]), 0, courier);
+    let again = env.run(&["check", "--all"]);
+    expect(&again, 75, courier);
+    assert!(
+        again
+            .stderr
+            .contains("allows a login only every 10 s (LOGIN-DELAY)"),
+        "{}",
+        again.stderr
+    );
 }

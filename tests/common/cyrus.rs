@@ -278,6 +278,9 @@ impl PopServer for Cyrus {
     fn kind(&self) -> &'static str {
         "cyrus"
     }
+    fn stores_verbatim(&self) -> bool {
+        false
+    }
 
     fn pop3_port(&self) -> u16 {
         self.pop3_port

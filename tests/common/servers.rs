@@ -28,6 +28,12 @@ pub trait PopServer: Send + Sync {
     fn mechanisms(&self) -> Vec<&'static str>;
     /// The server's log, for failure messages.
     fn log(&self) -> String;
+    /// Whether a delivered message is stored unchanged. Cyrus's lmtpd puts
+    /// its own trace headers in front, drops the message's Return-Path and
+    /// adds a missing Date or Message-ID.
+    fn stores_verbatim(&self) -> bool {
+        true
+    }
 }
 
 /// One user's mailbox on a `PopServer`.
