@@ -104,10 +104,11 @@ def login(p, mech):
         r = p._shortcmd(b64(user.encode()))
         assert base64.b64decode(r[2:]) == b"Password:", r
         return p._shortcmd(b64(pw.encode()))
-    if mech == "cram-md5":
-        r = p._shortcmd("AUTH CRAM-MD5")
+    cram = {"cram-md5": hashlib.md5, "cram-sha1": hashlib.sha1, "cram-sha256": hashlib.sha256}
+    if mech in cram:
+        r = p._shortcmd("AUTH " + mech.upper())
         challenge = base64.b64decode(r[2:])
-        digest = hmac.new(pw.encode(), challenge, hashlib.md5).hexdigest()
+        digest = hmac.new(pw.encode(), challenge, cram[mech]).hexdigest()
         return p._shortcmd(b64(user.encode() + b" " + digest.encode()))
     raise SystemExit("unknown mechanism " + mech)
 

@@ -45,6 +45,10 @@ pub enum AuthMech {
     ScramSha256,
     #[serde(rename = "scram-sha-1")]
     ScramSha1,
+    #[serde(rename = "cram-sha256")]
+    CramSha256,
+    #[serde(rename = "cram-sha1")]
+    CramSha1,
     #[serde(rename = "cram-md5")]
     CramMd5,
     #[serde(rename = "plain")]
@@ -67,6 +71,8 @@ impl AuthMech {
         match self {
             AuthMech::ScramSha256 => "scram-sha-256",
             AuthMech::ScramSha1 => "scram-sha-1",
+            AuthMech::CramSha256 => "cram-sha256",
+            AuthMech::CramSha1 => "cram-sha1",
             AuthMech::CramMd5 => "cram-md5",
             AuthMech::Plain => "plain",
             AuthMech::Login => "login",

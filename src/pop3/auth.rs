@@ -19,6 +19,8 @@ use crate::exit::ExitCode;
 pub enum Sasl {
     ScramSha256,
     ScramSha1,
+    CramSha256,
+    CramSha1,
     CramMd5,
     Plain,
     Login,
@@ -32,6 +34,8 @@ impl Sasl {
         match self {
             Sasl::ScramSha256 => "SCRAM-SHA-256",
             Sasl::ScramSha1 => "SCRAM-SHA-1",
+            Sasl::CramSha256 => "CRAM-SHA256",
+            Sasl::CramSha1 => "CRAM-SHA1",
             Sasl::CramMd5 => "CRAM-MD5",
             Sasl::Plain => "PLAIN",
             Sasl::Login => "LOGIN",
@@ -54,6 +58,8 @@ impl Mechanism {
         match m {
             AuthMech::ScramSha256 => Mechanism::Sasl(Sasl::ScramSha256),
             AuthMech::ScramSha1 => Mechanism::Sasl(Sasl::ScramSha1),
+            AuthMech::CramSha256 => Mechanism::Sasl(Sasl::CramSha256),
+            AuthMech::CramSha1 => Mechanism::Sasl(Sasl::CramSha1),
             AuthMech::CramMd5 => Mechanism::Sasl(Sasl::CramMd5),
             AuthMech::Plain => Mechanism::Sasl(Sasl::Plain),
             AuthMech::Login => Mechanism::Sasl(Sasl::Login),
@@ -88,9 +94,11 @@ impl Mechanism {
 }
 
 /// Password mechanisms, strongest first; OAuth ones are used only when named.
-const STRENGTH_ORDER: [Mechanism; 7] = [
+const STRENGTH_ORDER: [Mechanism; 9] = [
     Mechanism::Sasl(Sasl::ScramSha256),
     Mechanism::Sasl(Sasl::ScramSha1),
+    Mechanism::Sasl(Sasl::CramSha256),
+    Mechanism::Sasl(Sasl::CramSha1),
     Mechanism::Sasl(Sasl::CramMd5),
     Mechanism::Sasl(Sasl::Plain),
     Mechanism::Sasl(Sasl::Login),
@@ -265,7 +273,7 @@ impl SaslClient {
                 });
                 Some(B64.encode(first))
             }
-            Sasl::CramMd5 | Sasl::Login => None,
+            Sasl::CramSha256 | Sasl::CramSha1 | Sasl::CramMd5 | Sasl::Login => None,
         })
     }
 
@@ -303,6 +311,18 @@ impl SaslClient {
                     .map_err(|e| bad(e.to_string()))?;
                 mac.update(&challenge);
                 let digest = hex(&mac.finalize().into_bytes());
+                Ok(B64.encode(format!("{} {}", self.user, digest)))
+            }
+            // Courier's CRAM-SHA1 and CRAM-SHA256: CRAM-MD5 (RFC 2195) with
+            // another HMAC.
+            Sasl::CramSha1 | Sasl::CramSha256 => {
+                let algorithm = if self.kind == Sasl::CramSha1 {
+                    ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY
+                } else {
+                    ring::hmac::HMAC_SHA256
+                };
+                let key = ring::hmac::Key::new(algorithm, self.password.as_bytes());
+                let digest = hex(ring::hmac::sign(&key, &challenge).as_ref());
                 Ok(B64.encode(format!("{} {}", self.user, digest)))
             }
             Sasl::Xoauth2 => {
@@ -523,6 +543,23 @@ mod tests {
         let challenge = B64.encode("<1896.697170952@postoffice.reston.mci.net>");
         let answer = B64.decode(c.step(&challenge).unwrap()).unwrap();
         assert_eq!(answer, b"tim b913a602c7eda7a495b4e6e7334d3890");
+    }
+
+    #[test]
+    fn cram_sha1_and_sha256_are_cram_md5_with_another_hmac() {
+        let challenge = B64.encode("<1896.697170952@postoffice.reston.mci.net>");
+        for (kind, digest) in [
+            (Sasl::CramSha1, "8cb10ed0a8b764ab0e05125dd6eaa295f19b5943"),
+            (
+                Sasl::CramSha256,
+                "f0011bbf7c1618ef90e3f18148e5eda4e15631c9c38ebef062bf7143ff72e944",
+            ),
+        ] {
+            let mut c = SaslClient::new(kind, "tim", "tanstaaftanstaaf").unwrap();
+            assert_eq!(c.initial_response().unwrap(), None);
+            let answer = B64.decode(c.step(&challenge).unwrap()).unwrap();
+            assert_eq!(answer, format!("tim {digest}").as_bytes());
+        }
     }
 
     #[test]

@@ -342,11 +342,17 @@ impl PopServer for Courier {
         Box::new(self.add_user(name, password))
     }
 
-    /// USER/PASS and SASL PLAIN, LOGIN and CRAM-MD5, on both ports, before
-    /// and after TLS. Courier also offers CRAM-SHA1 and CRAM-SHA256, which
-    /// popsync does not speak; it has no APOP, SCRAM or OAuth.
+    /// USER/PASS and SASL PLAIN, LOGIN, CRAM-MD5, CRAM-SHA1 and CRAM-SHA256,
+    /// on both ports, before and after TLS; it has no APOP, SCRAM or OAuth.
     fn mechanisms(&self) -> Vec<&'static str> {
-        vec!["user", "plain", "login", "cram-md5"]
+        vec![
+            "user",
+            "plain",
+            "login",
+            "cram-md5",
+            "cram-sha1",
+            "cram-sha256",
+        ]
     }
 
     /// The end of courier.log: authdaemond, couriertcpd, couriertls,
