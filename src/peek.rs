@@ -110,7 +110,7 @@ pub async fn peek(
             .await
             .map_err(SyncError::from)?;
         for (l, was_seen) in batch {
-            let top = match session.read_top(l.msg, MAX_TOP).await {
+            let top = match session.read_top(l.msg, l.size, MAX_TOP).await {
                 Ok(t) => t,
                 // Without CAPA we could not know beforehand: a -ERR to TOP
                 // means the server lacks it.

@@ -286,7 +286,9 @@ async fn run_filter(
         let msgs: Vec<u32> = batch.iter().map(|p| p.listed.msg).collect();
         session.send_top(&msgs, 0).await?;
         for p in batch {
-            let headers = session.read_top(p.listed.msg, MAX_FILTER_HEADERS).await?;
+            let headers = session
+                .read_top(p.listed.msg, p.listed.size, MAX_FILTER_HEADERS)
+                .await?;
             let sender = deliver::envelope_sender(&headers);
             let verdict = filter::judge(
                 command,
@@ -327,7 +329,7 @@ pub async fn check_account(account: &Account, opts: &RunOptions) -> AccountRepor
             match p.action {
                 Action::Fetch { .. } => {
                     tally.new += 1;
-                    tally.bytes += p.listed.size;
+                    tally.bytes = tally.bytes.saturating_add(p.listed.size);
                 }
                 Action::Skip(_) => tally.skipped += 1,
                 _ => {}
@@ -497,12 +499,12 @@ async fn fetch_new(
         }
         // A batch: up to the target's limit and BATCH_BYTES of mail.
         let mut end = next;
-        let mut bytes = 0;
+        let mut bytes: u64 = 0;
         while end < fetch.len()
             && end - next < target.batch_limit()
-            && (end == next || bytes + fetch[end].listed.size <= BATCH_BYTES)
+            && (end == next || bytes.saturating_add(fetch[end].listed.size) <= BATCH_BYTES)
         {
-            bytes += fetch[end].listed.size;
+            bytes = bytes.saturating_add(fetch[end].listed.size);
             end += 1;
         }
         let batch = &fetch[next..end];
@@ -553,7 +555,7 @@ async fn fetch_new(
                     },
                 )?;
                 session
-                    .read_retr(p.listed.msg, |chunk| {
+                    .read_retr(p.listed.msg, p.listed.size, |chunk| {
                         if let Some(b) = &bar {
                             b.inc(chunk.len() as u64);
                         }
@@ -595,7 +597,7 @@ async fn fetch_new(
         store.finish_batch(&account.name, &delivered, &abandoned, opts.now)?;
         for (p, (key, size, location)) in batch.iter().zip(&delivered) {
             tally.fetched += 1;
-            tally.bytes += size;
+            tally.bytes = tally.bytes.saturating_add(*size);
             opts.ui.verbose(&format!(
                 "{}: fetched {} ({size} bytes) -> {location}",
                 account.name,

@@ -72,9 +72,9 @@ impl Window {
         let mut end = sent;
         while end < sizes.len()
             && end < self.max_commands
-            && (end == 0 || self.in_flight + sizes[end] <= limit)
+            && (end == 0 || self.in_flight.saturating_add(sizes[end]) <= limit)
         {
-            self.in_flight += sizes[end];
+            self.in_flight = self.in_flight.saturating_add(sizes[end]);
             end += 1;
         }
         if end > sent && self.first_sent.is_none() {
@@ -86,7 +86,7 @@ impl Window {
     /// A reply of `server_size` octets (its LIST size) has been read.
     pub fn arrived(&mut self, server_size: u64) {
         self.in_flight = self.in_flight.saturating_sub(server_size);
-        self.received += server_size;
+        self.received = self.received.saturating_add(server_size);
     }
 }
 

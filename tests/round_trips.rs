@@ -94,7 +94,7 @@ fn a_server_refusing_at_the_greeting_is_still_reported_as_such() {
 }
 
 #[test]
-fn with_pipelining_after_login_uidl_and_list_go_out_together() {
+fn with_pipelining_after_login_stat_uidl_and_list_go_out_together() {
     let srv = FaultServer::builder()
         .messages(mail())
         .fault(On::Uidl, Fault::Stall(HOLD))
@@ -117,13 +117,17 @@ fn with_pipelining_after_login_uidl_and_list_go_out_together() {
         transcript[uidl + 1].ahead,
         "LIST is sent without waiting for the listing of UIDL: {transcript:?}"
     );
+    // STAT goes first (its count bounds the listings), right behind the
+    // CAPA after login.
+    assert_eq!(transcript[uidl - 1].text, "STAT", "{transcript:?}");
+    assert!(transcript[uidl].ahead, "{transcript:?}");
     assert_eq!(
-        transcript[uidl - 1].text,
+        transcript[uidl - 2].text,
         "CAPA",
         "the CAPA after login comes first: {transcript:?}"
     );
-    assert!(transcript[uidl - 1].logged_in, "{transcript:?}");
-    assert_no_breach(&srv, "UIDL+LIST");
+    assert!(transcript[uidl - 2].logged_in, "{transcript:?}");
+    assert_no_breach(&srv, "STAT+UIDL+LIST");
 }
 
 #[test]

@@ -671,6 +671,112 @@ fn endless_uidl_listing_is_bounded() {
     );
 }
 
+/// Issue 14, item 8: a listing at 200 lines a second never times out a
+/// read; it is refused after what STAT's count can take, within seconds,
+/// and the account's lock is free for the next run.
+#[test]
+fn a_listing_that_never_ends_is_refused_by_the_stat_count() {
+    let mail = messages(3);
+    let srv = FaultServer::builder()
+        .messages(mail.clone())
+        .fault(On::Uidl, Fault::EndlessEvery(Duration::from_millis(5)))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(76);
+    run.assert_names(&srv, "UIDL");
+    assert!(run.stderr.contains("STAT"), "{}", run.stderr);
+    assert!(
+        run.elapsed < Duration::from_secs(10),
+        "took {:?}",
+        run.elapsed
+    );
+    assert!(env.delivered().is_empty());
+
+    srv.heal();
+    env.fetch(&srv, "", &[]).assert_code(0);
+    assert_eq!(env.delivered(), sorted(mail));
+}
+
+/// Item 8: a reply that trickles in is given up when the time its size
+/// allows has passed, even though no single read times out: 75, so the
+/// next cron run tries again.
+#[test]
+fn a_listing_that_trickles_past_its_deadline_is_temporary() {
+    let srv = FaultServer::builder()
+        .messages(messages(2))
+        .fault(On::List, Fault::Trickle(Duration::from_millis(300)))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "", &[]);
+    run.assert_code(75);
+    run.assert_names(&srv, "LIST");
+    assert!(
+        run.elapsed < Duration::from_secs(8),
+        "took {:?}",
+        run.elapsed
+    );
+    assert!(env.delivered().is_empty());
+}
+
+/// Item 12: a server that lists 100 octets and streams megabytes is
+/// stopped: 76, nothing delivered, the message stays on the server.
+#[test]
+fn a_message_far_larger_than_listed_is_stopped_and_nothing_delivered() {
+    let srv = FaultServer::builder()
+        .messages(messages(1))
+        .list_size(1, 100)
+        .fault(On::Retr(1), Fault::LongLine(3 << 20))
+        .start();
+    let env = Env::new();
+
+    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    run.assert_code(76);
+    run.assert_names(&srv, "RETR 1");
+    assert!(run.stderr.contains("LIST announced"), "{}", run.stderr);
+    assert!(env.delivered().is_empty());
+    assert!(env.tmp_files().is_empty(), "{:?}", env.tmp_files());
+    assert_eq!(srv.mailbox().len(), 1);
+}
+
+/// Item 9: DELEs go out in windows like RETRs, so a server that reads
+/// slowly cannot leave popsync blocked writing every DELE at once: at least
+/// every 1024th DELE waits for the reply before it.
+#[test]
+fn deles_go_out_in_windows() {
+    const COUNT: usize = 1500;
+    let mail: Vec<Vec<u8>> = (0..COUNT)
+        .map(|i| format!("Subject: {i}\n\n{i}\n").into_bytes())
+        .collect();
+    let srv = FaultServer::builder()
+        .messages(mail)
+        .capa(&["UIDL", "USER", "PIPELINING"])
+        .start();
+    let env = Env::new();
+
+    env.fetch(&srv, "retention = \"0d\"", &[]).assert_code(0);
+    assert!(srv.mailbox().is_empty());
+    let dele: Vec<bool> = srv
+        .transcripts()
+        .concat()
+        .into_iter()
+        .filter(|l| l.text.starts_with("DELE "))
+        .map(|l| l.ahead)
+        .collect();
+    assert_eq!(dele.len(), COUNT);
+    let longest_run = dele
+        .split(|ahead| !ahead)
+        .map(<[bool]>::len)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest_run < 1024,
+        "{longest_run} DELEs in a row were sent ahead of a reply"
+    );
+}
+
 #[test]
 fn bytes_one_at_a_time_still_work() {
     let mail = vec![message(1, 200), message(2, 200)];

@@ -11,6 +11,8 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+// tokio's clock, so that deadlines and the timers that enforce them agree.
+use tokio::time::Instant;
 
 use super::auth::{self, Mechanism};
 use super::codec::{
@@ -21,7 +23,28 @@ use crate::exit::ExitCode;
 
 /// Most bytes of a listing (UIDL, LIST, CAPA) kept in memory: bounds what a
 /// hostile server can make us allocate. 64 MiB is about a million messages.
-const MAX_LISTING: usize = 64 << 20;
+const MAX_LISTING: u64 = 64 << 20;
+
+/// Most octets of a CAPA reply.
+const MAX_CAPA: u64 = 64 << 10;
+
+/// Octets a listing line may take per message: "4294967295 " plus a
+/// 70-character UIDL (RFC 1939) and the line end, rounded up; LIST's lines
+/// are shorter.
+const LISTING_LINE: u64 = 128;
+
+/// The slowest a multi-line reply may arrive, on top of the timeout: a
+/// server that trickles (or never ends) a reply cannot hold the account's
+/// lock for ever. 1 KiB/s is slower than any link mail travels over.
+const MIN_RATE: u64 = 1024;
+
+/// How far a message may run past the size LIST announced before the RETR
+/// is stopped: LIST counts CRLF line ends, so the decoded message is
+/// smaller; a server that sends more than twice as much (plus slack for
+/// servers that rewrite a message) is broken or hostile.
+fn retr_limit(listed: u64) -> u64 {
+    listed.saturating_mul(2).saturating_add(1 << 20)
+}
 
 /// How a session failed. Every variant names the server and the command.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +106,24 @@ pub enum SessionError {
         command: String,
         source: CodecError,
     },
+    #[error(
+        "{server}: the reply to {command} ran past {limit} octets ({why}); the server is broken or hostile, nothing of it was kept"
+    )]
+    TooLong {
+        server: String,
+        command: String,
+        limit: u64,
+        why: String,
+    },
+    #[error(
+        "{server}: the reply to {command} was not complete after {}s (it arrives at less than {MIN_RATE} octets/s); try again later",
+        allowed.as_secs()
+    )]
+    TooSlow {
+        server: String,
+        command: String,
+        allowed: Duration,
+    },
     /// The message sink (delivery) failed; carried through unchanged.
     #[error("{0}")]
     Sink(Box<dyn std::error::Error + Send + Sync>),
@@ -109,7 +150,8 @@ impl SessionError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             SessionError::Io { .. } => ExitCode::Unavailable,
-            SessionError::Timeout { .. } => ExitCode::TempFail,
+            SessionError::Timeout { .. } | SessionError::TooSlow { .. } => ExitCode::TempFail,
+            SessionError::TooLong { .. } => ExitCode::Protocol,
             SessionError::Closed { .. }
             | SessionError::Malformed { .. }
             | SessionError::Protocol { .. } => ExitCode::Protocol,
@@ -165,6 +207,16 @@ impl Settings {
 
 /// Reply to one command.
 pub type Reply = StatusLine;
+
+/// What a multi-line reply may be: at most `max` decoded octets, complete
+/// before `deadline`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    max: u64,
+    why: &'static str,
+    started: Instant,
+    deadline: Instant,
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn new(stream: S, server: String, timeout: Duration, trace: Option<Trace>) -> Self {
@@ -290,8 +342,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.close().await;
     }
 
-    /// Read more bytes into the buffer; an error when the server closed.
-    async fn fill(&mut self, command: &str) -> Result<(), SessionError> {
+    /// A bound for a reply of at most `max` octets (`why` says where the
+    /// number comes from): the timeout, plus the time `max` octets take at
+    /// `MIN_RATE`.
+    pub fn bound(&self, max: u64, why: &'static str) -> Bound {
+        let started = Instant::now();
+        let slack = Duration::from_secs(max / MIN_RATE);
+        Bound {
+            max,
+            why,
+            started,
+            deadline: started + self.timeout.saturating_add(slack),
+        }
+    }
+
+    /// Read more bytes into the buffer; an error when the server closed or
+    /// nothing came within the timeout. A reply that is not done by
+    /// `bound`'s deadline is `TooSlow`, however steadily its bytes trickle in.
+    async fn fill_until(
+        &mut self,
+        command: &str,
+        bound: Option<&Bound>,
+    ) -> Result<(), SessionError> {
+        let mut wait = self.timeout;
+        if let Some(b) = bound {
+            let left = b.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SessionError::TooSlow {
+                    server: self.server.clone(),
+                    command: command.to_owned(),
+                    allowed: b.deadline - b.started,
+                });
+            }
+            wait = wait.min(left);
+        }
         if self.pos > 0 && self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -301,8 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         let start = self.buf.len();
         self.buf.resize(start + self.read_size, 0);
-        let read =
-            tokio::time::timeout(self.timeout, self.stream.read(&mut self.buf[start..])).await;
+        let read = tokio::time::timeout(wait, self.stream.read(&mut self.buf[start..])).await;
         let n = match read {
             Ok(Ok(n)) => n,
             Ok(Err(source)) => {
@@ -315,6 +398,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Err(_) => {
                 self.buf.truncate(start);
+                if let Some(b) = bound.filter(|b| Instant::now() >= b.deadline) {
+                    return Err(SessionError::TooSlow {
+                        server: self.server.clone(),
+                        command: command.to_owned(),
+                        allowed: b.deadline - b.started,
+                    });
+                }
                 return Err(SessionError::Timeout {
                     server: self.server.clone(),
                     command: command.to_owned(),
@@ -334,6 +424,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Read one status line.
     pub async fn read_status(&mut self, command: &str) -> Result<Reply, SessionError> {
+        // A line that trickles in one octet per timeout would never end.
+        let bound = self.bound(1024, "a status line");
         loop {
             let found = codec::split_line(&self.buf[self.pos..]).map_err(|source| {
                 SessionError::Malformed {
@@ -361,13 +453,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     source,
                 });
             }
-            self.fill(command).await?;
+            self.fill_until(command, Some(&bound)).await?;
         }
     }
 
     /// Read the body of a multi-line reply, handing decoded bytes (LF line
-    /// ends) to `sink` as they arrive. Returns the decoded length.
-    pub async fn read_body<F>(&mut self, command: &str, mut sink: F) -> Result<u64, SessionError>
+    /// ends) to `sink` as they arrive; no more than `bound` allows. Returns
+    /// the decoded length.
+    pub async fn read_body<F>(
+        &mut self,
+        command: &str,
+        bound: Bound,
+        mut sink: F,
+    ) -> Result<u64, SessionError>
     where
         F: FnMut(&[u8]) -> Result<(), SessionError>,
     {
@@ -380,7 +478,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let (consumed, state) = decoder.decode(&self.buf[self.pos..], &mut out);
                 self.pos += consumed;
                 if !out.is_empty() {
-                    total += out.len() as u64;
+                    total = total.saturating_add(out.len() as u64);
+                    if total > bound.max {
+                        return Err(SessionError::TooLong {
+                            server: self.server.clone(),
+                            command: command.to_owned(),
+                            limit: bound.max,
+                            why: bound.why.to_owned(),
+                        });
+                    }
                     sink(&out)?;
                 }
                 if let Decoded::End = state {
@@ -388,22 +494,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return Ok(total);
                 }
             }
-            self.fill(command).await?;
+            self.fill_until(command, Some(&bound)).await?;
         }
     }
 
-    /// Read a whole multi-line body into memory, bounded by `MAX_LISTING`.
-    pub async fn read_listing(&mut self, command: &str) -> Result<Vec<u8>, SessionError> {
-        let server = self.server.clone();
+    /// Read a whole multi-line body of at most `max` octets (and never more
+    /// than `MAX_LISTING`) into memory.
+    pub async fn read_listing(
+        &mut self,
+        command: &str,
+        max: u64,
+        why: &'static str,
+    ) -> Result<Vec<u8>, SessionError> {
+        let (max, why) = if max > MAX_LISTING {
+            (MAX_LISTING, "the most popsync reads of a listing")
+        } else {
+            (max, why)
+        };
+        let bound = self.bound(max, why);
         let mut body = Vec::new();
-        self.read_body(command, |chunk| {
-            if body.len() + chunk.len() > MAX_LISTING {
-                return Err(SessionError::Protocol {
-                    server: server.clone(),
-                    command: command.to_owned(),
-                    message: format!("reply longer than {MAX_LISTING} octets"),
-                });
-            }
+        self.read_body(command, bound, |chunk| {
             body.extend_from_slice(chunk);
             Ok(())
         })
@@ -662,7 +772,11 @@ async fn capa_listing<S: AsyncRead + AsyncWrite + Unpin>(
     reply: Reply,
 ) -> Result<Capabilities, SessionError> {
     match reply.status {
-        Status::Ok => Ok(Capabilities::parse(&conn.read_listing("CAPA").await?)),
+        Status::Ok => Ok(Capabilities::parse(
+            &conn
+                .read_listing("CAPA", MAX_CAPA, "the most popsync reads of a CAPA")
+                .await?,
+        )),
         // RFC 1939-only servers answer -ERR: they simply have no extensions.
         _ => Ok(Capabilities::default()),
     }
@@ -685,7 +799,9 @@ pub struct Transaction<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
-    /// UIDL and LIST of the whole mailbox, joined by message number.
+    /// UIDL and LIST of the whole mailbox, joined by message number. STAT
+    /// comes first: its count bounds the listings, so a server that lists
+    /// more messages than it has (or lists for ever) is refused at once.
     pub async fn listing(&mut self) -> Result<Vec<Listed>, SessionError> {
         let server = self.conn.server.clone();
         let malformed = |command: &str| {
@@ -697,54 +813,83 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
                 source,
             }
         };
-        let mut list_sent = true;
-        if self.capa.pipelining() {
+        let pipelining = self.capa.pipelining();
+        if pipelining {
             self.conn
-                .send_many(&[Command::Uidl(None), Command::List(None)])
+                .send_many(&[Command::Stat, Command::Uidl(None), Command::List(None)])
                 .await?;
         } else {
-            self.conn.send(&Command::Uidl(None)).await?;
-            list_sent = false;
+            // Without PIPELINING one command at a time (RFC 2449).
+            self.conn.send(&Command::Stat).await?;
         }
-        let uidl_reply = self.conn.read_status("UIDL").await;
-        let uidls = match uidl_reply {
-            Ok(r) if r.status == Status::Ok => {
-                let body = self.conn.read_listing("UIDL").await?;
-                Some(codec::parse_uidl_listing(&body).map_err(malformed("UIDL"))?)
-            }
+        let stat = self.conn.expect_ok("STAT").await?;
+        let (count, _) = codec::parse_stat(&stat.text).map_err(malformed("STAT"))?;
+        let max = u64::from(count)
+            .saturating_mul(LISTING_LINE)
+            .saturating_add(LISTING_LINE);
+        let why = "more than the messages STAT counted can take";
+
+        if !pipelining {
+            self.conn.send(&Command::Uidl(None)).await?;
+        }
+        let uidl_reply = self.conn.read_status("UIDL").await?;
+        let uidls = if uidl_reply.status == Status::Ok {
+            let body = self.conn.read_listing("UIDL", max, why).await?;
+            Some(codec::parse_uidl_listing(&body).map_err(malformed("UIDL"))?)
+        } else if uidl_reply.code.is_some() || self.capa.uidl() {
             // A response code (e.g. [SYS/TEMP]) or a server that announces
             // UIDL means "not now", not "not supported".
-            Ok(r) if r.code.is_some() || self.capa.uidl() => {
-                return Err(SessionError::Rejected {
-                    server,
-                    command: "UIDL".into(),
-                    code: r.code,
-                    text: r.text,
-                });
-            }
-            Ok(_) => None,
-            Err(e) => return Err(e),
+            return Err(SessionError::Rejected {
+                server,
+                command: "UIDL".into(),
+                code: uidl_reply.code,
+                text: uidl_reply.text,
+            });
+        } else {
+            None
         };
-        let no_uidl = || {
-            SessionError::Protocol {
-            server: server.clone(),
-            command: "UIDL".into(),
-            message: "the server does not support UIDL, which popsync needs to tell new mail from old; ask the provider to enable it".into(),
-        }
-        };
-        if !list_sent {
-            // Without PIPELINING one command at a time (RFC 2449).
-            if uidls.is_none() {
-                return Err(no_uidl());
+        let Some(uidls) = uidls else {
+            if pipelining {
+                // LIST's reply is on its way: read it, so that nothing is
+                // left unread behind the error.
+                if self.conn.read_status("LIST").await?.status == Status::Ok {
+                    self.conn.read_listing("LIST", max, why).await?;
+                }
             }
+            return Err(SessionError::Protocol {
+                server,
+                command: "UIDL".into(),
+                message: "the server does not support UIDL, which popsync needs to tell new mail from old; ask the provider to enable it".into(),
+            });
+        };
+        if !pipelining {
             self.conn.send(&Command::List(None)).await?;
         }
         self.conn.expect_ok("LIST").await?;
-        let body = self.conn.read_listing("LIST").await?;
+        let body = self.conn.read_listing("LIST", max, why).await?;
         let sizes = codec::parse_list_listing(&body).map_err(malformed("LIST"))?;
-        let Some(uidls) = uidls else {
-            return Err(no_uidl());
+        let numbered = |command: &str, numbers: &mut dyn Iterator<Item = u32>| {
+            let mut seen = std::collections::HashSet::new();
+            for msg in numbers {
+                if msg == 0 || msg > count || !seen.insert(msg) {
+                    return Err(SessionError::Protocol {
+                        server: server.clone(),
+                        command: command.to_owned(),
+                        message: format!(
+                            "message {msg} is listed {}, but STAT counts {count} messages",
+                            if seen.contains(&msg) && msg <= count && msg > 0 {
+                                "twice"
+                            } else {
+                                "out of range"
+                            }
+                        ),
+                    });
+                }
+            }
+            Ok(())
         };
+        numbered("UIDL", &mut uidls.iter().map(|(m, _)| *m))?;
+        numbered("LIST", &mut sizes.iter().map(|(m, _)| *m))?;
         let size_of: std::collections::HashMap<u32, u64> = sizes.into_iter().collect();
         let mut out = Vec::with_capacity(uidls.len());
         for (msg, uidl) in uidls {
@@ -767,14 +912,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
         self.conn.send_many(&cmds).await
     }
 
-    /// Read the reply to a RETR sent earlier, streaming the message into `sink`.
-    pub async fn read_retr<F>(&mut self, msg: u32, sink: F) -> Result<u64, SessionError>
+    /// Read the reply to a RETR sent earlier, streaming the message into
+    /// `sink`. `listed` is the size LIST gave: a message that runs far past
+    /// it, or arrives slower than `MIN_RATE` allows, is stopped.
+    pub async fn read_retr<F>(
+        &mut self,
+        msg: u32,
+        listed: u64,
+        sink: F,
+    ) -> Result<u64, SessionError>
     where
         F: FnMut(&[u8]) -> Result<(), SessionError>,
     {
         let label = format!("RETR {msg}");
         self.conn.expect_ok(&label).await?;
-        self.conn.read_body(&label, sink).await
+        let bound = self
+            .conn
+            .bound(retr_limit(listed), "far more than the size LIST announced");
+        self.conn.read_body(&label, bound, sink).await
     }
 
     /// Send TOP for several messages without waiting (pipelining).
@@ -789,12 +944,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
     /// Read the reply to a TOP sent earlier: the headers and `lines` body
     /// lines, of which at most `limit` bytes are kept (the rest is read and
     /// dropped, so the stream stays in step).
-    pub async fn read_top(&mut self, msg: u32, limit: usize) -> Result<Vec<u8>, SessionError> {
+    pub async fn read_top(
+        &mut self,
+        msg: u32,
+        listed: u64,
+        limit: usize,
+    ) -> Result<Vec<u8>, SessionError> {
         let label = format!("TOP {msg}");
         self.conn.expect_ok(&label).await?;
+        let bound = self
+            .conn
+            .bound(retr_limit(listed), "far more than the size LIST announced");
         let mut kept = Vec::new();
         self.conn
-            .read_body(&label, |chunk| {
+            .read_body(&label, bound, |chunk| {
                 let room = limit.saturating_sub(kept.len());
                 kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 Ok(())
@@ -811,9 +974,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
         let cmds: Vec<Command> = msgs.iter().map(|&m| Command::Dele(m)).collect();
         self.marked = true;
         if self.capa.pipelining() {
-            self.conn.send_many(&cmds).await?;
-            for m in msgs {
-                self.conn.expect_ok(&format!("DELE {m}")).await?;
+            // A window, as for RETR: a server that stops reading must not
+            // leave popsync blocked in a write of every DELE at once.
+            for (cmds, msgs) in cmds
+                .chunks(crate::window::MAX_COMMANDS)
+                .zip(msgs.chunks(crate::window::MAX_COMMANDS))
+            {
+                self.conn.send_many(cmds).await?;
+                for m in msgs {
+                    self.conn.expect_ok(&format!("DELE {m}")).await?;
+                }
             }
         } else {
             for cmd in &cmds {
@@ -964,6 +1134,8 @@ mod tests {
     async fn without_pipelining_the_listing_is_one_command_at_a_time() {
         let (mut t, mut server) = transaction(b"UIDL\n").await;
         let listing = tokio::spawn(async move { t.listing().await });
+        server.expect("STAT").await;
+        server.reply("+OK 1 10\r\n").await;
         server.expect("UIDL").await;
         server.reply("+OK\r\n1 a\r\n.\r\n").await;
         server.expect("LIST").await;
@@ -976,11 +1148,99 @@ mod tests {
     async fn with_pipelining_uidl_and_list_go_together() {
         let (mut t, mut server) = transaction(b"UIDL\nPIPELINING\n").await;
         let listing = tokio::spawn(async move { t.listing().await });
-        server.expect("UIDL\r\nLIST").await;
+        server.expect("STAT\r\nUIDL\r\nLIST").await;
         server
-            .reply("+OK\r\n1 a\r\n.\r\n+OK\r\n1 10\r\n.\r\n")
+            .reply("+OK 1 10\r\n+OK\r\n1 a\r\n.\r\n+OK\r\n1 10\r\n.\r\n")
             .await;
         assert_eq!(listing.await.expect("join").expect("listing").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_listing_longer_than_stat_allows_is_refused() {
+        let (mut t, mut server) = transaction(b"UIDL\nPIPELINING\n").await;
+        let listing = tokio::spawn(async move { t.listing().await });
+        server.expect("STAT\r\nUIDL\r\nLIST").await;
+        server.reply("+OK 2 20\r\n+OK\r\n").await;
+        // Lines for ever: the reply is cut off after what 2 messages can take.
+        let line = format!("1 {}\r\n", "a".repeat(70));
+        let flood = tokio::spawn(async move {
+            for _ in 0..100 {
+                if server.0.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            server
+        });
+        let err = listing.await.expect("join").expect_err("endless UIDL");
+        assert!(matches!(err, SessionError::TooLong { .. }), "{err}");
+        assert_eq!(err.exit_code(), ExitCode::Protocol);
+        drop(flood);
+    }
+
+    #[tokio::test]
+    async fn repeated_or_out_of_range_message_numbers_are_refused() {
+        for uidl in ["1 a\r\n1 b\r\n", "1 a\r\n3 b\r\n"] {
+            let (mut t, mut server) = transaction(b"UIDL\nPIPELINING\n").await;
+            let listing = tokio::spawn(async move { t.listing().await });
+            server.expect("STAT\r\nUIDL\r\nLIST").await;
+            server
+                .reply(&format!(
+                    "+OK 2 20\r\n+OK\r\n{uidl}.\r\n+OK\r\n1 10\r\n2 10\r\n.\r\n"
+                ))
+                .await;
+            let err = listing.await.expect("join").expect_err(uidl);
+            assert_eq!(err.exit_code(), ExitCode::Protocol, "{uidl}: {err}");
+            assert!(err.to_string().contains("STAT counts 2"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_far_larger_than_listed_is_stopped() {
+        let (mut t, mut server) = transaction(b"PIPELINING\n").await;
+        let retr = tokio::spawn(async move {
+            t.send_retr(&[1]).await?;
+            t.read_retr(1, 100, |_| Ok(())).await
+        });
+        server.expect("RETR 1").await;
+        server.reply("+OK\r\n").await;
+        let line = "x".repeat(1000) + "\r\n";
+        let flood = tokio::spawn(async move {
+            for _ in 0..2000 {
+                if server.0.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            server
+        });
+        let err = retr.await.expect("join").expect_err("RETR past its size");
+        assert!(matches!(err, SessionError::TooLong { .. }), "{err}");
+        assert_eq!(err.exit_code(), ExitCode::Protocol);
+        drop(flood);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_trickles_past_its_deadline_is_temporary() {
+        let (mut t, mut server) = transaction(b"PIPELINING\n").await;
+        let retr = tokio::spawn(async move {
+            t.send_retr(&[1]).await?;
+            t.read_retr(1, 100, |_| Ok(())).await
+        });
+        server.expect("RETR 1").await;
+        server.reply("+OK\r\n").await;
+        // One octet every 4 s: each read is within the 5 s timeout, yet the
+        // reply never ends.
+        let trickle = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                if server.0.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let err = retr.await.expect("join").expect_err("trickled RETR");
+        assert!(matches!(err, SessionError::TooSlow { .. }), "{err}");
+        assert_eq!(err.exit_code(), ExitCode::TempFail);
+        trickle.abort();
     }
 
     #[tokio::test]
@@ -1002,7 +1262,7 @@ mod tests {
         let (mut t, mut server) = transaction(b"PIPELINING\n").await;
         let retr = tokio::spawn(async move {
             t.send_retr(&[1, 2]).await?;
-            t.read_retr(1, |_| Ok(())).await
+            t.read_retr(1, 10, |_| Ok(())).await
         });
         server.expect("RETR 1\r\nRETR 2").await;
         server.reply("-ERR no such message\r\n").await;

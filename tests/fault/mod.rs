@@ -111,6 +111,9 @@ pub enum Fault {
     NoTerminator { close: bool },
     /// "+OK", then valid-looking lines forever, until the client disconnects.
     Endless,
+    /// Like `Endless`, one line at a time with this pause before each: a
+    /// server that never stops, and never stalls long enough to time out.
+    EndlessEvery(Duration),
     /// "+OK", then one line of this many octets, then the terminator.
     LongLine(usize),
 }
@@ -1223,6 +1226,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         chunk.extend_from_slice(format!("{n} endless-{n}\r\n").as_bytes());
                     }
                     self.write(&chunk).await?;
+                }
+                return Ok(false);
+            }
+            Some(Fault::EndlessEvery(pause)) => {
+                self.write(b"+OK here it comes\r\n").await?;
+                let mut n: u64 = 0;
+                // Ends when the client hangs up (the write fails) or the
+                // server stops; the count is a backstop.
+                while n < 1 << 20 {
+                    n += 1;
+                    tokio::time::sleep(pause).await;
+                    self.write(format!("{n} endless-{n}\r\n").as_bytes())
+                        .await?;
                 }
                 return Ok(false);
             }
