@@ -8,10 +8,13 @@
 #
 #   --rounds N       rounds per scenario (default 3); medians are over rounds
 #   --scenario LIST  comma-separated: small, large, huge, lat-small,
-#                    lat-large, lat-huge; "latency" = the three lat-*;
-#                    "all" (default) = all six
+#                    lat-large, lat-huge, lat-nopipe, lat-nopipe-large;
+#                    "latency" = the five lat-*; "nopipe" = the two
+#                    lat-nopipe*; "all" (default) = all eight
 #   --tools LIST     comma-separated subset of popsync,mpop,fetchmail,getmail
-#                    (default: all four); the limit row is always measured
+#                    (default: all four); the limit row is always measured.
+#                    Also popsync-plain: popsync with auth = ["plain"] (AUTH
+#                    PLAIN, one round trip, instead of SCRAM-SHA-256, three)
 #   --no-build       use target/release/popsync as it is (else cargo build
 #                    --release first); POPSYNC_BIN=PATH overrides both
 #   --out DIR        where results.tsv, tables.md and logs go
@@ -28,6 +31,11 @@
 #   lat-small   500 messages of ~5 KB           through the 25 ms/direction proxy
 #   lat-large   the large corpus                through the proxy
 #   lat-huge    the huge message                through the proxy
+#   lat-nopipe  the lat-small corpus            through the proxy in POP3S-
+#               terminating mode, which removes PIPELINING from CAPA: a
+#               server without pipelining; the limit row is then
+#               stream_limit.py --lockstep (one RETR at a time)
+#   lat-nopipe-large  the large corpus          likewise
 #
 # Needs root only for what the Dovecot harness needs; as root the clients run
 # as the unprivileged user nobody (getmail refuses to deliver as root and
@@ -70,17 +78,18 @@ IFS=, read -r -a requested <<<"$scenarios"
 scenario_list=()
 for s in "${requested[@]}"; do
     case $s in
-        all) scenario_list+=(small large huge lat-small lat-large lat-huge) ;;
-        latency) scenario_list+=(lat-small lat-large lat-huge) ;;
+        all) scenario_list+=(small large huge lat-small lat-large lat-huge lat-nopipe lat-nopipe-large) ;;
+        latency) scenario_list+=(lat-small lat-large lat-huge lat-nopipe lat-nopipe-large) ;;
+        nopipe) scenario_list+=(lat-nopipe lat-nopipe-large) ;;
         *) scenario_list+=("$s") ;;
     esac
 done
 IFS=, read -r -a tool_list <<<"$tools"
 for s in "${scenario_list[@]}"; do
-    case $s in small|large|huge|lat-small|lat-large|lat-huge) ;; *) die "unknown scenario: $s" ;; esac
+    case $s in small|large|huge|lat-small|lat-large|lat-huge|lat-nopipe|lat-nopipe-large) ;; *) die "unknown scenario: $s" ;; esac
 done
 for t in "${tool_list[@]}"; do
-    case $t in popsync|mpop|fetchmail|getmail) ;; *) die "unknown tool: $t" ;; esac
+    case $t in popsync|popsync-plain|mpop|fetchmail|getmail) ;; *) die "unknown tool: $t" ;; esac
 done
 
 # --- tools -------------------------------------------------------------------
@@ -113,15 +122,16 @@ if [[ -z $out ]]; then out=$(mktemp -d /tmp/popsync-bench-results.XXXXXX); fi
 mkdir -p "$out/logs"
 out=$(cd "$out" && pwd -P)
 proxy_pid=""
+nopipe_pid=""
 stop_server=""
 loopdev=""
 cleanup() {
     local rc=$?
     set +e   # a failing step here must not skip the others
-    if [[ -n $proxy_pid ]]; then
-        kill "$proxy_pid" 2>/dev/null
-        wait "$proxy_pid" 2>/dev/null
-    fi
+    for pid in $proxy_pid $nopipe_pid; do
+        kill "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
     if [[ -n $stop_server ]]; then "$stop_server" >/dev/null 2>&1; fi
     if [[ -n $loopdev ]]; then
         umount "$work/client" 2>/dev/null || umount -l "$work/client"
@@ -168,6 +178,7 @@ fi
 # --- server and corpora --------------------------------------------------------
 srv_out=$("$repo/tests/dovecot/start.sh" "$work/srv") || die "could not start Dovecot"
 pop3s_port=$(sed -n 's/^pop3s_port=//p' <<<"$srv_out")
+pop3_port=$(sed -n 's/^pop3_port=//p' <<<"$srv_out")
 ca=$(sed -n 's/^ca=//p' <<<"$srv_out")
 stop_server=$(sed -n 's/^stop=//p' <<<"$srv_out")
 master_pid=$(sed -n 's/^pid=//p' <<<"$srv_out")
@@ -208,6 +219,21 @@ start_proxy() {
     proxy_port=$(cat "$work/proxy.port")
 }
 
+# A server without PIPELINING: the proxy ends TLS itself (with the Dovecot's
+# own certificate), talks plain POP3 to Dovecot's plain port and removes
+# PIPELINING (and STLS) from every CAPA reply. It logs one line per
+# connection: the client's commands in flights (round trips).
+start_nopipe_proxy() {
+    [[ -n $nopipe_pid ]] && return
+    "$py" "$here/delay_proxy.py" 0 "$pop3_port" 25 --port-file "$work/nopipe.port" \
+        --tls-cert "$work/srv/server.pem" --tls-key "$work/srv/server.key" --strip-pipelining \
+        >"$out/logs/proxy-nopipe.log" 2>&1 &
+    nopipe_pid=$!
+    for _ in $(seq 100); do [[ -s $work/nopipe.port ]] && break; sleep 0.05; done
+    [[ -s $work/nopipe.port ]] || die "delay proxy (no PIPELINING) did not start (see $out/logs/proxy-nopipe.log)"
+    nopipe_port=$(cat "$work/nopipe.port")
+}
+
 # --- one run of one tool -------------------------------------------------------
 server_cpu_ticks() {
     # CPU of the master's reaped children (pop3, pop3-login: one per session).
@@ -217,7 +243,7 @@ server_cpu_ticks() {
 write_configs() {   # tool dir port user
     local tool=$1 c=$2 port=$3 user=$4
     case $tool in
-        popsync)
+        popsync|popsync-plain)
             mkdir -p "$c/state"
             cat >"$c/config.toml" <<EOF
 [defaults]
@@ -232,6 +258,7 @@ password = "$password"
 deliver = { maildir = "$c/Maildir" }
 received_header = false
 EOF
+            [[ $tool == popsync-plain ]] && echo 'auth = ["plain"]' >>"$c/config.toml"
             chmod 0600 "$c/config.toml"
             cmd=("$work/bin/popsync" --config "$c/config.toml" fetch --all -q)
             ;;
@@ -305,7 +332,7 @@ EOF
             cmd=("$py" "$here/getmail_shim.py" --rcfile "$c/getmailrc" --getmaildir "$c/getmail")
             ;;
         limit)
-            cmd=("$py" "$here/stream_limit.py" "$port" "$ca" "$user" "$password")
+            cmd=("$py" "$here/stream_limit.py" "$port" "$ca" "$user" "$password" "${limit_opts[@]}")
             ;;
     esac
 }
@@ -318,7 +345,8 @@ run_one() {   # scenario tool round port user
     write_configs "$tool" "$c" "$port" "$user"
     chown -R "$run_uid:$run_gid" "$c"
     sync
-    local before after rc=0
+    local before after rc=0 proxy_lines=0
+    [[ $sc == lat-nopipe* ]] && proxy_lines=$(wc -l <"$out/logs/proxy-nopipe.log")
     before=$(server_cpu_ticks)
     (cd "$c" && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$c" LANG=C.UTF-8 \
         /usr/bin/time -o "$c.time" -f '%e %U %S %M' "${as_user[@]}" "${cmd[@]}") \
@@ -326,6 +354,11 @@ run_one() {   # scenario tool round port user
     # The session's server processes are reaped right after the client hangs up.
     sleep 0.2
     after=$(server_cpu_ticks)
+    # What the no-PIPELINING proxy saw of this session: its flights (round
+    # trips) and whether anything was pipelined anyway.
+    if [[ $sc == lat-nopipe* ]]; then
+        tail -n "+$((proxy_lines + 1))" "$out/logs/proxy-nopipe.log" | sed 's/^/proxy: /' >>"$log"
+    fi
     local wall user_s sys_s rss msgs=0 nbytes=0
     read -r wall user_s sys_s rss < <(grep -E '^[0-9.]+ [0-9.]+ [0-9.]+ [0-9]+$' "$c.time" | tail -1) || true
     if [[ $tool == limit ]]; then
@@ -366,12 +399,17 @@ for sc in "${scenario_list[@]}"; do
         small) user=small ;;
         large|lat-large) user=large ;;
         huge|lat-huge) user=huge ;;
-        lat-small) user=latsmall ;;
+        lat-small|lat-nopipe) user=latsmall ;;
+        lat-nopipe-large) user=large ;;
     esac
     make_user "$user"
     read -r count size <<<"${corpus[$user]}"
-    port=$pop3s_port rtt=0 desc="loopback"
-    if [[ $sc == lat-* ]]; then
+    port=$pop3s_port rtt=0 desc="loopback" limit_opts=() limit_kind=pipelined
+    if [[ $sc == lat-nopipe* ]]; then
+        start_nopipe_proxy
+        port=$nopipe_port rtt=50 limit_opts=(--lockstep) limit_kind=lockstep
+        desc="through the delay proxy, 25 ms each way (50 ms RTT), server without PIPELINING"
+    elif [[ $sc == lat-* ]]; then
         start_proxy
         port=$proxy_port rtt=50 desc="through the delay proxy, 25 ms each way (50 ms RTT)"
     fi
@@ -380,8 +418,8 @@ for sc in "${scenario_list[@]}"; do
         1000000) what="$count × ~1 MB" ;;
         *) what="$count × 200 MB" ;;
     esac
-    printf '%s\t%s, %s (%s bytes on the server)\t%s\t%s\t%s\n' \
-        "$sc" "$what" "$desc" "${corpus_bytes[$user]}" "$count" "${corpus_bytes[$user]}" "$rtt" >>"$out/scenarios.tsv"
+    printf '%s\t%s, %s (%s bytes on the server)\t%s\t%s\t%s\t%s\n' \
+        "$sc" "$what" "$desc" "${corpus_bytes[$user]}" "$count" "${corpus_bytes[$user]}" "$rtt" "$limit_kind" >>"$out/scenarios.tsv"
     echo "== $sc: $what, $desc; load average $(loadavg)" >&2
     echo "$sc load-before $(loadavg)" >>"$out/meta.txt"
     for ((r = 1; r <= rounds; r++)); do

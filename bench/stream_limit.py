@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """The 'limit' client: how fast can the server alone stream the mailbox?
 
-    stream_limit.py PORT CA USER PASSWORD [--rtts]
+    stream_limit.py PORT CA USER PASSWORD [--lockstep] [--rtts]
 
 Connects to 127.0.0.1:PORT with implicit TLS (verifying the certificate
 against CA), logs in with one AUTH PLAIN (initial response), asks STAT, then
@@ -14,7 +14,12 @@ handshake is complete on its side, i.e. after the client's Finished), AUTH 1,
 STAT 1, RETR... 1, QUIT 1. Prints one line to stderr:
 "messages=N bytes=B" (B = octets read in the RETR answers).
 
-With --rtts it prints that count of unavoidable round trips (7) and exits.
+With --lockstep it sends one RETR at a time, each after the previous answer
+has ended: the least a client can do on a server without PIPELINING
+(RFC 2449 allows no pipelining there), 6 + N round trips for N messages.
+
+With --rtts it prints the count of unavoidable round trips (7; with
+--lockstep "6+N") and exits.
 """
 import socket
 import ssl
@@ -35,13 +40,42 @@ def readline(sock, buf):
     return bytes(buf[:k]), buf[k:]
 
 
+class Counter:
+    """Reads RETR answers into one reused buffer, counting terminators."""
+
+    def __init__(self, sock, buf):
+        # A terminator may straddle two reads, so the last 4 bytes of the
+        # previous read are kept in front of the buffer.
+        self.sock = sock
+        self.seen = bytes(buf).count(TERM)
+        self.total = len(buf)
+        self.size = 1 << 20
+        self.mem = bytearray(4 + self.size)
+        self.view = memoryview(self.mem)
+        self.carry = bytes(buf)[-4:]
+
+    def until(self, count):
+        while self.seen < count:
+            k = len(self.carry)
+            self.view[:k] = self.carry
+            n = self.sock.recv_into(self.view[k:], self.size)
+            if not n:
+                raise SystemExit("stream_limit: connection closed early")
+            self.total += n
+            self.seen += self.mem.count(TERM, 0, k + n)
+            self.carry = bytes(self.view[max(0, k + n - 4):k + n])
+
+
 def main():
-    if "--rtts" in sys.argv:
-        print(RTTS)
+    args = sys.argv[1:]
+    lockstep = "--lockstep" in args
+    args = [a for a in args if a != "--lockstep"]
+    if "--rtts" in args:
+        print("6+N" if lockstep else RTTS)
         return
-    if len(sys.argv) != 5:
+    if len(args) != 4:
         sys.exit(__doc__)
-    port, ca, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    port, ca, user, password = int(args[0]), args[1], args[2], args[3]
     ctx = ssl.create_default_context(cafile=ca)
     raw = socket.create_connection(("127.0.0.1", port))
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -58,25 +92,14 @@ def main():
     line, buf = readline(sock, buf)
     assert line.startswith(b"+OK"), line
     count = int(line.split()[1])
-    sock.sendall(b"".join(b"RETR %d\r\n" % i for i in range(1, count + 1)))
-    # Read into one reused buffer (no allocation per read) and count the
-    # terminators; one may straddle two reads, so the last 4 bytes of the
-    # previous read are kept in front of the buffer.
-    seen = bytes(buf).count(TERM)
-    total = len(buf)
-    size = 1 << 20
-    mem = bytearray(4 + size)
-    view = memoryview(mem)
-    carry = bytes(buf)[-4:]
-    while seen < count:
-        k = len(carry)
-        view[:k] = carry
-        n = sock.recv_into(view[k:], size)
-        if not n:
-            raise SystemExit("stream_limit: connection closed early")
-        total += n
-        seen += mem.count(TERM, 0, k + n)
-        carry = bytes(view[max(0, k + n - 4):k + n])
+    reader = Counter(sock, buf)
+    if lockstep:
+        for i in range(1, count + 1):
+            sock.sendall(b"RETR %d\r\n" % i)
+            reader.until(i)
+    else:
+        sock.sendall(b"".join(b"RETR %d\r\n" % i for i in range(1, count + 1)))
+        reader.until(count)
     sock.sendall(b"QUIT\r\n")
     rest = b""
     while b"\r\n" not in rest:
@@ -85,7 +108,7 @@ def main():
             break
         rest += data
     sock.close()
-    print(f"messages={seen} bytes={total}", file=sys.stderr)
+    print(f"messages={reader.seen} bytes={reader.total}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 
 results.tsv columns (tab-separated, one line per run):
     scenario tool round rc wall user sys maxrss_kb server_cpu messages bytes
-scenario-info.tsv columns: scenario description count bytes rtt_ms
+scenario-info.tsv columns: scenario description count bytes rtt_ms [limit]
+(limit: "pipelined", the default, or "lockstep" for a server without
+PIPELINING, where the limit reader sends one RETR at a time)
 
 Per tool: medians over the rounds that succeeded (rc 0 and every message
 delivered) of wall time, client CPU (user + sys, children included), peak
@@ -13,20 +15,24 @@ RSS (the largest process of the run, as wait4() reports it) and the Dovecot
 CPU the session cost (pop3 + pop3-login processes). "popsync / tool" is
 popsync's median wall time divided by the tool's: below 1 means popsync is
 faster. The limit row is the server alone streaming the mailbox to a
-minimal pipelined reader (bench/stream_limit.py).
+minimal pipelined reader (bench/stream_limit.py), or on a server without
+PIPELINING to a minimal reader that asks for one message at a time
+(stream_limit.py --lockstep).
 """
 import statistics
 import sys
 from collections import OrderedDict
 
-ORDER = ["popsync", "mpop", "fetchmail", "getmail", "limit"]
+ORDER = ["popsync", "popsync-plain", "mpop", "fetchmail", "getmail", "limit"]
 LABEL = {
     "popsync": "popsync",
+    "popsync-plain": "popsync, `auth = [\"plain\"]`",
     "mpop": "mpop",
     "fetchmail": "fetchmail + procmail",
     "getmail": "getmail6",
     "limit": "**limit** (server streaming to a pipelined reader)",
 }
+LOCKSTEP_LABEL = "**limit** (lock-step reader, one RETR at a time)"
 
 
 def fmt_s(x):
@@ -47,14 +53,15 @@ def main():
             for line in f:
                 p = line.rstrip("\n").split("\t")
                 if len(p) >= 5:
-                    info[p[0]] = (p[1], int(p[2]), int(p[3]), float(p[4]))
+                    kind = p[5] if len(p) > 5 and p[5] else "pipelined"
+                    info[p[0]] = (p[1], int(p[2]), int(p[3]), float(p[4]), kind)
     by = OrderedDict()
     for sc, tool, rnd, rc, wall, user, sys_, rss, scpu, msgs, nbytes in rows:
         by.setdefault(sc, OrderedDict()).setdefault(tool, []).append(
             dict(rc=int(rc), wall=float(wall), cpu=float(user) + float(sys_),
                  rss=int(rss), scpu=float(scpu), msgs=int(msgs), bytes=int(nbytes)))
     for sc, tools in by.items():
-        desc, count, nbytes, rtt = info.get(sc, (sc, None, None, 0.0))
+        desc, count, nbytes, rtt, kind = info.get(sc, (sc, None, None, 0.0, "pipelined"))
         print(f"### {sc}: {desc}\n")
         med = {}
         for tool, runs in tools.items():
@@ -74,8 +81,9 @@ def main():
         print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
         for tool in sorted(tools, key=lambda t: ORDER.index(t) if t in ORDER else 99):
             m = med[tool]
+            label = LOCKSTEP_LABEL if tool == "limit" and kind == "lockstep" else LABEL.get(tool, tool)
             if not m["n"]:
-                print(f"| {LABEL.get(tool, tool)} | failed | | | | | | 0/{m['total']} | |")
+                print(f"| {label} | failed | | | | | | 0/{m['total']} | |")
                 continue
             ratio = cratio = ""
             if p and p["n"] and tool != "popsync":
@@ -83,14 +91,20 @@ def main():
                 if tool != "limit" and m["cpu"] > 0:
                     cratio = f"{p['cpu'] / m['cpu']:.2f}×"
             rss = f"{m['rss'] / 1024:.1f} MB"
-            print(f"| {LABEL.get(tool, tool)} | {fmt_s(m['wall'])} | {m['cpu']:.2f} s | {rss} | "
+            print(f"| {label} | {fmt_s(m['wall'])} | {m['cpu']:.2f} s | {rss} | "
                   f"{m['scpu']:.2f} s | {ratio} | {cratio} | {m['n']}/{m['total']} | "
                   f"{', '.join(f'{w:.2f}' for w in m['walls'])} |")
         if rtt:
             lim = med.get("limit")
-            floor = 7 * rtt / 1000.0
-            line = (f"\nWire floor: 7 round trips × {rtt:.0f} ms = {floor:.2f} s "
-                    f"(TCP, TLS 1.3, greeting, AUTH, STAT, pipelined RETRs, QUIT) + transfer time")
+            if kind == "lockstep" and count:
+                trips = 6 + count
+                what = f"TCP, TLS 1.3, greeting, AUTH, STAT, {count} RETRs one at a time, QUIT"
+            else:
+                trips = 7
+                what = "TCP, TLS 1.3, greeting, AUTH, STAT, pipelined RETRs, QUIT"
+            floor = trips * rtt / 1000.0
+            line = (f"\nWire floor: {trips} round trips × {rtt:.0f} ms = {floor:.2f} s "
+                    f"({what}) + transfer time")
             if lim and lim["n"]:
                 line += f"; the measured limit above adds {lim['wall'] - floor:.2f} s for transfer and process start"
             print(line + ".")
