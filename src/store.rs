@@ -116,7 +116,10 @@ pub struct PendingRow {
     pub copy: u32,
     /// The delivery target as configured ("maildir:/path", "mbox:/path", "mda:cmd").
     pub target: String,
-    /// Maildir: the unique file name prefix; mbox: the mbox path.
+    /// Maildir: the unique file name prefix; mbox: the mbox path, then `#`,
+    /// the batch's id and the message's index in it, which name what the
+    /// mbox's write-ahead journal recorded (rows of older versions: the
+    /// bare path).
     pub location: String,
     /// mbox: the file length before the append began.
     pub offset: Option<u64>,
@@ -351,6 +354,7 @@ impl Store {
                     "INSERT INTO messages (account, uidl, copy, size, first_seen, delivered_at, location)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
                      ON CONFLICT (account, uidl, copy) DO UPDATE SET
+                        first_seen = excluded.first_seen,
                         size = excluded.size, delivered_at = excluded.delivered_at,
                         location = excluded.location, deleted_at = NULL",
                 )

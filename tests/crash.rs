@@ -523,8 +523,11 @@ fn mbox_killed_at_random_instants_never_loses_or_duplicates() {
 
 /// After a kill, the dotlock goes stale and another program (procmail, a
 /// mail reader) appends a message of its own, well-formed: starting on a new
-/// line after a blank one. The recovery run cuts popsync's torn append, and
-/// must keep the other program's message (Promise 1).
+/// line after a blank one. The recovery run must keep the other program's
+/// message (Promise 1). It cuts only what is proven popsync's and nothing
+/// when anything else follows it (issue 14): a torn append followed by the
+/// other program's mail stays, is reported naming the mbox, and the message
+/// is fetched again.
 #[test]
 fn mbox_message_appended_by_another_program_after_a_kill_survives_recovery() {
     let dovecot = require_dovecot!();
@@ -561,15 +564,39 @@ fn mbox_message_appended_by_another_program_after_a_kill_survives_recovery() {
     bytes.extend_from_slice(b"\n");
     fs::write(&mbox, &bytes).unwrap();
 
-    case.recover(&dovecot, "recovery after another program appended");
+    let stderr = case.recover(&dovecot, "recovery after another program appended");
 
     let mut want = case.sent.clone();
     want.push(local);
+    let (mut whole, mut torn) = (Vec::new(), Vec::new());
+    for m in mailcheck::parse_mbox(&fs::read(&mbox).unwrap()) {
+        let unquoted = m.unquoted();
+        if want.contains(&unquoted) {
+            whole.push(unquoted);
+        } else {
+            torn.push(m.raw);
+        }
+    }
     assert_same_messages(
-        &mbox_messages_sorted(&mbox),
+        &whole,
         &want,
         "the mbox after recovery: popsync's messages once, and the other program's message",
     );
+    let is_torn_start = |raw: &Vec<u8>| {
+        let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+        case.sent.iter().any(|s| {
+            let quoted = mailcheck::mboxrd_quote(s);
+            raw.len() < quoted.len() && quoted.starts_with(raw)
+        })
+    };
+    assert!(
+        torn.len() <= 1 && torn.iter().all(is_torn_start),
+        "besides whole messages, only the torn start of one may remain; {} other(s)",
+        torn.len()
+    );
+    if !torn.is_empty() {
+        mailcheck::assert_stderr_contains(&stderr, &mbox.to_string_lossy());
+    }
 }
 
 /// The recovery run says what it did with the interrupted delivery.
