@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::command::{RunError, expand_command, run_shell};
+use crate::command::{expand_command, run_shell};
 use crate::exit::ExitCode;
 
 /// What the filter decided for one message.
@@ -68,15 +68,11 @@ pub fn judge(
 ) -> Result<Verdict, FilterError> {
     let size = size.to_string();
     let expanded = expand_command(command, &[('F', sender), ('S', &size)]);
+    // Blocks for up to `timeout` (children included; see `command`):
+    // async callers go through `command::blocking`.
     let finished = run_shell(&expanded, headers, timeout).map_err(|e| FilterError::Run {
         command: command.to_owned(),
-        problem: match e {
-            RunError::Spawn(e) => format!("could not be started: {e}"),
-            RunError::TimedOut(t) => format!(
-                "did not finish within {}s (command_timeout) and was killed",
-                t.as_secs()
-            ),
-        },
+        problem: e.to_string(),
     })?;
     match finished.status.code() {
         Some(0) => Ok(Verdict::Fetch),
@@ -130,5 +126,21 @@ mod tests {
         assert_eq!(e.exit_code(), ExitCode::IoError);
         assert!(judge("kill -9 $$", HEAD, "a", 1, T).is_err());
         assert!(judge("sleep 20", HEAD, "a", 1, Duration::from_millis(200)).is_err());
+    }
+
+    #[test]
+    fn a_filter_whose_child_holds_its_output_is_killed_at_the_timeout() {
+        let started = std::time::Instant::now();
+        let e = judge(
+            "cat >/dev/null; sleep 30 & exit 0",
+            HEAD,
+            "a",
+            1,
+            Duration::from_millis(500),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("command_timeout"), "{e}");
+        assert_eq!(e.exit_code(), ExitCode::IoError);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

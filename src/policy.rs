@@ -122,6 +122,25 @@ impl Plan {
     }
 }
 
+/// Whether the row of a message missing from an empty listing is kept. An
+/// empty listing may be a server's passing fault (an index being rebuilt),
+/// after which the same mail comes back and must not be downloaded again;
+/// but mail popsync deleted, or that retention would have it delete by now
+/// (a run killed between QUIT and recording the deletion), is done with:
+/// kept, its rows would make the next new mail look like a UIDL reset.
+pub fn kept_when_absent(row: &SeenRow, now: DateTime<Utc>, retention: Retention) -> bool {
+    if row.deleted_at.is_some() || row.delivered_at.is_none() {
+        return false;
+    }
+    match retention {
+        Retention::Forever => true,
+        Retention::Days(days) => row
+            .first_seen
+            .checked_add_signed(Duration::days(i64::from(days)))
+            .is_none_or(|due| now < due),
+    }
+}
+
 /// Decide the session. Pure: same inputs, same plan.
 pub fn plan(
     listing: &[Listed],
@@ -137,7 +156,12 @@ pub fn plan(
         let copy = *n;
         *n += 1;
         let key = (listed.uidl.clone(), copy);
-        let row = seen.get(&key).filter(|r| r.delivered_at.is_some());
+        // A row whose message was DELEted does not describe a message now on
+        // the server: the UIDL was given to a new one (RFC 1939 promises
+        // uniqueness only among the messages present), which is new mail.
+        let row = seen
+            .get(&key)
+            .filter(|r| r.delivered_at.is_some() && r.deleted_at.is_none());
         let action = match row {
             None => match settings.max_size {
                 Some(limit) if listed.size > limit => Action::Skip(SkipReason::TooBig { limit }),
@@ -153,13 +177,16 @@ pub fn plan(
             Some(row) => match settings.retention {
                 Retention::Forever => Action::Keep { until: None },
                 Retention::Days(days) => {
-                    let due = row.first_seen + Duration::days(i64::from(days));
-                    if now >= due {
-                        Action::Delete(DeleteReason::Retention {
+                    // The config bounds `days`; a due date past the end of
+                    // the calendar is "never", not a panic.
+                    match row
+                        .first_seen
+                        .checked_add_signed(Duration::days(i64::from(days)))
+                    {
+                        Some(due) if now >= due => Action::Delete(DeleteReason::Retention {
                             first_seen: row.first_seen,
-                        })
-                    } else {
-                        Action::Keep { until: Some(due) }
+                        }),
+                        due => Action::Keep { until: due },
                     }
                 }
             },
@@ -283,6 +310,30 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_listing_keeps_only_rows_of_mail_still_kept_on_the_server() {
+        let day = |d: i64| now() - Duration::days(20 - d);
+        let row = |deleted: Option<DateTime<Utc>>| SeenRow {
+            uidl: "u".into(),
+            copy: 0,
+            size: 1,
+            first_seen: day(10),
+            delivered_at: Some(day(10)),
+            location: None,
+            deleted_at: deleted,
+        };
+        let now = day(20);
+        assert!(kept_when_absent(&row(None), now, Retention::Forever));
+        assert!(kept_when_absent(&row(None), now, Retention::Days(14)));
+        assert!(!kept_when_absent(&row(None), now, Retention::Days(0)));
+        assert!(!kept_when_absent(&row(None), now, Retention::Days(7)));
+        assert!(!kept_when_absent(
+            &row(Some(day(11))),
+            now,
+            Retention::Forever
+        ));
+    }
+
+    #[test]
     fn retention_boundary_table() {
         // (retention, days since first download, expected)
         let cases = [
@@ -303,6 +354,37 @@ mod tests {
             let got = p.messages[0].to_string();
             assert!(got.starts_with(want), "{retention} age {age}: {got}");
         }
+    }
+
+    /// Issue 14 item 4: a UIDL seen again after its message was DELEted
+    /// names a new message; with 0d it must be fetched, never DELEted unread.
+    #[test]
+    fn a_reused_uidl_of_a_deleted_message_is_new() {
+        let (key, mut row) = delivered("a", 0, 3);
+        row.deleted_at = Some(now() - Duration::days(2));
+        let seen = [(key, row)].into_iter().collect();
+        let p = plan(
+            &[listed(1, "a", 10)],
+            &seen,
+            now(),
+            settings(Retention::Days(0), None),
+        );
+        assert_eq!(actions(&p), [&Action::Fetch { then_delete: true }]);
+        assert_eq!(p.new_count(), 1);
+    }
+
+    /// Issue 14 item 11: a retention reaching past the end of the calendar
+    /// keeps the message instead of overflowing.
+    #[test]
+    fn a_retention_past_the_end_of_the_calendar_keeps_without_panicking() {
+        let seen = [delivered("a", 0, 1)].into_iter().collect();
+        let p = plan(
+            &[listed(1, "a", 10)],
+            &seen,
+            now(),
+            settings(Retention::Days(u32::MAX), None),
+        );
+        assert_eq!(actions(&p), [&Action::Keep { until: None }]);
     }
 
     #[test]

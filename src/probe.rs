@@ -53,13 +53,17 @@ fn capa_lines(c: &Capabilities) -> Vec<String> {
     c.lines().map(|l| sanitize(l.as_bytes(), 200)).collect()
 }
 
+/// The longest certificate subject or issuer shown, in characters.
+const MAX_NAME: usize = 500;
+
 /// Describe a DER certificate; unparseable ones still get their fingerprint.
 pub fn describe_cert(der: &pki_types::CertificateDer<'_>) -> CertFacts {
     let sha256 = net::fingerprint(der).to_string();
     match x509_parser::parse_x509_certificate(der.as_ref()) {
+        // The names are server text, bound for a terminal.
         Ok((_, cert)) => CertFacts {
-            subject: cert.subject().to_string(),
-            issuer: cert.issuer().to_string(),
+            subject: sanitize(cert.subject().to_string().as_bytes(), MAX_NAME),
+            issuer: sanitize(cert.issuer().to_string().as_bytes(), MAX_NAME),
             not_before: cert.validity().not_before.to_string(),
             not_after: cert.validity().not_after.to_string(),
             sha256,
@@ -147,7 +151,11 @@ async fn run(
 fn describe_capa(capa: &Capabilities, report: &mut Report) {
     if report.capa_after_login.is_none() {
         report.capa = capa_lines(capa);
-        report.sasl = capa.sasl_mechanisms();
+        report.sasl = capa
+            .sasl_mechanisms()
+            .iter()
+            .map(|m| sanitize(m.as_bytes(), 40))
+            .collect();
     }
     report.login_delay = capa.login_delay().or(report.login_delay);
     report.expire = match capa.expire() {

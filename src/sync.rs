@@ -231,9 +231,9 @@ async fn connect_and_plan(
     let mut session = open_session(account, opts, store).await?;
     let server = session.conn.server().to_owned();
     let listing = session.listing().await?;
-    record_login(account, opts, store, &session)?;
+    crate::command::blocking(|| record_login(account, opts, store, &session))?;
     warn_about_expire(account, &session, opts);
-    let seen = store.rows(&account.name)?;
+    let seen = crate::command::blocking(|| store.rows(&account.name))?;
     let settings = PlanSettings {
         retention: account.retention,
         max_size: account.max_size,
@@ -290,13 +290,15 @@ async fn run_filter(
                 .read_top(p.listed.msg, p.listed.size, MAX_FILTER_HEADERS)
                 .await?;
             let sender = deliver::envelope_sender(&headers);
-            let verdict = filter::judge(
-                command,
-                &headers,
-                &sender,
-                p.listed.size,
-                account.command_timeout,
-            );
+            let verdict = crate::command::blocking(|| {
+                filter::judge(
+                    command,
+                    &headers,
+                    &sender,
+                    p.listed.size,
+                    account.command_timeout,
+                )
+            });
             verdicts.insert(p.key(), verdict);
         }
     }
@@ -317,7 +319,8 @@ pub async fn check_account(account: &Account, opts: &RunOptions) -> AccountRepor
     let started = Instant::now();
     let mut tally = Tally::default();
     let result = async {
-        let mut store = Store::open(&opts.state_dir.join("seen.sqlite3"))?;
+        let mut store =
+            crate::command::blocking(|| Store::open(&opts.state_dir.join("seen.sqlite3")))?;
         let Planned {
             session,
             plan,
@@ -371,10 +374,10 @@ fn report(
 
 async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result<(), SyncError> {
     let _lock = lock_account(&opts.state_dir, &account.name)?;
-    let mut store = Store::open(&opts.state_dir.join("seen.sqlite3"))?;
+    let mut store = crate::command::blocking(|| Store::open(&opts.state_dir.join("seen.sqlite3")))?;
     let mut target = open_target(&account.deliver, account, opts);
     if !opts.dry_run {
-        resolve_pending(account, &mut store, opts)?;
+        crate::command::blocking(|| resolve_pending(account, &mut store, opts))?;
     }
     let Planned {
         mut session,
@@ -436,9 +439,9 @@ async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result
     session.dele(&msgs).await?;
     session.quit().await?;
     let keys: Vec<_> = to_delete.into_iter().map(|(_, k)| k).collect();
-    store.mark_deleted(&account.name, &keys, opts.now)?;
+    crate::command::blocking(|| store.mark_deleted(&account.name, &keys, opts.now))?;
     let filtered_keys: Vec<_> = filtered.iter().map(|p| (p.key(), p.listed.size)).collect();
-    store.record_filtered(&account.name, &filtered_keys, opts.now)?;
+    crate::command::blocking(|| store.record_filtered(&account.name, &filtered_keys, opts.now))?;
     tally.deleted = (keys.len() + filtered_keys.len()) as u64;
     for (uidl, _) in &keys {
         opts.ui.verbose(&format!(
@@ -454,8 +457,18 @@ async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result
             sanitize(uidl.as_bytes(), 80)
         ));
     }
-    let on_server: HashSet<_> = plan.keys();
-    store.prune(&account.name, &on_server)?;
+    // An empty listing keeps the rows of mail retention still keeps on the
+    // server (see `policy::kept_when_absent`).
+    let on_server: HashSet<_> = if plan.messages.is_empty() {
+        crate::command::blocking(|| store.rows(&account.name))?
+            .into_iter()
+            .filter(|(_, row)| policy::kept_when_absent(row, opts.now, account.retention))
+            .map(|(key, _)| key)
+            .collect()
+    } else {
+        plan.keys()
+    };
+    crate::command::blocking(|| store.prune(&account.name, &on_server))?;
     filter_error.map_or(Ok(()), |e| Err(SyncError::Filter(e)))
 }
 
@@ -509,7 +522,7 @@ async fn fetch_new(
         }
         let batch = &fetch[next..end];
         // Promise 2: the pending rows are durable before any byte is written.
-        let prepared = target.prepare_batch(batch.len())?;
+        let prepared = crate::command::blocking(|| target.prepare_batch(batch.len()))?;
         let rows: Vec<_> = batch
             .iter()
             .zip(&prepared)
@@ -522,7 +535,7 @@ async fn fetch_new(
                 started_at: opts.now,
             })
             .collect();
-        store.begin_pending(&account.name, &rows)?;
+        crate::command::blocking(|| store.begin_pending(&account.name, &rows))?;
 
         let started = Instant::now();
         let mut finished = Vec::with_capacity(batch.len());
@@ -564,7 +577,8 @@ async fn fetch_new(
                     })
                     .await?;
                 window.arrived(p.listed.size);
-                Ok::<_, SyncError>(sink.finish()?)
+                // An MDA runs here, for up to command_timeout.
+                Ok::<_, SyncError>(crate::command::blocking(move || sink.finish())?)
             };
             match one.await {
                 Ok(f) => finished.push(f),
@@ -580,7 +594,7 @@ async fn fetch_new(
         // Durable on disk, then recorded: only now may these be DELEted.
         let sizes: Vec<u64> = finished.iter().map(|f| f.size).collect();
         let done = finished.len();
-        let committed = target.commit(finished);
+        let committed = crate::command::blocking(|| target.commit(finished));
         for w in target.take_warnings() {
             opts.ui.warn(&format!("{}: {w}", account.name));
         }
@@ -594,7 +608,9 @@ async fn fetch_new(
             .map(|(p, (size, location))| (p.key(), *size, location.as_str()))
             .collect();
         let abandoned: Vec<_> = batch[done..].iter().map(|p| p.key()).collect();
-        store.finish_batch(&account.name, &delivered, &abandoned, opts.now)?;
+        crate::command::blocking(|| {
+            store.finish_batch(&account.name, &delivered, &abandoned, opts.now)
+        })?;
         for (p, (key, size, location)) in batch.iter().zip(&delivered) {
             tally.fetched += 1;
             tally.bytes = tally.bytes.saturating_add(*size);
@@ -624,11 +640,15 @@ async fn fetch_new(
 fn open_target(deliver: &Delivery, account: &Account, opts: &RunOptions) -> Box<dyn Target> {
     match deliver {
         Delivery::Maildir(path) => Box::new(Maildir::new(path.clone())),
-        Delivery::Mbox(path) => Box::new(Mbox::new(path.clone(), opts.now, account.timeout)),
+        Delivery::Mbox(path) => Box::new(
+            Mbox::new(path.clone(), opts.now, account.timeout)
+                .journal_in(&opts.state_dir, &account.name),
+        ),
         Delivery::Mda(command) => Box::new(Mda::new(
             command.clone(),
             account.user.clone(),
             account.command_timeout,
+            opts.state_dir.clone(),
         )),
     }
 }
@@ -767,15 +787,15 @@ pub async fn connect(
             if !plain.capa.stls() {
                 return Err(SyncError::NoStls { server });
             }
-            let greeting = plain.greeting.clone();
             let before = plain.capa.clone();
             let (stream, settings) = plain.stls().await?;
             let Transport::Plain(tcp) = stream else {
                 return Err(SyncError::NoStls { server });
             };
             let secured = tls.handshake(tcp, account.timeout).await?;
-            // RFC 2595: forget what was learnt in clear text; ask CAPA again.
-            let mut g = Greeted::resume(settings.resume(secured), greeting);
+            // RFC 2595: forget what was learnt in clear text, the greeting
+            // and its APOP timestamp included; ask CAPA again.
+            let mut g = Greeted::resume(settings.resume(secured), String::new());
             g.refresh_capa().await?;
             (g, Some(before))
         }
@@ -801,13 +821,27 @@ pub fn mechanism(
     account: &Account,
     greeted: &Greeted<Transport>,
 ) -> Result<auth::Mechanism, SyncError> {
-    auth::choose(&account.auth, &greeted.capa, &greeted.greeting).map_err(|source| {
-        SyncError::Auth {
-            server: greeted.conn.server().to_owned(),
-            source,
-        }
+    auth::choose(
+        &account.auth,
+        &greeted.capa,
+        greeting_for_auth(account, greeted),
+    )
+    .map_err(|source| SyncError::Auth {
+        server: greeted.conn.server().to_owned(),
+        source,
     })
 }
+
+/// The greeting that may vouch for APOP: none after STLS, where it came in
+/// clear text (RFC 2595), so that APOP is not offered then.
+fn greeting_for_auth<'a>(account: &Account, greeted: &'a Greeted<Transport>) -> Option<&'a str> {
+    (account.tls != TlsMode::Starttls).then_some(greeted.greeting.as_str())
+}
+
+/// The longest LOGIN-DELAY (seconds) honoured. RFC 2449 sets no bound, and a
+/// broken or hostile server may announce any number; more than a day between
+/// logins is not a real policy, and a bounded value can be added to a time.
+const MAX_LOGIN_DELAY: u64 = 24 * 60 * 60;
 
 /// A logged-in session for read-only commands (`peek`): the secret, connect,
 /// log in; no lock, nothing written.
@@ -826,8 +860,13 @@ pub async fn open_session(
         login_delay: Some(delay),
     }) = store.last_login(&account.name)?
     {
-        let retry_at =
-            last + chrono::Duration::seconds(i64::try_from(delay).unwrap_or(i64::MAX / 2));
+        // Clamped here too: a store written by an older popsync may hold
+        // any value the server sent.
+        let delay = delay.min(MAX_LOGIN_DELAY);
+        // At most a day: the cast cannot wrap.
+        let retry_at = last
+            .checked_add_signed(chrono::Duration::seconds(delay as i64))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if opts.now < retry_at {
             return Err(SyncError::LoginDelay {
                 server: format!("{}:{}", account.host, account.port),
@@ -837,7 +876,7 @@ pub async fn open_session(
             });
         }
     }
-    let password = account.secret.resolve(account.command_timeout)?;
+    let password = crate::command::blocking(|| account.secret.resolve(account.command_timeout))?;
     login(account, &password, opts).await
 }
 
@@ -849,7 +888,8 @@ pub fn record_login(
     store: &mut Store,
     session: &Transaction<Transport>,
 ) -> Result<(), SyncError> {
-    Ok(store.record_login(&account.name, opts.now, session.capa.login_delay())?)
+    let delay = session.capa.login_delay().map(|d| d.min(MAX_LOGIN_DELAY));
+    Ok(store.record_login(&account.name, opts.now, delay)?)
 }
 
 /// Connect, secure the connection as configured, and log in.
@@ -863,13 +903,15 @@ async fn login(
         .await?
         .greeted;
     let server = greeted.conn.server().to_owned();
-    let candidates =
-        auth::candidates(&account.auth, &greeted.capa, &greeted.greeting).map_err(|source| {
-            SyncError::Auth {
-                server: server.clone(),
-                source,
-            }
-        })?;
+    let candidates = auth::candidates(
+        &account.auth,
+        &greeted.capa,
+        greeting_for_auth(account, &greeted),
+    )
+    .map_err(|source| SyncError::Auth {
+        server: server.clone(),
+        source,
+    })?;
     let attempt = |mech: auth::Mechanism| {
         opts.ui.verbose(&format!(
             "{}: logging in to {server} as {} with {}",

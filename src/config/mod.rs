@@ -8,8 +8,9 @@
 mod secret;
 mod values;
 
+use std::io::Read;
 use std::ops::Range;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,6 +48,11 @@ pub enum ConfigError {
         path.display(), path.display()
     )]
     InsecurePermissions { path: PathBuf, mode: u32 },
+    #[error(
+        "{} {}, and it names commands popsync runs or the secret it sends: whoever can change it decides those; {}",
+        path.display(), exposure.problem(), exposure.fix(path)
+    )]
+    Untrusted { path: PathBuf, exposure: Exposure },
     #[error("no config path: set --config, $POPSYNC_CONFIG, $XDG_CONFIG_HOME or $HOME")]
     NoPath,
 }
@@ -166,7 +172,7 @@ pub fn default_path(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
 
 /// Read, check and resolve the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| {
+    let read_error = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::NotFound {
             ConfigError::NotFound {
                 path: path.to_owned(),
@@ -177,12 +183,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
                 source,
             }
         }
-    })?;
-    let config = parse(path, &text)?;
-    if config.1 {
-        check_permissions(path)?;
-    }
-    Ok(config.0)
+    };
+    // The permissions checked are those of the file read, not of whatever
+    // the name points to a moment later.
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
+    let (config, sensitive) = parse(path, &text)?;
+    check_permissions(path, &meta, sensitive)?;
+    Ok(config)
 }
 
 /// Parse config text as `load` does after reading the file, without the
@@ -191,9 +201,9 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
     parse(path, text).map(|(config, _)| config)
 }
 
-/// Parse config text; also says whether the text holds a `password` key, which
-/// makes the file's permissions matter.
-fn parse(path: &Path, text: &str) -> Result<(Config, bool), ConfigError> {
+/// Parse config text; also says what in it makes the file's permissions
+/// matter.
+fn parse(path: &Path, text: &str) -> Result<(Config, Sensitive), ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let line = line_of(text, span.start);
@@ -207,19 +217,123 @@ fn parse(path: &Path, text: &str) -> Result<(Config, bool), ConfigError> {
     Resolver { path, text }.resolve(raw)
 }
 
-fn check_permissions(path: &Path) -> Result<(), ConfigError> {
-    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o044 != 0 {
-        return Err(ConfigError::InsecurePermissions {
+/// What in a config makes its file's permissions matter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Sensitive {
+    /// A `password` in clear: nobody else may read the file (as fetchmail).
+    password: bool,
+    /// A command (`mda`, `filter`, `password_command`) or a secret: nobody
+    /// else may change the file, or they choose what popsync runs as this
+    /// user and where the password goes.
+    commands_or_secrets: bool,
+}
+
+impl Sensitive {
+    fn of(s: &RawSettings) -> Sensitive {
+        let mda = matches!(
+            s.deliver.as_ref().map(Spanned::get_ref),
+            Some(RawDeliver::Mda(_))
+        );
+        Sensitive {
+            password: s.password.is_some(),
+            commands_or_secrets: s.password.is_some()
+                || s.password_command.is_some()
+                || s.password_file.is_some()
+                || s.filter.is_some()
+                || mda,
+        }
+    }
+
+    fn or(self, other: Sensitive) -> Sensitive {
+        Sensitive {
+            password: self.password || other.password,
+            commands_or_secrets: self.commands_or_secrets || other.commands_or_secrets,
+        }
+    }
+}
+
+fn check_permissions(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    sensitive: Sensitive,
+) -> Result<(), ConfigError> {
+    if !sensitive.commands_or_secrets {
+        return Ok(());
+    }
+    match exposure_of(meta, sensitive.password) {
+        None => Ok(()),
+        Some(Exposure::Readable { mode }) => Err(ConfigError::InsecurePermissions {
             path: path.to_owned(),
             mode,
-        });
+        }),
+        Some(exposure) => Err(ConfigError::Untrusted {
+            path: path.to_owned(),
+            exposure,
+        }),
     }
-    Ok(())
+}
+
+/// Why a file that names what popsync runs, or holds a secret, cannot be
+/// trusted as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// Another user owns it; root may (it can change anything anyway).
+    ForeignOwner { owner: u32, me: u32 },
+    /// Group or others may write it.
+    Writable { mode: u32 },
+    /// Group or others may read it.
+    Readable { mode: u32 },
+}
+
+impl Exposure {
+    /// What is wrong, after the file's name: "can be changed by ...".
+    pub fn problem(&self) -> String {
+        match self {
+            Exposure::ForeignOwner { owner, me } => {
+                format!("belongs to user {owner}, not to you (user {me})")
+            }
+            Exposure::Writable { mode } => {
+                format!("can be changed by other users (mode {mode:04o})")
+            }
+            Exposure::Readable { mode } => format!("is readable by other users (mode {mode:04o})"),
+        }
+    }
+
+    /// What to do about it.
+    pub fn fix(&self, path: &Path) -> String {
+        match self {
+            Exposure::ForeignOwner { me, .. } => format!(
+                "run `chown {me} {}` (as root), or use a file of your own",
+                path.display()
+            ),
+            Exposure::Writable { .. } | Exposure::Readable { .. } => {
+                format!("run `chmod 600 {}`", path.display())
+            }
+        }
+    }
+}
+
+/// What is wrong with a file of this mode and owner for user `me`: its
+/// owner first, then who may write it, then, when it holds a secret in
+/// clear (`secret_inside`), who may read it.
+fn exposure(mode: u32, owner: u32, me: u32, secret_inside: bool) -> Option<Exposure> {
+    let mode = mode & 0o7777;
+    if owner != me && owner != 0 {
+        Some(Exposure::ForeignOwner { owner, me })
+    } else if mode & 0o022 != 0 {
+        Some(Exposure::Writable { mode })
+    } else if secret_inside && mode & 0o044 != 0 {
+        Some(Exposure::Readable { mode })
+    } else {
+        None
+    }
+}
+
+/// `exposure` of an open file for the user popsync runs as.
+pub(crate) fn exposure_of(meta: &std::fs::Metadata, secret_inside: bool) -> Option<Exposure> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    exposure(meta.mode(), meta.uid(), me, secret_inside)
 }
 
 /// 1-based line number of a byte offset.
@@ -306,9 +420,9 @@ impl Resolver<'_> {
         }
     }
 
-    fn resolve(&self, raw: RawFile) -> Result<(Config, bool), ConfigError> {
+    fn resolve(&self, raw: RawFile) -> Result<(Config, Sensitive), ConfigError> {
         let dflt = raw.defaults.unwrap_or_default();
-        let mut has_password = dflt.password.is_some();
+        let mut sensitive = Sensitive::of(&dflt);
         let state_dir = match &dflt.state_dir {
             Some(s) => self.expand(s, "state_dir")?,
             None => default_state_dir().ok_or_else(|| ConfigError::Invalid {
@@ -321,7 +435,7 @@ impl Resolver<'_> {
         };
         let mut accounts = Vec::with_capacity(raw.accounts.len());
         for (name, acct) in &raw.accounts {
-            has_password |= acct.get_ref().password.is_some();
+            sensitive = sensitive.or(Sensitive::of(acct.get_ref()));
             accounts.push(self.account(name, acct, &dflt)?);
         }
         Ok((
@@ -330,7 +444,7 @@ impl Resolver<'_> {
                 state_dir,
                 accounts,
             },
-            has_password,
+            sensitive,
         ))
     }
 
@@ -650,6 +764,68 @@ max_size = "25MB"
     fn syntax_errors_name_the_line() {
         let e = parse_err("[accounts.a]\nhost = \"h\nuser = \"u\"\n");
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    /// Issue 14 item 15: who may own, write and read a config or a
+    /// password file.
+    #[test]
+    fn exposure_table() {
+        const ME: u32 = 1000;
+        let cases = [
+            // (mode, owner, secret inside, expected)
+            (0o600, ME, true, None),
+            (0o644, ME, false, None),
+            (0o644, 0, false, None),
+            (0o644, ME, true, Some(Exposure::Readable { mode: 0o644 })),
+            (0o640, ME, true, Some(Exposure::Readable { mode: 0o640 })),
+            (0o602, ME, false, Some(Exposure::Writable { mode: 0o602 })),
+            (0o620, ME, true, Some(Exposure::Writable { mode: 0o620 })),
+            (0o100666, ME, true, Some(Exposure::Writable { mode: 0o666 })),
+            (
+                0o600,
+                4242,
+                true,
+                Some(Exposure::ForeignOwner {
+                    owner: 4242,
+                    me: ME,
+                }),
+            ),
+        ];
+        for (mode, owner, secret, want) in cases {
+            assert_eq!(
+                exposure(mode, owner, ME, secret),
+                want,
+                "mode {mode:o} owner {owner}"
+            );
+        }
+        // Root running popsync: only root's own files.
+        assert!(exposure(0o600, ME, 0, false).is_some());
+    }
+
+    #[test]
+    fn a_config_naming_a_command_or_secret_is_sensitive() {
+        let (_, s) = parse(Path::new("c.toml"), GOOD).unwrap();
+        assert_eq!(
+            s,
+            Sensitive {
+                password: true,
+                commands_or_secrets: true
+            }
+        );
+        let (_, s) = parse(
+            Path::new("c.toml"),
+            "[accounts.a]\nhost = \"h\"\nuser = \"u\"\npassword_file = \"/pw\"\ndeliver = { maildir = \"/m\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            Sensitive {
+                password: false,
+                commands_or_secrets: true
+            }
+        );
+        let (_, s) = parse(Path::new("c.toml"), "[defaults]\nstate_dir = \"/s\"\n").unwrap();
+        assert_eq!(s, Sensitive::default());
     }
 
     #[test]

@@ -36,6 +36,14 @@ pub enum SecretError {
     },
     #[error("password_file {} is empty", path.display())]
     EmptyFile { path: PathBuf },
+    #[error(
+        "password_file {} {}; {}",
+        path.display(), exposure.problem(), exposure.fix(path)
+    )]
+    UnsafeFile {
+        path: PathBuf,
+        exposure: super::Exposure,
+    },
     #[error("password_command `{command}` could not be started: {source}")]
     Spawn {
         command: String,
@@ -56,8 +64,13 @@ pub enum SecretError {
     UnsafeCharacters { source_name: String },
     #[error("password_command `{command}` printed nothing on stdout")]
     EmptyOutput { command: String },
-    #[error("password_command `{command}` did not finish within {}s (command_timeout)", timeout.as_secs())]
+    #[error(
+        "password_command `{command}` did not finish within {}s (command_timeout) and was killed with everything it started",
+        timeout.as_secs()
+    )]
     TimedOut { command: String, timeout: Duration },
+    #[error("password_command `{command}` was killed because popsync was asked to stop")]
+    Stopped { command: String },
 }
 
 fn stderr_part(s: &str) -> String {
@@ -72,6 +85,9 @@ impl SecretSource {
     /// The secret, first line only, without its line end. A secret holding
     /// CR, LF or NUL is refused here, before any mechanism encodes it (base64
     /// would hide them from the check on the wire).
+    ///
+    /// Blocks (a file read, or `password_command` for up to `timeout`,
+    /// children included): async callers go through `command::blocking`.
     pub fn resolve(&self, timeout: Duration) -> Result<String, SecretError> {
         let secret = self.fetch(timeout)?;
         if secret.contains(['\r', '\n', '\0']) {
@@ -90,15 +106,33 @@ impl SecretSource {
         match self {
             SecretSource::Password(p) => Ok(p.clone()),
             SecretSource::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text = read_private(path)?;
                 first_line(&text).ok_or_else(|| SecretError::EmptyFile { path: path.clone() })
             }
             SecretSource::Command(command) => run_command(command, timeout),
         }
     }
+}
+
+/// A password file's text, if nobody else can read or change it and it
+/// is ours (or root's), checked on the file read.
+fn read_private(path: &std::path::Path) -> Result<String, SecretError> {
+    use std::io::Read;
+    let error = |source| SecretError::File {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(error)?;
+    let meta = file.metadata().map_err(error)?;
+    if let Some(exposure) = super::exposure_of(&meta, true) {
+        return Err(SecretError::UnsafeFile {
+            path: path.to_owned(),
+            exposure,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(error)?;
+    Ok(text)
 }
 
 fn first_line(text: &str) -> Option<String> {
@@ -112,9 +146,12 @@ fn run_command(command: &str, timeout: Duration) -> Result<String, SecretError> 
             command: command.to_owned(),
             source,
         },
-        crate::command::RunError::TimedOut(timeout) => SecretError::TimedOut {
+        crate::command::RunError::TimedOut { timeout, .. } => SecretError::TimedOut {
             command: command.to_owned(),
             timeout,
+        },
+        crate::command::RunError::Stopped => SecretError::Stopped {
+            command: command.to_owned(),
         },
     })?;
     if !finished.status.success() {
@@ -166,11 +203,43 @@ mod tests {
     }
 
     #[test]
+    fn a_command_whose_child_holds_stdout_is_killed_after_the_timeout() {
+        // It printed a password and exited 0, but its child still holds
+        // stdout: the command is not done, and the timeout bounds it.
+        let started = std::time::Instant::now();
+        let e = SecretSource::Command("echo tok; sleep 30 & exit 0".into())
+            .resolve(Duration::from_millis(500))
+            .unwrap_err();
+        assert!(matches!(e, SecretError::TimedOut { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
     fn password_file_first_line() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
         std::fs::write(&p, "secret\r\nignored\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(SecretSource::File(p).resolve(T).unwrap(), "secret");
+    }
+
+    /// Issue 14 item 15: a password file others may read is refused, naming
+    /// it and saying what to do.
+    #[test]
+    fn a_password_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "secret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = SecretSource::File(p.clone()).resolve(T).unwrap_err();
+        assert!(matches!(e, SecretError::UnsafeFile { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains(&p.display().to_string()) && e.contains("chmod 600"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -94,18 +94,31 @@ pub enum Retention {
     Days(u32),
 }
 
+/// The longest retention in days (about 273 years): a due date computed
+/// from it stays far inside the calendar that dates can hold.
+pub const MAX_RETENTION_DAYS: u32 = 100_000;
+
 impl FromStr for Retention {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         if s == "forever" {
             return Ok(Retention::Forever);
         }
-        s.strip_suffix('d')
-            .and_then(|n| n.parse::<u32>().ok())
-            .map(Retention::Days)
+        let days = s
+            .strip_suffix('d')
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
             .ok_or_else(|| {
                 format!(
                     "invalid retention {s:?}: use \"forever\", \"0d\" (delete after delivery) or a number of days such as \"14d\""
+                )
+            })?;
+        days.parse::<u32>()
+            .ok()
+            .filter(|&n| n <= MAX_RETENTION_DAYS)
+            .map(Retention::Days)
+            .ok_or_else(|| {
+                format!(
+                    "retention {s:?} is longer than popsync can count (at most \"{MAX_RETENTION_DAYS}d\"); use \"forever\" to keep mail on the server"
                 )
             })
     }
@@ -246,8 +259,19 @@ mod tests {
         assert_eq!("forever".parse(), Ok(Retention::Forever));
         assert_eq!("0d".parse(), Ok(Retention::Days(0)));
         assert_eq!("14d".parse(), Ok(Retention::Days(14)));
-        for bad in ["14", "14x", "d", "-1d", "", "14 d"] {
+        for bad in ["14", "14x", "d", "-1d", "", "14 d", "+1d"] {
             assert!(bad.parse::<Retention>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// Issue 14 item 11: a retention past the end of the calendar was
+    /// accepted, and made every fetch with delivered mail panic.
+    #[test]
+    fn retention_beyond_the_calendar_is_refused_and_says_forever() {
+        assert_eq!("100000d".parse(), Ok(Retention::Days(MAX_RETENTION_DAYS)));
+        for bad in ["100001d", "100000000d", "99999999999d"] {
+            let e = bad.parse::<Retention>().unwrap_err();
+            assert!(e.contains("forever"), "{bad}: {e}");
         }
     }
 

@@ -179,7 +179,22 @@ impl Target for Maildir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(DeliveryError::Write { path: tmp, source }),
         }
-        Ok(found.map(|f| f.display().to_string()))
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        // The run may have been killed after the link into new/ and before
+        // new/ was synced: make the file and its name durable before the
+        // caller records it as delivered (and may DELE it).
+        File::open(&found)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| DeliveryError::Sync {
+                path: found.clone(),
+                source,
+            })?;
+        if let Some(dir) = found.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(Some(found.display().to_string()))
     }
 }
 
@@ -332,12 +347,22 @@ impl Sink for MaildirSink {
 
 /// fsync a directory so a new entry in it survives power loss.
 pub fn sync_dir(dir: &Path) -> Result<(), DeliveryError> {
+    #[cfg(test)]
+    SYNCED_DIRS.with(|d| d.borrow_mut().push(dir.to_owned()));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| DeliveryError::Sync {
             path: dir.to_owned(),
             source,
         })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The directories `sync_dir` synced on this thread, for tests of what
+    /// is made durable when (an fsync cannot be seen from outside).
+    static SYNCED_DIRS: std::cell::RefCell<Vec<PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
@@ -423,6 +448,33 @@ mod tests {
             md.recover(&p, chrono::Utc::now()).unwrap(),
             Some(moved.display().to_string())
         );
+    }
+
+    /// Issue 14 item 5: a run killed after linking into new/ and before
+    /// syncing new/ leaves a name that a power cut can still take away.
+    /// Recovery reports the message delivered (the caller then records it
+    /// and may DELE it) only after syncing the directory that holds it.
+    #[test]
+    fn recover_syncs_the_directory_of_the_file_it_reports_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut md = Maildir::new(dir.path().to_owned());
+        let p = md.prepare_batch(1).unwrap().remove(0);
+        // As a killed run leaves it: linked into new/, tmp/ name still there,
+        // new/ not synced.
+        let tmp = dir.path().join("tmp").join(&p.location);
+        std::fs::write(&tmp, b"whole message\n").unwrap();
+        let linked = dir.path().join("new").join(format!("{},S=14", p.location));
+        std::fs::hard_link(&tmp, &linked).unwrap();
+        SYNCED_DIRS.with(|d| d.borrow_mut().clear());
+
+        let found = md.recover(&p, chrono::Utc::now()).unwrap();
+        assert_eq!(found, Some(linked.display().to_string()));
+        let synced = SYNCED_DIRS.with(|d| d.borrow().clone());
+        assert!(
+            synced.contains(&dir.path().join("new")),
+            "new/ was not synced before reporting the message delivered: {synced:?}"
+        );
+        assert_eq!(count(&dir.path().join("tmp")), 0);
     }
 
     #[test]

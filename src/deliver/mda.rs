@@ -2,17 +2,23 @@
 //! `/bin/sh -c CMD` with the message on stdin, `%F` (envelope sender) and `%T`
 //! (the account's user) substituted, shell-quoted.
 //!
+//! Each message is spooled whole to an unnamed temporary file in the state
+//! directory (bounded memory; unlinked at once, so nothing is left behind)
+//! and the MDA gets that file as its stdin, only once the message is
+//! complete. Whatever happens to popsync meanwhile (a second signal, a
+//! SIGKILL), an MDA sees a whole message or none: never end of input in the
+//! middle of one. `command_timeout` bounds the MDA and everything it starts
+//! (see `command`).
+//!
 //! Exit 0 means delivered, 75 temporary (the message stays on the server),
 //! anything else a failure. An MDA cannot be asked afterwards whether it
 //! delivered, so after a crash the message is delivered again: at-least-once.
 
-use std::io::{Read, Write};
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::io::{BufWriter, Seek, Write};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::command::expand_command;
+use crate::command::{RunError, expand_command, run_shell_on_file};
 
 use super::{
     DeliveryError, Finished, FinishedKind, HeadBuffer, MessageInfo, Prepared, Sink, Target,
@@ -24,14 +30,18 @@ pub struct Mda {
     command: String,
     user: String,
     timeout: Duration,
+    spool_dir: PathBuf,
 }
 
 impl Mda {
-    pub fn new(command: String, user: String, timeout: Duration) -> Mda {
+    /// Messages are spooled in `spool_dir` (the state directory: private,
+    /// and on disk rather than in a tmpfs) before the MDA sees them.
+    pub fn new(command: String, user: String, timeout: Duration, spool_dir: PathBuf) -> Mda {
         Mda {
             command,
             user,
             timeout,
+            spool_dir,
         }
     }
 }
@@ -72,15 +82,25 @@ impl Target for Mda {
         _prepared: &Prepared,
         info: &MessageInfo<'_>,
     ) -> Result<Box<dyn Sink>, DeliveryError> {
-        Ok(Box::new(MdaSink {
+        let file =
+            tempfile::tempfile_in(&self.spool_dir).map_err(|source| DeliveryError::Write {
+                path: self.spool_dir.clone(),
+                source,
+            })?;
+        let mut sink = MdaSink {
             command: self.command.clone(),
             user: self.user.clone(),
             timeout: self.timeout,
-            received: info.received.map(str::to_owned),
+            spool_dir: self.spool_dir.clone(),
+            spool: BufWriter::with_capacity(64 << 10, file),
             head: Some(HeadBuffer::default()),
-            running: None,
+            sender: String::new(),
             written: 0,
-        }))
+        };
+        if let Some(r) = info.received {
+            sink.put(r.as_bytes())?;
+        }
+        Ok(Box::new(sink))
     }
 
     fn recover(
@@ -92,100 +112,37 @@ impl Target for Mda {
     }
 }
 
-struct Running {
-    child: Child,
-    expanded: String,
-    started: Instant,
-    tx: Option<SyncSender<Vec<u8>>>,
-    writer: Option<JoinHandle<()>>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
-}
-
+/// One message on its way to the MDA: spooled until `finish`, which runs
+/// the MDA on the whole of it.
 struct MdaSink {
     command: String,
     user: String,
     timeout: Duration,
-    received: Option<String>,
+    spool_dir: PathBuf,
+    spool: BufWriter<std::fs::File>,
+    /// The start of the message, held until its headers are complete (the
+    /// sender for `%F` comes from them).
     head: Option<HeadBuffer>,
-    running: Option<Running>,
+    sender: String,
     written: u64,
 }
 
 impl MdaSink {
-    fn spawn(&mut self, head: &[u8]) -> Result<(), DeliveryError> {
-        let sender = envelope_sender(head);
-        let expanded = expand_command(&self.command, &[('F', &sender), ('T', &self.user)]);
-        let mut child = crate::command::shell(&expanded)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| DeliveryError::MdaSpawn {
-                command: self.command.clone(),
-                source,
-            })?;
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
-        let mut stdin = child.stdin.take();
-        // A separate writer thread: an MDA that stops reading must not block
-        // the session past command_timeout.
-        let writer = std::thread::spawn(move || {
-            if let Some(pipe) = stdin.as_mut() {
-                for chunk in rx {
-                    if pipe.write_all(&chunk).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let mut err_pipe = child.stderr.take();
-        let stderr = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(e) = err_pipe.as_mut() {
-                let _ = e.take(64 * 1024).read_to_end(&mut buf);
-            }
-            buf
-        });
-        self.running = Some(Running {
-            child,
-            expanded,
-            started: Instant::now(),
-            tx: Some(tx),
-            writer: Some(writer),
-            stderr: Some(stderr),
-        });
-        if let Some(r) = self.received.take() {
-            self.send(r.into_bytes())?;
-        }
-        self.send(head.to_vec())
+    fn put(&mut self, data: &[u8]) -> Result<(), DeliveryError> {
+        self.written += data.len() as u64;
+        self.spool.write_all(data).map_err(|e| self.spool_error(e))
     }
 
-    fn send(&mut self, mut chunk: Vec<u8>) -> Result<(), DeliveryError> {
-        self.written += chunk.len() as u64;
-        let Some(run) = self.running.as_mut() else {
-            return Ok(());
-        };
-        let Some(tx) = run.tx.as_ref() else {
-            return Ok(());
-        };
-        loop {
-            match tx.try_send(chunk) {
-                Ok(()) => return Ok(()),
-                // The MDA stopped reading and exited: its exit status decides.
-                Err(TrySendError::Disconnected(_)) => {
-                    run.tx = None;
-                    return Ok(());
-                }
-                Err(TrySendError::Full(back)) => {
-                    if run.started.elapsed() >= self.timeout {
-                        return Err(DeliveryError::MdaTimeout {
-                            command: self.command.clone(),
-                            timeout: self.timeout,
-                        });
-                    }
-                    chunk = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
+    fn take_head(&mut self, head: &[u8]) -> Result<(), DeliveryError> {
+        self.head = None;
+        self.sender = envelope_sender(head);
+        self.put(head)
+    }
+
+    fn spool_error(&self, source: std::io::Error) -> DeliveryError {
+        DeliveryError::Write {
+            path: self.spool_dir.clone(),
+            source,
         }
     }
 }
@@ -194,62 +151,58 @@ impl Sink for MdaSink {
     fn write(&mut self, data: &[u8]) -> Result<(), DeliveryError> {
         match self.head.as_mut() {
             Some(head) => match head.push(data) {
-                Some(whole) => {
-                    self.head = None;
-                    self.spawn(&whole)
-                }
+                Some(whole) => self.take_head(&whole),
                 None => Ok(()),
             },
-            None => self.send(data.to_vec()),
+            None => self.put(data),
         }
     }
 
     fn finish(mut self: Box<Self>) -> Result<Finished, DeliveryError> {
         if let Some(mut head) = self.head.take() {
             let whole = head.finish();
-            self.spawn(&whole)?;
+            self.take_head(&whole)?;
         }
-        let Some(mut run) = self.running.take() else {
-            return Err(DeliveryError::MdaSpawn {
+        self.spool.flush().map_err(|e| self.spool_error(e))?;
+        let mut file = self
+            .spool
+            .get_ref()
+            .try_clone()
+            .map_err(|e| self.spool_error(e))?;
+        file.rewind().map_err(|e| self.spool_error(e))?;
+        let expanded = expand_command(&self.command, &[('F', &self.sender), ('T', &self.user)]);
+        let finished = run_shell_on_file(&expanded, file, self.timeout).map_err(|e| match e {
+            RunError::Spawn(source) => DeliveryError::MdaSpawn {
                 command: self.command.clone(),
-                source: std::io::Error::other("the MDA was never started"),
-            });
-        };
-        // Closing the channel ends the writer, which closes the MDA's stdin.
-        run.tx = None;
-        if let Some(w) = run.writer.take() {
-            let _ = w.join();
-        }
-        let status = loop {
-            match run.child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if run.started.elapsed() >= self.timeout => {
-                    crate::command::kill_group(&mut run.child);
-                    return Err(DeliveryError::MdaTimeout {
-                        command: self.command.clone(),
-                        timeout: self.timeout,
-                    });
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(source) => {
-                    return Err(DeliveryError::MdaSpawn {
-                        command: self.command.clone(),
-                        source,
-                    });
-                }
-            }
-        };
-        let stderr = run
-            .stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .map(|b| {
-                crate::pop3::codec::sanitize(String::from_utf8_lossy(&b).trim().as_bytes(), 500)
-            })
-            .unwrap_or_default();
-        match status.code() {
+                source,
+            },
+            RunError::TimedOut {
+                timeout,
+                exited: None,
+            } => DeliveryError::MdaTimeout {
+                command: self.command.clone(),
+                timeout,
+            },
+            // It exited, but left a child holding stderr: the command as a
+            // whole overran command_timeout, and there is no telling what
+            // the child was still doing with the message.
+            e @ RunError::TimedOut {
+                exited: Some(_), ..
+            } => DeliveryError::MdaFailed {
+                command: self.command.clone(),
+                status: e.to_string(),
+                stderr: String::new(),
+            },
+            RunError::Stopped => DeliveryError::MdaFailed {
+                command: self.command.clone(),
+                status: "killed: popsync was asked to stop; the message stays on the server".into(),
+                stderr: String::new(),
+            },
+        })?;
+        let stderr = finished.stderr;
+        match finished.status.code() {
             Some(0) => Ok(Finished {
-                kind: FinishedKind::Mda(format!("mda:{}", run.expanded)),
+                kind: FinishedKind::Mda(format!("mda:{expanded}")),
                 size: self.written,
             }),
             Some(75) => Err(DeliveryError::MdaTemporary {
@@ -258,20 +211,9 @@ impl Sink for MdaSink {
             }),
             _ => Err(DeliveryError::MdaFailed {
                 command: self.command.clone(),
-                status: status.to_string(),
+                status: finished.status.to_string(),
                 stderr,
             }),
-        }
-    }
-}
-
-impl Drop for MdaSink {
-    fn drop(&mut self) {
-        // Not committed: kill the MDA before its stdin closes, so that it
-        // cannot take a truncated message for a whole one.
-        if let Some(mut run) = self.running.take() {
-            crate::command::kill_group(&mut run.child);
-            run.tx = None;
         }
     }
 }
@@ -280,10 +222,18 @@ impl Drop for MdaSink {
 mod tests {
     use super::*;
 
+    use std::time::Instant;
+
     const T: Duration = Duration::from_secs(10);
 
     fn deliver(cmd: &str, msg: &[u8], timeout: Duration) -> Result<Vec<String>, DeliveryError> {
-        let mut m = Mda::new(cmd.into(), "me@example.com".into(), timeout);
+        let spool = tempfile::tempdir().unwrap();
+        let mut m = Mda::new(
+            cmd.into(),
+            "me@example.com".into(),
+            timeout,
+            spool.path().to_owned(),
+        );
         let p = m.prepare_batch(1)?.remove(0);
         let info = MessageInfo {
             server_size: 0,
@@ -329,6 +279,54 @@ mod tests {
         let e = deliver("sleep 30", &vec![b'x'; 1 << 20], Duration::from_millis(500)).unwrap_err();
         assert!(matches!(e, DeliveryError::MdaTimeout { .. }), "{e}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_mda_reads_the_whole_message_from_a_file_that_is_gone_from_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        // stdin is a regular file, and the spool directory holds no name.
+        let cmd = format!(
+            "test -f /dev/stdin && test -z \"$(ls -A {})\" && cat > {}",
+            spool.display(),
+            out.display()
+        );
+        let mut m = Mda::new(cmd, "me".into(), T, spool.clone());
+        let p = m.prepare_batch(1).unwrap().remove(0);
+        let info = MessageInfo {
+            server_size: 0,
+            received: Some("Received: by test\n"),
+        };
+        let mut s = m.start(&p, &info).unwrap();
+        let body = vec![b'z'; 3 << 20];
+        s.write(b"Subject: big\n\n").unwrap();
+        for c in body.chunks(4096) {
+            s.write(c).unwrap();
+        }
+        let f = s.finish().unwrap();
+        assert_eq!(f.size, 18 + 14 + (3 << 20));
+        let got = std::fs::read(&out).unwrap();
+        assert_eq!(
+            got,
+            [&b"Received: by test\nSubject: big\n\n"[..], &body].concat()
+        );
+    }
+
+    #[test]
+    fn an_mda_that_leaves_a_child_holding_stderr_is_killed_at_the_timeout() {
+        let started = Instant::now();
+        let e = deliver(
+            "cat >/dev/null; sleep 30 & exit 0",
+            b"S: x\n\nb\n",
+            Duration::from_millis(500),
+        )
+        .unwrap_err();
+        assert!(matches!(e, DeliveryError::MdaFailed { .. }), "{e}");
+        assert!(e.to_string().contains("command_timeout"), "{e}");
+        assert_eq!(e.exit_code(), crate::exit::ExitCode::IoError);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

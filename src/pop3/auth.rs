@@ -10,7 +10,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
 use ring::rand::SecureRandom;
 
-use super::codec::Capabilities;
+use super::codec::{Capabilities, sanitize};
 use crate::config::AuthMech;
 use crate::exit::ExitCode;
 
@@ -109,11 +109,17 @@ const STRENGTH_ORDER: [Mechanism; 9] = [
 /// The mechanisms to try, in order: with `auth` unset those the server
 /// offers, strongest first; with `auth` set, those of the list that the server
 /// offers, in the list's order. Never empty.
+///
+/// `greeting` is the greeting received on this connection's security layer:
+/// `None` after STLS, where the greeting came in clear text and RFC 2595
+/// says to forget it, so that its timestamp cannot make APOP offered.
 pub fn candidates(
     configured: &[AuthMech],
     capa: &Capabilities,
-    greeting: &str,
+    greeting: Option<&str>,
 ) -> Result<Vec<Mechanism>, AuthError> {
+    let after_stls = greeting.is_none();
+    let greeting = greeting.unwrap_or("");
     let wanted: Vec<Mechanism> = if configured.is_empty() {
         STRENGTH_ORDER.to_vec()
     } else {
@@ -130,12 +136,25 @@ pub fn candidates(
     if !offered.is_empty() {
         return Ok(offered);
     }
-    let mut server: Vec<String> = capa.sasl_mechanisms();
+    // Server text, bound for a terminal.
+    let mut server: Vec<String> = capa
+        .sasl_mechanisms()
+        .iter()
+        .map(|m| sanitize(m.as_bytes(), MAX_MECHANISM_NAME))
+        .collect();
     if Mechanism::User.offered(capa, greeting) {
         server.push("USER".into());
     }
     if Mechanism::Apop.offered(capa, greeting) {
         server.push("APOP".into());
+    }
+    let offered = if server.is_empty() {
+        "nothing".into()
+    } else {
+        server.join(", ")
+    };
+    if after_stls && configured.contains(&AuthMech::Apop) {
+        return Err(AuthError::ApopAfterStls { offered });
     }
     Err(AuthError::NoCommonMechanism {
         wanted: wanted
@@ -143,19 +162,19 @@ pub fn candidates(
             .map(|m| m.name())
             .collect::<Vec<_>>()
             .join(", "),
-        offered: if server.is_empty() {
-            "nothing".into()
-        } else {
-            server.join(", ")
-        },
+        offered,
     })
 }
 
-/// The mechanism popsync tries first.
+/// The longest mechanism name shown in an error (SASL names have at most 20
+/// characters, RFC 4422).
+const MAX_MECHANISM_NAME: usize = 40;
+
+/// The mechanism popsync tries first (`greeting` as for `candidates`).
 pub fn choose(
     configured: &[AuthMech],
     capa: &Capabilities,
-    greeting: &str,
+    greeting: Option<&str>,
 ) -> Result<Mechanism, AuthError> {
     candidates(configured, capa, greeting).map(|c| c[0])
 }
@@ -167,6 +186,10 @@ pub enum AuthError {
         "no login mechanism in common: popsync would use {wanted}, the server offers {offered}; adjust `auth` in the config"
     )]
     NoCommonMechanism { wanted: String, offered: String },
+    #[error(
+        "APOP is not used with tls = \"starttls\": its timestamp came in the clear-text greeting, which RFC 2595 says to forget once STLS has secured the connection. Over TLS the server offers {offered}: name one of those in `auth`, or use tls = \"implicit\" if the server has it"
+    )]
+    ApopAfterStls { offered: String },
     #[error("APOP needs a <timestamp> in the server greeting, and this server sent none")]
     NoApopTimestamp,
     #[error("malformed {mechanism} challenge from the server: {detail}")]
@@ -187,7 +210,9 @@ pub enum AuthError {
 impl AuthError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            AuthError::NoCommonMechanism { .. } | AuthError::NoApopTimestamp => ExitCode::NoPerm,
+            AuthError::NoCommonMechanism { .. }
+            | AuthError::ApopAfterStls { .. }
+            | AuthError::NoApopTimestamp => ExitCode::NoPerm,
             AuthError::BadServerSignature
             | AuthError::MissingServerSignature { .. }
             | AuthError::ScramServerError(_) => ExitCode::NoPerm,
@@ -362,9 +387,11 @@ impl SaslClient {
                     self.server_verified = true;
                     Ok(String::new())
                 }
-                None => Err(AuthError::ScramServerError(
-                    scram_attr(text, 'e').unwrap_or(text).to_owned(),
-                )),
+                // Server text, bound for a terminal.
+                None => Err(AuthError::ScramServerError(sanitize(
+                    scram_attr(text, 'e').unwrap_or(text).as_bytes(),
+                    200,
+                ))),
             };
         }
         // server-first: r=nonce,s=salt,i=iterations
@@ -497,13 +524,13 @@ mod tests {
     fn strongest_offered_mechanism_is_chosen() {
         let c = capa("USER\nSASL PLAIN LOGIN SCRAM-SHA-1 CRAM-MD5\n");
         assert_eq!(
-            choose(&[], &c, "+OK").unwrap(),
+            choose(&[], &c, Some("+OK")).unwrap(),
             Mechanism::Sasl(Sasl::ScramSha1)
         );
         let c = capa("USER\n");
-        assert_eq!(choose(&[], &c, "+OK").unwrap(), Mechanism::User);
+        assert_eq!(choose(&[], &c, Some("+OK")).unwrap(), Mechanism::User);
         assert_eq!(
-            choose(&[], &c, "ready <1.2@host>").unwrap(),
+            choose(&[], &c, Some("ready <1.2@host>")).unwrap(),
             Mechanism::Apop
         );
     }
@@ -512,19 +539,63 @@ mod tests {
     fn configured_mechanisms_are_tried_in_their_order_and_only_those() {
         let c = capa("USER\nSASL PLAIN SCRAM-SHA-256\n");
         assert_eq!(
-            choose(&[AuthMech::Plain, AuthMech::ScramSha256], &c, "").unwrap(),
+            choose(&[AuthMech::Plain, AuthMech::ScramSha256], &c, Some("")).unwrap(),
             Mechanism::Sasl(Sasl::Plain)
         );
-        let e = choose(&[AuthMech::CramMd5], &c, "")
+        let e = choose(&[AuthMech::CramMd5], &c, Some(""))
             .unwrap_err()
             .to_string();
         assert!(e.contains("CRAM-MD5") && e.contains("PLAIN"), "{e}");
     }
 
+    /// Issue 14 item 14: after STLS the clear-text greeting's timestamp
+    /// does not make APOP offered; asked for APOP alone, the error says why.
+    #[test]
+    fn apop_is_not_offered_after_stls() {
+        let c = capa("USER\nSASL PLAIN\n");
+        let greeting = "ready <1.2@host>";
+        assert_eq!(
+            choose(&[AuthMech::Apop, AuthMech::Plain], &c, Some(greeting)).unwrap(),
+            Mechanism::Apop
+        );
+        assert_eq!(
+            choose(&[AuthMech::Apop, AuthMech::Plain], &c, None).unwrap(),
+            Mechanism::Sasl(Sasl::Plain)
+        );
+        assert_eq!(choose(&[], &c, None).unwrap(), Mechanism::Sasl(Sasl::Plain));
+        let e = choose(&[AuthMech::Apop], &c, None).unwrap_err();
+        assert!(matches!(e, AuthError::ApopAfterStls { .. }), "{e}");
+        assert_eq!(e.exit_code(), ExitCode::NoPerm);
+        let e = e.to_string();
+        assert!(e.contains("RFC 2595") && e.contains("PLAIN, USER"), "{e}");
+    }
+
+    /// Issue 14 item 13: server text in errors is sanitised.
+    #[test]
+    fn offered_mechanisms_and_scram_errors_are_sanitised() {
+        let c = capa("SASL X-\x1b[2J\u{202e}EVIL\n");
+        let e = choose(&[AuthMech::CramMd5], &c, Some(""))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\x1b') && !e.contains('\u{202e}'), "{e:?}");
+        assert!(e.contains("X-\\x1b[2J"), "{e:?}");
+
+        let mut client =
+            SaslClient::with_nonce(Sasl::ScramSha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        client.step(&B64.encode(server_first)).unwrap();
+        let e = client
+            .step(&B64.encode("e=other-error\x1b]0;owned\x07"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\x1b') && !e.contains('\x07'), "{e:?}");
+        assert!(e.contains("other-error"), "{e:?}");
+    }
+
     #[test]
     fn oauth_is_never_picked_unless_configured() {
         let c = capa("SASL XOAUTH2 OAUTHBEARER\n");
-        assert!(choose(&[], &c, "").is_err());
+        assert!(choose(&[], &c, Some("")).is_err());
     }
 
     #[test]
