@@ -599,9 +599,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
         self.conn.into_parts("STLS")
     }
 
-    /// Log in with the first mechanism of `mechs` (already ordered by the
-    /// caller) that the server offers; each rejection is reported as failed
-    /// authentication, as trying the next one would double the failed logins.
+    /// Log in with `mech` and enter the TRANSACTION state; a rejection is
+    /// failed authentication (`probe --login` uses this; `fetch` tries
+    /// mechanisms in turn with `authenticate`).
     pub async fn login(
         mut self,
         user: &str,
