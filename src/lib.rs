@@ -17,5 +17,6 @@ pub mod probe;
 pub mod stop;
 pub mod store;
 pub mod sync;
+pub mod timestamp;
 pub mod ui;
 pub mod window;

@@ -392,14 +392,12 @@ fn seen(config: &Config, cmd: &SeenCmd, ui: Ui) -> Result<ExitCode, Failure> {
                 (a.first_seen, &a.uidl, a.copy).cmp(&(b.first_seen, &b.uidl, b.copy))
             });
             let t = |t: Option<chrono::DateTime<Utc>>| {
-                t.map_or("-".to_owned(), |t| {
-                    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-                })
+                t.map_or("-".to_owned(), |t| popsync::timestamp::utc_seconds(&t))
             };
             for r in rows {
                 let line = if ui.json {
                     let j = |t: Option<chrono::DateTime<Utc>>| {
-                        t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                        t.map(|t| popsync::timestamp::utc_seconds(&t))
                     };
                     serde_json::json!({
                         "uidl": r.uidl, "copy": r.copy, "size": r.size,

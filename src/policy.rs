@@ -236,14 +236,17 @@ impl fmt::Display for Planned {
                 "delete",
                 format!(
                     "retention: first downloaded {}",
-                    first_seen.format("%Y-%m-%dT%H:%M:%SZ")
+                    crate::timestamp::utc_seconds(first_seen)
                 ),
             ),
             Action::Delete(DeleteReason::Filter) => ("delete", "filter: exit 1".to_owned()),
             Action::Keep { until: None } => ("keep", "retention forever".to_owned()),
             Action::Keep { until: Some(t) } => (
                 "keep",
-                format!("retention: delete after {}", t.format("%Y-%m-%dT%H:%M:%SZ")),
+                format!(
+                    "retention: delete after {}",
+                    crate::timestamp::utc_seconds(t)
+                ),
             ),
         };
         write!(
