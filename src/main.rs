@@ -150,8 +150,7 @@ fn run_accounts(
     }
     // Create the seen-store (and its schema) once, before the accounts run
     // in parallel and would all try at the same moment.
-    popsync::store::Store::open(&config.state_dir.join("seen.sqlite3"))
-        .map_err(|e| fail(e.exit_code(), e))?;
+    popsync::store::Store::open_in(&config.state_dir).map_err(|e| fail(e.exit_code(), e))?;
     let opts = Arc::new(RunOptions {
         state_dir: config.state_dir.clone(),
         now: now()?,
@@ -372,7 +371,7 @@ fn accounts(config: &Config, ui: Ui) -> Result<ExitCode, Failure> {
 }
 
 fn seen(config: &Config, cmd: &SeenCmd, ui: Ui) -> Result<ExitCode, Failure> {
-    let store_path = config.state_dir.join("seen.sqlite3");
+    let store_path = config.state_dir.join(popsync::store::FILE_NAME);
     let io = |e: popsync::store::StoreError| fail(e.exit_code(), e);
     let out = |line: &str| {
         ui::stdout_line(line)

@@ -78,7 +78,7 @@ pub async fn peek(
     only_new: bool,
     lines: u32,
 ) -> Result<Vec<Peeked>, PeekError> {
-    let mut store = Store::open(&opts.state_dir.join("seen.sqlite3")).map_err(SyncError::from)?;
+    let mut store = Store::open_in(&opts.state_dir).map_err(SyncError::from)?;
     let mut session = sync::open_session(account, opts, &mut store).await?;
     let server = session.conn.server().to_owned();
     let listing = session.listing().await.map_err(SyncError::from)?;

@@ -154,7 +154,16 @@ fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// The seen-store's file name inside the state directory.
+pub const FILE_NAME: &str = "seen.sqlite3";
+
 impl Store {
+    /// Open (creating when missing) the store of the state directory
+    /// `state_dir`.
+    pub fn open_in(state_dir: &Path) -> Result<Store, StoreError> {
+        Store::open(&state_dir.join(FILE_NAME))
+    }
+
     /// Open (creating when missing) the store at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
@@ -704,7 +713,7 @@ mod tests {
     #[test]
     fn garbage_file_is_reported_as_corrupt_with_advice() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("seen.sqlite3");
+        let path = dir.path().join(FILE_NAME);
         std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
         let e = match Store::open(&path) {
             Err(e) => e,
@@ -717,7 +726,7 @@ mod tests {
     #[test]
     fn stores_opened_concurrently_on_a_new_file_all_succeed() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("seen.sqlite3");
+        let path = dir.path().join(FILE_NAME);
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let path = path.clone();

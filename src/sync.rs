@@ -319,8 +319,7 @@ pub async fn check_account(account: &Account, opts: &RunOptions) -> AccountRepor
     let started = Instant::now();
     let mut tally = Tally::default();
     let result = async {
-        let mut store =
-            crate::command::blocking(|| Store::open(&opts.state_dir.join("seen.sqlite3")))?;
+        let mut store = crate::command::blocking(|| Store::open_in(&opts.state_dir))?;
         let Planned {
             session,
             plan,
@@ -374,7 +373,7 @@ fn report(
 
 async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result<(), SyncError> {
     let _lock = lock_account(&opts.state_dir, &account.name)?;
-    let mut store = crate::command::blocking(|| Store::open(&opts.state_dir.join("seen.sqlite3")))?;
+    let mut store = crate::command::blocking(|| Store::open_in(&opts.state_dir))?;
     let mut target = open_target(&account.deliver, account, opts);
     if !opts.dry_run {
         crate::command::blocking(|| resolve_pending(account, &mut store, opts))?;
