@@ -202,7 +202,7 @@ fn run(
         Ok(status) => Ok(Finished {
             status,
             stdout: pipes.stdout.buf,
-            stderr: crate::pop3::codec::sanitize(
+            stderr: crate::sanitize::sanitize(
                 String::from_utf8_lossy(&pipes.stderr.buf).trim().as_bytes(),
                 500,
             ),

@@ -41,7 +41,7 @@ pub fn display(value: &str, max_chars: usize) -> String {
         .too_long_encoded_word_strategy(RecoverStrategy::Decode)
         .decode(value.as_bytes())
         .unwrap_or_else(|_| value.to_owned());
-    crate::pop3::codec::sanitize(decoded.as_bytes(), max_chars)
+    crate::sanitize::sanitize(decoded.as_bytes(), max_chars)
 }
 
 #[cfg(test)]

@@ -407,7 +407,7 @@ fn seen(config: &Config, cmd: &SeenCmd, ui: Ui) -> Result<ExitCode, Failure> {
                 } else {
                     format!(
                         "{} {} {} delivered={} deleted={} {}",
-                        popsync::pop3::codec::sanitize(r.uidl.as_bytes(), 80),
+                        popsync::sanitize::sanitize(r.uidl.as_bytes(), 80),
                         r.size,
                         t(Some(r.first_seen)),
                         t(r.delivered_at),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::{Account, Retention};
 use crate::headers;
 use crate::policy::{self, PlanSettings, Verdicts};
-use crate::pop3::codec::sanitize;
+use crate::sanitize::sanitize;
 use crate::store::Store;
 use crate::sync::{self, RunOptions, SyncError};
 

@@ -10,8 +10,9 @@ use serde::Serialize;
 use crate::config::Account;
 use crate::exit::ExitCode;
 use crate::net::{self, NetError, Transport};
-use crate::pop3::codec::{Capabilities, Expire, sanitize};
+use crate::pop3::codec::{Capabilities, Expire};
 use crate::pop3::session::Greeted;
+use crate::sanitize::sanitize;
 use crate::sync::{self, SyncError};
 use crate::ui::Ui;
 

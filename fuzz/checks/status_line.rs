@@ -8,8 +8,9 @@
 //! still hold a legal line; error texts are sanitised and short.
 
 use popsync::pop3::codec::{
-    CodecError, MAX_LINE, Status, parse_stat, parse_status, parse_uidl_single, sanitize, split_line,
+    CodecError, MAX_LINE, Status, parse_stat, parse_status, parse_uidl_single, split_line,
 };
+use popsync::sanitize::sanitize;
 
 /// What an error message may quote of a line (ERROR_EXCERPT in codec.rs,
 /// plus the ellipsis); generous so that the check is about "bounded".

@@ -10,9 +10,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
 use ring::rand::SecureRandom;
 
-use super::codec::{Capabilities, sanitize};
+use super::codec::Capabilities;
 use crate::config::AuthMech;
 use crate::exit::ExitCode;
+use crate::sanitize::sanitize;
 
 /// A SASL mechanism popsync speaks (RFC 5034 AUTH).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -443,7 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     if line.first() == Some(&b'+') && !line.starts_with(b"+OK") {
                         "S: + <redacted>".to_owned()
                     } else {
-                        format!("S: {}", codec::sanitize(line, 200))
+                        format!("S: {}", crate::sanitize::sanitize(line, 200))
                     }
                 });
                 self.pos += consumed;
