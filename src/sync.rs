@@ -822,7 +822,7 @@ pub fn mechanism(
     greeted: &Greeted<Transport>,
 ) -> Result<auth::Mechanism, SyncError> {
     auth::choose(
-        &account.auth,
+        &account.mechanisms(),
         &greeted.capa,
         greeting_for_auth(account, greeted),
     )
@@ -904,7 +904,7 @@ async fn login(
         .greeted;
     let server = greeted.conn.server().to_owned();
     let candidates = auth::candidates(
-        &account.auth,
+        &account.mechanisms(),
         &greeted.capa,
         greeting_for_auth(account, &greeted),
     )

@@ -116,6 +116,13 @@ pub struct Account {
     pub command_timeout: Duration,
 }
 
+impl Account {
+    /// `auth` as the session's mechanisms, in the configured order.
+    pub fn mechanisms(&self) -> Vec<crate::pop3::auth::Mechanism> {
+        self.auth.iter().map(|&m| m.into()).collect()
+    }
+}
+
 /// The whole settled config.
 #[derive(Debug, Clone)]
 pub struct Config {

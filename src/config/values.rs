@@ -5,6 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
+
+use crate::pop3::auth::{Mechanism, Sasl};
 use serde::de::{self, Deserializer, Visitor};
 
 /// How the connection is secured (`tls = ...`).
@@ -63,6 +65,26 @@ pub enum AuthMech {
     Xoauth2,
     #[serde(rename = "oauthbearer")]
     OauthBearer,
+}
+
+impl From<AuthMech> for Mechanism {
+    /// The session's mechanism for a config name (config depends on the
+    /// protocol layer, never the other way round).
+    fn from(m: AuthMech) -> Mechanism {
+        match m {
+            AuthMech::ScramSha256 => Mechanism::Sasl(Sasl::ScramSha256),
+            AuthMech::ScramSha1 => Mechanism::Sasl(Sasl::ScramSha1),
+            AuthMech::CramSha256 => Mechanism::Sasl(Sasl::CramSha256),
+            AuthMech::CramSha1 => Mechanism::Sasl(Sasl::CramSha1),
+            AuthMech::CramMd5 => Mechanism::Sasl(Sasl::CramMd5),
+            AuthMech::Plain => Mechanism::Sasl(Sasl::Plain),
+            AuthMech::Login => Mechanism::Sasl(Sasl::Login),
+            AuthMech::Apop => Mechanism::Apop,
+            AuthMech::User => Mechanism::User,
+            AuthMech::Xoauth2 => Mechanism::Sasl(Sasl::Xoauth2),
+            AuthMech::OauthBearer => Mechanism::Sasl(Sasl::OauthBearer),
+        }
+    }
 }
 
 impl AuthMech {

@@ -11,7 +11,6 @@ use md5::{Digest, Md5};
 use ring::rand::SecureRandom;
 
 use super::codec::Capabilities;
-use crate::config::AuthMech;
 use crate::exit::ExitCode;
 use crate::sanitize::sanitize;
 
@@ -55,22 +54,6 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
-    pub fn from_config(m: AuthMech) -> Mechanism {
-        match m {
-            AuthMech::ScramSha256 => Mechanism::Sasl(Sasl::ScramSha256),
-            AuthMech::ScramSha1 => Mechanism::Sasl(Sasl::ScramSha1),
-            AuthMech::CramSha256 => Mechanism::Sasl(Sasl::CramSha256),
-            AuthMech::CramSha1 => Mechanism::Sasl(Sasl::CramSha1),
-            AuthMech::CramMd5 => Mechanism::Sasl(Sasl::CramMd5),
-            AuthMech::Plain => Mechanism::Sasl(Sasl::Plain),
-            AuthMech::Login => Mechanism::Sasl(Sasl::Login),
-            AuthMech::Apop => Mechanism::Apop,
-            AuthMech::User => Mechanism::User,
-            AuthMech::Xoauth2 => Mechanism::Sasl(Sasl::Xoauth2),
-            AuthMech::OauthBearer => Mechanism::Sasl(Sasl::OauthBearer),
-        }
-    }
-
     /// Name for messages ("USER", "APOP", "PLAIN", ...).
     pub fn name(self) -> &'static str {
         match self {
@@ -115,7 +98,7 @@ const STRENGTH_ORDER: [Mechanism; 9] = [
 /// `None` after STLS, where the greeting came in clear text and RFC 2595
 /// says to forget it, so that its timestamp cannot make APOP offered.
 pub fn candidates(
-    configured: &[AuthMech],
+    configured: &[Mechanism],
     capa: &Capabilities,
     greeting: Option<&str>,
 ) -> Result<Vec<Mechanism>, AuthError> {
@@ -124,10 +107,7 @@ pub fn candidates(
     let wanted: Vec<Mechanism> = if configured.is_empty() {
         STRENGTH_ORDER.to_vec()
     } else {
-        configured
-            .iter()
-            .map(|&m| Mechanism::from_config(m))
-            .collect()
+        configured.to_vec()
     };
     let offered: Vec<Mechanism> = wanted
         .iter()
@@ -154,7 +134,7 @@ pub fn candidates(
     } else {
         server.join(", ")
     };
-    if after_stls && configured.contains(&AuthMech::Apop) {
+    if after_stls && configured.contains(&Mechanism::Apop) {
         return Err(AuthError::ApopAfterStls { offered });
     }
     Err(AuthError::NoCommonMechanism {
@@ -173,7 +153,7 @@ const MAX_MECHANISM_NAME: usize = 40;
 
 /// The mechanism popsync tries first (`greeting` as for `candidates`).
 pub fn choose(
-    configured: &[AuthMech],
+    configured: &[Mechanism],
     capa: &Capabilities,
     greeting: Option<&str>,
 ) -> Result<Mechanism, AuthError> {
@@ -540,10 +520,18 @@ mod tests {
     fn configured_mechanisms_are_tried_in_their_order_and_only_those() {
         let c = capa("USER\nSASL PLAIN SCRAM-SHA-256\n");
         assert_eq!(
-            choose(&[AuthMech::Plain, AuthMech::ScramSha256], &c, Some("")).unwrap(),
+            choose(
+                &[
+                    Mechanism::Sasl(Sasl::Plain),
+                    Mechanism::Sasl(Sasl::ScramSha256)
+                ],
+                &c,
+                Some("")
+            )
+            .unwrap(),
             Mechanism::Sasl(Sasl::Plain)
         );
-        let e = choose(&[AuthMech::CramMd5], &c, Some(""))
+        let e = choose(&[Mechanism::Sasl(Sasl::CramMd5)], &c, Some(""))
             .unwrap_err()
             .to_string();
         assert!(e.contains("CRAM-MD5") && e.contains("PLAIN"), "{e}");
@@ -556,15 +544,20 @@ mod tests {
         let c = capa("USER\nSASL PLAIN\n");
         let greeting = "ready <1.2@host>";
         assert_eq!(
-            choose(&[AuthMech::Apop, AuthMech::Plain], &c, Some(greeting)).unwrap(),
+            choose(
+                &[Mechanism::Apop, Mechanism::Sasl(Sasl::Plain)],
+                &c,
+                Some(greeting)
+            )
+            .unwrap(),
             Mechanism::Apop
         );
         assert_eq!(
-            choose(&[AuthMech::Apop, AuthMech::Plain], &c, None).unwrap(),
+            choose(&[Mechanism::Apop, Mechanism::Sasl(Sasl::Plain)], &c, None).unwrap(),
             Mechanism::Sasl(Sasl::Plain)
         );
         assert_eq!(choose(&[], &c, None).unwrap(), Mechanism::Sasl(Sasl::Plain));
-        let e = choose(&[AuthMech::Apop], &c, None).unwrap_err();
+        let e = choose(&[Mechanism::Apop], &c, None).unwrap_err();
         assert!(matches!(e, AuthError::ApopAfterStls { .. }), "{e}");
         assert_eq!(e.exit_code(), ExitCode::NoPerm);
         let e = e.to_string();
@@ -575,7 +568,7 @@ mod tests {
     #[test]
     fn offered_mechanisms_and_scram_errors_are_sanitised() {
         let c = capa("SASL X-\x1b[2J\u{202e}EVIL\n");
-        let e = choose(&[AuthMech::CramMd5], &c, Some(""))
+        let e = choose(&[Mechanism::Sasl(Sasl::CramMd5)], &c, Some(""))
             .unwrap_err()
             .to_string();
         assert!(!e.contains('\x1b') && !e.contains('\u{202e}'), "{e:?}");
