@@ -14,6 +14,7 @@ pub mod peek;
 pub mod policy;
 pub mod pop3;
 pub mod probe;
+pub mod report;
 pub mod sanitize;
 pub mod stop;
 pub mod store;

@@ -11,8 +11,9 @@ use clap::Parser;
 use popsync::cli::{CheckArgs, Cli, Cmd, FetchArgs, PeekArgs, ProbeArgs, SeenCmd, Selection};
 use popsync::config::{self, Config};
 use popsync::exit::{self, ExitCode};
+use popsync::report::AccountReport;
 use popsync::stop;
-use popsync::sync::{self, AccountReport, RunOptions};
+use popsync::sync::{self, RunOptions};
 use popsync::ui::{self, Ui, Verbosity};
 
 fn main() -> ProcessExit {

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use crate::config::{Account, Delivery, Retention, SecretError, TlsMode};
 use crate::deliver::maildir::Maildir;
@@ -22,6 +21,7 @@ use crate::policy::{self, Action, DeleteReason, Plan, PlanSettings, SkipReason, 
 use crate::pop3::auth::{self, AuthError};
 use crate::pop3::codec::{Expire, RespCode};
 use crate::pop3::session::{Connection, Greeted, SessionError, Trace, Transaction};
+use crate::report::{AccountReport, Tally, report};
 use crate::sanitize::sanitize;
 use crate::store::{self, PendingRow, Store, StoreError};
 use crate::ui::Ui;
@@ -43,63 +43,6 @@ pub struct RunOptions {
     pub dry_run: bool,
     pub accept_uidl_reset: bool,
     pub ui: Ui,
-}
-
-/// What happened to one account: the `--json` object and the summary line.
-#[derive(Debug, Clone, Serialize)]
-pub struct AccountReport {
-    pub account: String,
-    pub status: &'static str,
-    pub new: u64,
-    pub fetched: u64,
-    pub bytes: u64,
-    pub deleted: u64,
-    pub skipped: u64,
-    pub error: Option<String>,
-    pub elapsed_ms: u64,
-    #[serde(skip)]
-    pub code: ExitCode,
-}
-
-impl AccountReport {
-    /// An account that was not worked on at all (stopped before its turn,
-    /// or lost to an internal error).
-    pub fn not_started(account: &str, code: ExitCode) -> AccountReport {
-        let error = match code {
-            ExitCode::Interrupted | ExitCode::Terminated => {
-                "not started: popsync was asked to stop"
-            }
-            _ => "internal error: the account's task failed",
-        };
-        AccountReport {
-            account: account.to_owned(),
-            status: code.status_word(),
-            new: 0,
-            fetched: 0,
-            bytes: 0,
-            deleted: 0,
-            skipped: 0,
-            error: Some(error.to_owned()),
-            elapsed_ms: 0,
-            code,
-        }
-    }
-
-    /// The default summary line on stderr.
-    pub fn summary(&self) -> String {
-        let mut s = format!(
-            "{}: {} new, {} fetched ({}), {} deleted",
-            self.account,
-            self.new,
-            self.fetched,
-            crate::ui::human_bytes(self.bytes),
-            self.deleted
-        );
-        if self.skipped > 0 {
-            s.push_str(&format!(", {} skipped", self.skipped));
-        }
-        s
-    }
 }
 
 /// Why an account's session failed. Each says what failed and what to do.
@@ -192,17 +135,6 @@ impl SyncError {
             SyncError::UnknownPending { .. } => ExitCode::IoError,
         }
     }
-}
-
-/// Counters of one session, filled in as it goes so that a failed session
-/// still reports what it did deliver.
-#[derive(Debug, Default)]
-struct Tally {
-    new: u64,
-    fetched: u64,
-    bytes: u64,
-    deleted: u64,
-    skipped: u64,
 }
 
 /// Sync one account. Never panics on server or disk input; every failure
@@ -346,30 +278,6 @@ pub async fn check_account(account: &Account, opts: &RunOptions) -> AccountRepor
     }
     .await;
     report(account, started, tally, result)
-}
-
-fn report(
-    account: &Account,
-    started: Instant,
-    tally: Tally,
-    result: Result<(), SyncError>,
-) -> AccountReport {
-    let (code, error) = match result {
-        Ok(()) => (ExitCode::Ok, None),
-        Err(e) => (e.exit_code(), Some(e.to_string())),
-    };
-    AccountReport {
-        account: account.name.clone(),
-        status: code.status_word(),
-        new: tally.new,
-        fetched: tally.fetched,
-        bytes: tally.bytes,
-        deleted: tally.deleted,
-        skipped: tally.skipped,
-        error,
-        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        code,
-    }
 }
 
 async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result<(), SyncError> {
