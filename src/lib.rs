@@ -1,6 +1,7 @@
 //! popsync: a one-shot POP3 fetcher. The binary (`src/main.rs`) is a thin edge
 //! over this library; everything that can be tested without a process lives here.
 
+pub mod check;
 pub mod cli;
 pub mod command;
 pub mod config;

@@ -193,7 +193,7 @@ fn run_accounts(
                 let report = match (stop::requested(), job) {
                     (Some(code), _) => AccountReport::not_started(&account.name, code),
                     (None, Job::Fetch) => sync::run_account(&account, &opts).await,
-                    (None, Job::Check) => sync::check_account(&account, &opts).await,
+                    (None, Job::Check) => popsync::check::check_account(&account, &opts).await,
                 };
                 report_account(&report, &opts.ui, job);
                 (index, report)

@@ -147,15 +147,15 @@ pub async fn run_account(account: &Account, opts: &RunOptions) -> AccountReport 
 }
 
 /// A logged-in session and its plan.
-struct Planned {
-    session: Transaction<Transport>,
-    plan: Plan,
+pub(crate) struct Planned {
+    pub(crate) session: Transaction<Transport>,
+    pub(crate) plan: Plan,
     /// A header filter failed for some message (it stays on the server).
-    filter_error: Option<FilterError>,
+    pub(crate) filter_error: Option<FilterError>,
 }
 
 /// Everything up to the plan: LOGIN-DELAY, secret, connect, log in, list.
-async fn connect_and_plan(
+pub(crate) async fn connect_and_plan(
     account: &Account,
     opts: &RunOptions,
     store: &mut Store,
@@ -244,40 +244,6 @@ fn first_filter_error(verdicts: &Verdicts) -> Option<FilterError> {
         verdicts.values().filter_map(|v| v.as_ref().err()).collect();
     errors.sort_by_key(|e| e.exit_code() == ExitCode::TempFail);
     errors.first().map(|e| (*e).clone())
-}
-
-/// `popsync check`: how much new mail `fetch` would download. Changes
-/// nothing on the server or on disk.
-pub async fn check_account(account: &Account, opts: &RunOptions) -> AccountReport {
-    let started = Instant::now();
-    let mut tally = Tally::default();
-    let result = async {
-        let mut store = crate::command::blocking(|| Store::open_in(&opts.state_dir))?;
-        let Planned {
-            session,
-            plan,
-            filter_error,
-        } = connect_and_plan(account, opts, &mut store, &mut tally).await?;
-        // `check` counts what `fetch` would download, not what max_size skips.
-        tally.new = 0;
-        for p in &plan.messages {
-            match p.action {
-                Action::Fetch { .. } => {
-                    tally.new += 1;
-                    tally.bytes = tally.bytes.saturating_add(p.listed.size);
-                }
-                Action::Skip(_) => tally.skipped += 1,
-                _ => {}
-            }
-        }
-        session.quit().await?;
-        match filter_error {
-            Some(e) => Err(SyncError::Filter(e)),
-            None => Ok::<(), SyncError>(()),
-        }
-    }
-    .await;
-    report(account, started, tally, result)
 }
 
 async fn sync(account: &Account, opts: &RunOptions, tally: &mut Tally) -> Result<(), SyncError> {
