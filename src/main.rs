@@ -142,7 +142,7 @@ fn run_accounts(
 ) -> Result<Vec<AccountReport>, Failure> {
     let selected = config
         .select(&selection.accounts, selection.all)
-        .map_err(|e| fail(ExitCode::Usage, anyhow::anyhow!(e)))?;
+        .map_err(|e| fail(ExitCode::Usage, e))?;
     if selected
         .iter()
         .any(|a| a.tls != popsync::config::TlsMode::None)
@@ -251,7 +251,7 @@ fn report_account(report: &AccountReport, ui: &Ui, job: Job) {
 fn one_account(config: &Config, name: &str) -> Result<popsync::config::Account, Failure> {
     config
         .select(&[name.to_owned()], false)
-        .map_err(|e| fail(ExitCode::Usage, anyhow::anyhow!(e)))?
+        .map_err(|e| fail(ExitCode::Usage, e))?
         .into_iter()
         .next()
         .cloned()

@@ -132,28 +132,34 @@ pub struct Config {
     pub accounts: Vec<Account>,
 }
 
+/// A command named an account the config does not have.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no account {name:?} in {}; accounts there: {}", path.display(), if known.is_empty() { "(none)".to_owned() } else { known.join(", ") })]
+pub struct UnknownAccount {
+    pub name: String,
+    pub path: PathBuf,
+    /// The accounts the config has, in file order.
+    pub known: Vec<String>,
+}
+
 impl Config {
     /// The accounts a command selected: all of them, or the named ones in the
     /// order given. An unknown name is an error listing the known ones.
-    pub fn select(&self, names: &[String], all: bool) -> Result<Vec<&Account>, String> {
+    pub fn select(&self, names: &[String], all: bool) -> Result<Vec<&Account>, UnknownAccount> {
         if all {
             return Ok(self.accounts.iter().collect());
         }
         names
             .iter()
             .map(|n| {
-                self.accounts.iter().find(|a| &a.name == n).ok_or_else(|| {
-                    let known: Vec<&str> = self.accounts.iter().map(|a| a.name.as_str()).collect();
-                    format!(
-                        "no account {n:?} in {}; accounts there: {}",
-                        self.path.display(),
-                        if known.is_empty() {
-                            "(none)".to_owned()
-                        } else {
-                            known.join(", ")
-                        }
-                    )
-                })
+                self.accounts
+                    .iter()
+                    .find(|a| &a.name == n)
+                    .ok_or_else(|| UnknownAccount {
+                        name: n.clone(),
+                        path: self.path.clone(),
+                        known: self.accounts.iter().map(|a| a.name.clone()).collect(),
+                    })
             })
             .collect()
     }
@@ -839,7 +845,8 @@ max_size = "25MB"
     fn selecting_an_unknown_account_lists_the_known_ones() {
         let c = parse_ok(GOOD);
         let e = c.select(&["nope".into()], false).unwrap_err();
-        assert!(e.contains("work, home"), "{e}");
+        assert_eq!(e.known, ["work", "home"]);
+        assert!(e.to_string().contains("work, home"), "{e}");
         assert_eq!(c.select(&["home".into()], false).unwrap()[0].name, "home");
     }
 }
