@@ -20,7 +20,7 @@ use crate::net::{self, NetError, TlsSettings, Transport};
 use crate::policy::{self, Action, DeleteReason, Plan, PlanSettings, SkipReason, Verdicts};
 use crate::pop3::auth::{self, AuthError};
 use crate::pop3::codec::{Expire, RespCode};
-use crate::pop3::session::{Connection, Greeted, SessionError, Trace, Transaction};
+use crate::pop3::session::{BodyError, Connection, Greeted, SessionError, Trace, Transaction};
 use crate::report::{AccountReport, Tally, report};
 use crate::sanitize::sanitize;
 use crate::store::{self, PendingRow, Store, StoreError};
@@ -106,13 +106,16 @@ pub enum SyncError {
 
 impl From<SessionError> for SyncError {
     fn from(e: SessionError) -> Self {
+        SyncError::Session(e)
+    }
+}
+
+impl From<BodyError<DeliveryError>> for SyncError {
+    /// A RETR streamed into a delivery: the session failed, or the delivery.
+    fn from(e: BodyError<DeliveryError>) -> Self {
         match e {
-            // A delivery failure surfaced from inside a RETR stream.
-            SessionError::Sink(inner) => match inner.downcast::<DeliveryError>() {
-                Ok(d) => SyncError::Delivery(*d),
-                Err(other) => SyncError::Session(SessionError::Sink(other)),
-            },
-            other => SyncError::Session(other),
+            BodyError::Session(e) => SyncError::Session(e),
+            BodyError::Sink(e) => SyncError::Delivery(e),
         }
     }
 }
@@ -447,7 +450,6 @@ async fn fetch_new(
                             b.inc(chunk.len() as u64);
                         }
                         sink.write(chunk)
-                            .map_err(|e| SessionError::Sink(Box::new(e)))
                     })
                     .await?;
                 window.arrived(p.listed.size);

@@ -8,6 +8,7 @@
 //! and only when the CAPA asked after login lists PIPELINING; before login
 //! every command waits for its reply.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -124,9 +125,6 @@ pub enum SessionError {
         command: String,
         allowed: Duration,
     },
-    /// The message sink (delivery) failed; carried through unchanged.
-    #[error("{0}")]
-    Sink(Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn describe_err(text: &str, code: &Option<RespCode>) -> String {
@@ -168,7 +166,6 @@ impl SessionError {
             SessionError::NoUsableAuth { .. } => ExitCode::NoPerm,
             SessionError::Auth { source, .. } => source.exit_code(),
             SessionError::Unsafe { .. } => ExitCode::Config,
-            SessionError::Sink(_) => ExitCode::IoError,
         }
     }
 }
@@ -207,6 +204,30 @@ impl Settings {
 
 /// Reply to one command.
 pub type Reply = StatusLine;
+
+/// How reading a multi-line reply into a sink failed: in the session, or in
+/// the sink (a delivery), whose error is handed back as it was.
+#[derive(Debug)]
+pub enum BodyError<E> {
+    Session(SessionError),
+    Sink(E),
+}
+
+impl<E> From<SessionError> for BodyError<E> {
+    fn from(e: SessionError) -> Self {
+        BodyError::Session(e)
+    }
+}
+
+impl BodyError<Infallible> {
+    /// A read whose sink cannot fail can only have failed in the session.
+    pub fn into_session(self) -> SessionError {
+        match self {
+            BodyError::Session(e) => e,
+            BodyError::Sink(never) => match never {},
+        }
+    }
+}
 
 /// What a multi-line reply may be: at most `max` decoded octets, complete
 /// before `deadline`.
@@ -460,14 +481,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Read the body of a multi-line reply, handing decoded bytes (LF line
     /// ends) to `sink` as they arrive; no more than `bound` allows. Returns
     /// the decoded length.
-    pub async fn read_body<F>(
+    pub async fn read_body<F, E>(
         &mut self,
         command: &str,
         bound: Bound,
         mut sink: F,
-    ) -> Result<u64, SessionError>
+    ) -> Result<u64, BodyError<E>>
     where
-        F: FnMut(&[u8]) -> Result<(), SessionError>,
+        F: FnMut(&[u8]) -> Result<(), E>,
     {
         let mut decoder = MultilineDecoder::new();
         let mut out = Vec::with_capacity(self.read_size + 16);
@@ -480,14 +501,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 if !out.is_empty() {
                     total = total.saturating_add(out.len() as u64);
                     if total > bound.max {
-                        return Err(SessionError::TooLong {
+                        return Err(BodyError::Session(SessionError::TooLong {
                             server: self.server.clone(),
                             command: command.to_owned(),
                             limit: bound.max,
                             why: bound.why.to_owned(),
-                        });
+                        }));
                     }
-                    sink(&out)?;
+                    sink(&out).map_err(BodyError::Sink)?;
                 }
                 if let Decoded::End = state {
                     self.trace(|| format!("S: <{total} octets> ."));
@@ -515,9 +536,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut body = Vec::new();
         self.read_body(command, bound, |chunk| {
             body.extend_from_slice(chunk);
-            Ok(())
+            Ok::<(), Infallible>(())
         })
-        .await?;
+        .await
+        .map_err(BodyError::into_session)?;
         Ok(body)
     }
 
@@ -915,14 +937,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
     /// Read the reply to a RETR sent earlier, streaming the message into
     /// `sink`. `listed` is the size LIST gave: a message that runs far past
     /// it, or arrives slower than `MIN_RATE` allows, is stopped.
-    pub async fn read_retr<F>(
+    pub async fn read_retr<F, E>(
         &mut self,
         msg: u32,
         listed: u64,
         sink: F,
-    ) -> Result<u64, SessionError>
+    ) -> Result<u64, BodyError<E>>
     where
-        F: FnMut(&[u8]) -> Result<(), SessionError>,
+        F: FnMut(&[u8]) -> Result<(), E>,
     {
         let label = format!("RETR {msg}");
         self.conn.expect_ok(&label).await?;
@@ -960,9 +982,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
             .read_body(&label, bound, |chunk| {
                 let room = limit.saturating_sub(kept.len());
                 kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                Ok(())
+                Ok::<(), Infallible>(())
             })
-            .await?;
+            .await
+            .map_err(BodyError::into_session)?;
         Ok(kept)
     }
 
@@ -1199,7 +1222,9 @@ mod tests {
         let (mut t, mut server) = transaction(b"PIPELINING\n").await;
         let retr = tokio::spawn(async move {
             t.send_retr(&[1]).await?;
-            t.read_retr(1, 100, |_| Ok(())).await
+            t.read_retr(1, 100, |_| Ok::<(), Infallible>(()))
+                .await
+                .map_err(BodyError::into_session)
         });
         server.expect("RETR 1").await;
         server.reply("+OK\r\n").await;
@@ -1223,7 +1248,9 @@ mod tests {
         let (mut t, mut server) = transaction(b"PIPELINING\n").await;
         let retr = tokio::spawn(async move {
             t.send_retr(&[1]).await?;
-            t.read_retr(1, 100, |_| Ok(())).await
+            t.read_retr(1, 100, |_| Ok::<(), Infallible>(()))
+                .await
+                .map_err(BodyError::into_session)
         });
         server.expect("RETR 1").await;
         server.reply("+OK\r\n").await;
@@ -1262,7 +1289,9 @@ mod tests {
         let (mut t, mut server) = transaction(b"PIPELINING\n").await;
         let retr = tokio::spawn(async move {
             t.send_retr(&[1, 2]).await?;
-            t.read_retr(1, 10, |_| Ok(())).await
+            t.read_retr(1, 10, |_| Ok::<(), Infallible>(()))
+                .await
+                .map_err(BodyError::into_session)
         });
         server.expect("RETR 1\r\nRETR 2").await;
         server.reply("-ERR no such message\r\n").await;
