@@ -21,13 +21,10 @@
 //! ```
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::servers::{Mailbox, PopServer};
 
@@ -382,8 +379,6 @@ pub struct CourierMailbox {
     owner: (u32, u32),
 }
 
-static DELIVERY_SEQ: AtomicU64 = AtomicU64::new(0);
-
 impl CourierMailbox {
     /// The user's server-side Maildir.
     pub fn maildir(&self) -> &Path {
@@ -429,34 +424,10 @@ impl Mailbox for CourierMailbox {
         &self.password
     }
 
-    /// Writes the message (CRLF stored as LF) into tmp/, hands it to the
-    /// mail user and renames it into new/. File names start with the time
-    /// and a zero-padded sequence number: Courier numbers messages by that
-    /// (the arrival time, then the name), so in delivery order.
+    /// Into the user's Maildir as an MTA would; Courier numbers messages by
+    /// arrival time, then name, so in delivery order.
     fn deliver(&self, raw: &[u8]) {
-        let bytes = crlf_to_lf(raw);
-        let seq = DELIVERY_SEQ.fetch_add(1, Ordering::Relaxed);
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs();
-        let name = format!(
-            "{secs}.M{seq:06}P{pid}Q{seq}.popsync-courier",
-            pid = std::process::id()
-        );
-        let tmp = self.maildir.join("tmp").join(&name);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
-        file.write_all(&bytes).expect("write message");
-        drop(file);
-        // Courier reads (and renames) it as the mail user.
-        std::os::unix::fs::chown(&tmp, Some(self.owner.0), Some(self.owner.1))
-            .unwrap_or_else(|e| panic!("chown {}: {e}", tmp.display()));
-        fs::rename(&tmp, self.maildir.join("new").join(&name)).expect("move message into new/");
+        super::deliver_into_maildir(&self.maildir, self.owner, raw);
     }
 
     /// The files in new/ and cur/ in delivery order (sorted by name), as a
@@ -475,18 +446,4 @@ impl Mailbox for CourierMailbox {
             })
             .collect()
     }
-}
-
-fn crlf_to_lf(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'\r' && raw.get(i + 1) == Some(&b'\n') {
-            i += 1;
-            continue;
-        }
-        out.push(raw[i]);
-        i += 1;
-    }
-    out
 }

@@ -302,35 +302,10 @@ impl User {
         &self.maildir
     }
 
-    /// Puts a message into the server mailbox (Maildir new/), as an MTA would.
-    /// CRLF line ends are stored as LF, which is how Dovecot keeps them, so
-    /// `server_messages` and a byte-exact client see the same bytes. Messages
-    /// get increasing file names, so Dovecot numbers them in delivery order.
+    /// Puts a message into the server mailbox (Maildir new/), as an MTA would
+    /// (`deliver_into_maildir`).
     pub fn deliver(&self, raw: &[u8]) {
-        let bytes = crlf_to_lf(raw);
-        let seq = DELIVERY_SEQ.fetch_add(1, Ordering::Relaxed);
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs();
-        let name = format!(
-            "{secs}.M{seq:06}P{pid}Q{seq}.popsync-harness",
-            pid = std::process::id()
-        );
-        let tmp = self.maildir.join("tmp").join(&name);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
-        file.write_all(&bytes).expect("write message");
-        drop(file);
-        // As root the mail owner is an unprivileged account; as a normal user it
-        // is that user, and chown to oneself is allowed.
-        std::os::unix::fs::chown(&tmp, Some(self.owner.0), Some(self.owner.1))
-            .unwrap_or_else(|e| panic!("chown {}: {e}", tmp.display()));
-        fs::rename(&tmp, self.maildir.join("new").join(&name)).expect("move message into new/");
+        deliver_into_maildir(&self.maildir, self.owner, raw);
     }
 
     /// The bytes of the messages now in the server mailbox (new/ and cur/),
@@ -341,6 +316,39 @@ impl User {
             .map(|f| f.bytes)
             .collect()
     }
+}
+
+/// Puts a message into a server's Maildir (new/), as an MTA would: written
+/// to tmp/, handed to the mail `owner`, renamed into new/. CRLF line ends
+/// are stored as LF, which is how Dovecot and Courier keep them, so a
+/// server's copy and a byte-exact client see the same bytes. File names
+/// start with the time and an increasing number, so servers number the
+/// messages in delivery order.
+pub fn deliver_into_maildir(maildir: &Path, owner: (u32, u32), raw: &[u8]) {
+    let bytes = crlf_to_lf(raw);
+    let seq = DELIVERY_SEQ.fetch_add(1, Ordering::Relaxed);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let name = format!(
+        "{secs}.M{seq:06}P{pid}Q{seq}.popsync-harness",
+        pid = std::process::id()
+    );
+    let tmp = maildir.join("tmp").join(&name);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
+    file.write_all(&bytes).expect("write message");
+    drop(file);
+    // As root the mail owner is an unprivileged account; as a normal user it
+    // is that user, and chown to oneself is allowed.
+    std::os::unix::fs::chown(&tmp, Some(owner.0), Some(owner.1))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", tmp.display()));
+    fs::rename(&tmp, maildir.join("new").join(&name)).expect("move message into new/");
 }
 
 fn crlf_to_lf(raw: &[u8]) -> Vec<u8> {
