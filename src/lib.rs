@@ -10,6 +10,7 @@ pub mod exit;
 pub mod filter;
 pub mod headers;
 pub mod import;
+pub mod login;
 pub mod net;
 pub mod peek;
 pub mod policy;

@@ -2,8 +2,10 @@
 //! STLS upgrade, and certificate verification (system roots plus `ca_file`, or a
 //! `tls_fingerprint` pin; host name always checked; TLS 1.2 or newer).
 //!
-//! Only `sync` and `probe` call this. The session layer above sees any
-//! `AsyncRead + AsyncWrite`; `Transport` is the concrete stream for real servers.
+//! Only `login` (session setup, which `fetch`, `check`, `peek` and `probe`
+//! share) connects through this; `probe` also reads certificates with it. The
+//! session layer above sees any `AsyncRead + AsyncWrite`; `Transport` is the
+//! concrete stream for real servers.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::config::{Account, Retention};
 use crate::headers;
+use crate::login;
 use crate::policy::{self, PlanSettings, Verdicts};
 use crate::sanitize::sanitize;
 use crate::store::Store;
@@ -79,10 +80,12 @@ pub async fn peek(
     lines: u32,
 ) -> Result<Vec<Peeked>, PeekError> {
     let mut store = Store::open_in(&opts.state_dir).map_err(SyncError::from)?;
-    let mut session = sync::open_session(account, opts, &mut store).await?;
+    let mut session = login::open_session(account, opts, &mut store)
+        .await
+        .map_err(SyncError::from)?;
     let server = session.conn.server().to_owned();
     let listing = session.listing().await.map_err(SyncError::from)?;
-    sync::record_login(account, opts, &mut store, &session)?;
+    login::record_login(account, opts, &mut store, &session).map_err(SyncError::from)?;
     let seen = store.rows(&account.name).map_err(SyncError::from)?;
     // The plan numbers duplicated UIDLs and tells new from seen exactly as
     // `fetch` will; retention and size limits do not matter here.

@@ -9,11 +9,11 @@ use serde::Serialize;
 
 use crate::config::Account;
 use crate::exit::ExitCode;
+use crate::login::{self, SetupError};
 use crate::net::{self, NetError, Transport};
 use crate::pop3::codec::{Capabilities, Expire};
 use crate::pop3::session::Greeted;
 use crate::sanitize::sanitize;
-use crate::sync::{self, SyncError};
 use crate::ui::Ui;
 
 /// One certificate, described.
@@ -98,16 +98,16 @@ async fn run(
     login: bool,
     ui: &Ui,
     report: &mut Report,
-) -> Result<(), SyncError> {
-    let tls = sync::tls_settings(account)?;
-    let connected = sync::connect(account, tls.as_ref(), sync::trace_for(account, ui)).await;
+) -> Result<(), SetupError> {
+    let tls = login::tls_settings(account)?;
+    let connected = login::connect(account, tls.as_ref(), login::trace_for(account, ui)).await;
     if let Some(tls) = &tls {
         report.certificates = tls.presented_chain().iter().map(describe_cert).collect();
     }
     let connected = match connected {
         Ok(c) => c,
         Err(e) => {
-            if let SyncError::Net(NetError::Certificate { .. }) = e {
+            if let SetupError::Net(NetError::Certificate { .. }) = e {
                 report.certificate_verified = Some(false);
             }
             return Err(e);
@@ -122,7 +122,7 @@ async fn run(
         report.certificate_verified = Some(true);
     }
     describe_capa(&greeted.capa, report);
-    let mech = sync::mechanism(account, &greeted);
+    let mech = login::mechanism(account, &greeted);
     report.would_use = Some(match &mech {
         Ok(m) => m.name().to_owned(),
         Err(e) => format!("none: {e}"),
