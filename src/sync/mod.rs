@@ -7,6 +7,8 @@ mod error;
 mod fetch;
 mod pending;
 mod plan;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
