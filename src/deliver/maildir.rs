@@ -80,8 +80,8 @@ fn maildir_host(host: &str) -> String {
 }
 
 impl Target for Maildir {
-    fn describe(&self) -> String {
-        format!("maildir:{}", self.root.display())
+    fn delivery(&self) -> crate::config::Delivery {
+        crate::config::Delivery::Maildir(self.root.clone())
     }
 
     fn prepare_batch(&mut self, n: usize) -> Result<Vec<Prepared>, DeliveryError> {

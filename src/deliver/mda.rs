@@ -47,8 +47,8 @@ impl Mda {
 }
 
 impl Target for Mda {
-    fn describe(&self) -> String {
-        format!("mda:{}", self.command)
+    fn delivery(&self) -> crate::config::Delivery {
+        crate::config::Delivery::Mda(self.command.clone())
     }
 
     /// One message at a time: a crash can only make the MDA see again the

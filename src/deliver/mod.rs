@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
+use crate::config::Delivery;
 use crate::exit::ExitCode;
 
 /// A delivery that failed. Says which target and what to do.
@@ -94,6 +95,29 @@ impl DeliveryError {
     }
 }
 
+/// How a pending row in the seen-store names its target: "maildir:PATH",
+/// "mbox:PATH" or "mda:COMMAND". Written and read back only here.
+impl Delivery {
+    pub fn to_record(&self) -> String {
+        match self {
+            Delivery::Maildir(p) => format!("maildir:{}", p.display()),
+            Delivery::Mbox(p) => format!("mbox:{}", p.display()),
+            Delivery::Mda(c) => format!("mda:{c}"),
+        }
+    }
+
+    /// `None` for a record this popsync does not know.
+    pub fn from_record(record: &str) -> Option<Delivery> {
+        let (kind, rest) = record.split_once(':')?;
+        Some(match kind {
+            "maildir" => Delivery::Maildir(PathBuf::from(rest)),
+            "mbox" => Delivery::Mbox(PathBuf::from(rest)),
+            "mda" => Delivery::Mda(rest.to_owned()),
+            _ => return None,
+        })
+    }
+}
+
 /// Facts about a message that targets need before its bytes arrive.
 #[derive(Debug, Clone)]
 pub struct MessageInfo<'a> {
@@ -135,8 +159,10 @@ pub(crate) enum FinishedKind {
 /// durable together. A batch that is not committed is undone by `abort` (or
 /// by dropping the target).
 pub trait Target: Send {
-    /// "maildir:/path" and the like: recorded with pending deliveries.
-    fn describe(&self) -> String;
+    /// Where this target delivers, as configured: recorded with pending
+    /// deliveries (`Delivery::to_record`), so that the next run can find
+    /// them even if the config changed.
+    fn delivery(&self) -> Delivery;
     /// Most messages one batch may hold.
     fn batch_limit(&self) -> usize {
         256
@@ -264,6 +290,24 @@ pub fn envelope_sender(head: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_rows_target_reads_back_as_written() {
+        for d in [
+            Delivery::Maildir("/home/me/Mail/in:box".into()),
+            Delivery::Mbox("/var/mail/me".into()),
+            Delivery::Mda("procmail -d 'me:x'".into()),
+        ] {
+            assert_eq!(Delivery::from_record(&d.to_record()), Some(d.clone()));
+        }
+        // The form older runs wrote stays readable.
+        assert_eq!(
+            Delivery::from_record("maildir:/m"),
+            Some(Delivery::Maildir("/m".into()))
+        );
+        assert_eq!(Delivery::from_record("imap:x"), None);
+        assert_eq!(Delivery::from_record("no colon"), None);
+    }
 
     #[test]
     fn envelope_sender_comes_from_return_path_else_mailer_daemon() {

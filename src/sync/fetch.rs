@@ -47,7 +47,7 @@ pub(super) async fn fetch_new<S: AsyncRead + AsyncWrite + Unpin>(
         opts,
         ahead: RetrAhead::new(&fetch, session),
         received: received_header(account, opts),
-        record: target.describe(),
+        record: target.delivery().to_record(),
         fetch: &fetch,
         session,
         store,

@@ -2,8 +2,6 @@
 //! resolved before anything is fetched; and the target each account (or
 //! pending row) delivers to.
 
-use std::path::PathBuf;
-
 use crate::config::{Account, Delivery};
 use crate::deliver::maildir::Maildir;
 use crate::deliver::mbox::Mbox;
@@ -34,21 +32,14 @@ pub(super) fn open_target(
     }
 }
 
-/// The target a pending row was recorded for (`Target::describe` form); the
-/// config may have changed since.
+/// The target a pending row was recorded for; the config may have changed
+/// since.
 fn target_of_pending(
-    description: &str,
+    record: &str,
     account: &Account,
     opts: &RunOptions,
 ) -> Option<Box<dyn Target>> {
-    let (kind, rest) = description.split_once(':')?;
-    let deliver = match kind {
-        "maildir" => Delivery::Maildir(PathBuf::from(rest)),
-        "mbox" => Delivery::Mbox(PathBuf::from(rest)),
-        "mda" => Delivery::Mda(rest.to_owned()),
-        _ => return None,
-    };
-    Some(open_target(&deliver, account, opts))
+    Some(open_target(&Delivery::from_record(record)?, account, opts))
 }
 
 /// Finish or roll back deliveries that a killed run left pending: a Maildir

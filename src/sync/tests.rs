@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
 use super::*;
+use crate::config::Delivery;
 use crate::deliver::{DeliveryError, Finished, FinishedKind, MessageInfo, Prepared, Sink};
 use crate::policy::{PlanSettings, Verdicts};
 use crate::pop3::auth::Mechanism;
@@ -67,8 +68,8 @@ impl Sink for MemorySink {
 }
 
 impl Target for Memory {
-    fn describe(&self) -> String {
-        "mda:memory".into()
+    fn delivery(&self) -> Delivery {
+        Delivery::Mda("memory".into())
     }
 
     fn prepare_batch(&mut self, n: usize) -> Result<Vec<Prepared>, DeliveryError> {

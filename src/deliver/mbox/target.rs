@@ -344,8 +344,8 @@ impl Drop for Mbox {
 }
 
 impl Target for Mbox {
-    fn describe(&self) -> String {
-        format!("mbox:{}", self.path.display())
+    fn delivery(&self) -> crate::config::Delivery {
+        crate::config::Delivery::Mbox(self.path.clone())
     }
 
     fn prepare_batch(&mut self, n: usize) -> Result<Vec<Prepared>, DeliveryError> {
