@@ -1,6 +1,7 @@
 //! popsync: a one-shot POP3 fetcher. The binary (`src/main.rs`) is a thin edge
 //! over this library; everything that can be tested without a process lives here.
 
+pub mod accounts;
 pub mod check;
 pub mod cli;
 pub mod command;
@@ -17,7 +18,9 @@ pub mod policy;
 pub mod pop3;
 pub mod probe;
 pub mod report;
+pub mod runner;
 pub mod sanitize;
+pub mod seen;
 pub mod stop;
 pub mod store;
 pub mod sync;

@@ -2,7 +2,6 @@
 //! place that does), and exit with the code `exit::merge` decided.
 
 use std::process::ExitCode as ProcessExit;
-use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -12,8 +11,10 @@ use popsync::cli::{CheckArgs, Cli, Cmd, FetchArgs, PeekArgs, ProbeArgs, SeenCmd,
 use popsync::config::{self, Config};
 use popsync::exit::{self, ExitCode};
 use popsync::report::AccountReport;
+use popsync::runner::{self, Job};
+use popsync::seen;
 use popsync::stop;
-use popsync::sync::{self, RunOptions};
+use popsync::sync::RunOptions;
 use popsync::ui::{self, Ui, Verbosity};
 
 fn main() -> ProcessExit {
@@ -88,13 +89,6 @@ fn now() -> Result<DateTime<Utc>, Failure> {
     }
 }
 
-/// Which per-account job a command runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Job {
-    Fetch,
-    Check,
-}
-
 fn fetch(config: &Config, args: &FetchArgs, ui: Ui) -> Result<ExitCode, Failure> {
     let reports = run_accounts(
         config,
@@ -143,80 +137,16 @@ fn run_accounts(
     let selected = config
         .select(&selection.accounts, selection.all)
         .map_err(|e| fail(ExitCode::Usage, e))?;
-    if selected
-        .iter()
-        .any(|a| a.tls != popsync::config::TlsMode::None)
-    {
-        popsync::net::preload_system_roots();
-    }
-    // Create the seen-store (and its schema) once, before the accounts run
-    // in parallel and would all try at the same moment.
-    popsync::store::Store::open_in(&config.state_dir).map_err(|e| fail(e.exit_code(), e))?;
-    let opts = Arc::new(RunOptions {
+    let accounts: Vec<_> = selected.into_iter().cloned().collect();
+    let opts = RunOptions {
         state_dir: config.state_dir.clone(),
         now: now()?,
         dry_run,
         accept_uidl_reset,
         ui,
-    });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(jobs).min(8))
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(|e| fail(ExitCode::Software, e))?;
-    let accounts: Vec<_> = selected.into_iter().cloned().collect();
-    let jobs = usize::from(jobs);
-    if job == Job::Fetch && !dry_run {
-        ui.enable_progress();
-    }
-    let reports = runtime.block_on(async move {
-        if let Err(e) = stop::install(move |code| {
-            if ui.verbosity > Verbosity::Quiet {
-                ui::stderr_line(&format!(
-                    "popsync: stopping ({}): finishing the messages in flight; signal again to quit at once",
-                    if code == ExitCode::Interrupted { "SIGINT" } else { "SIGTERM" }
-                ));
-            }
-        }) {
-            ui.warn(&format!("cannot listen for SIGINT/SIGTERM: {e}"));
-        }
-        let limit = Arc::new(tokio::sync::Semaphore::new(jobs));
-        let mut tasks = tokio::task::JoinSet::new();
-        for (index, account) in accounts.into_iter().enumerate() {
-            let limit = limit.clone();
-            let opts = opts.clone();
-            tasks.spawn(async move {
-                // The semaphore is never closed, so acquire only fails if it
-                // were; then run without a slot rather than not at all.
-                let _slot = limit.acquire_owned().await.ok();
-                let report = match (stop::requested(), job) {
-                    (Some(code), _) => AccountReport::not_started(&account.name, code),
-                    (None, Job::Fetch) => sync::run_account(&account, &opts).await,
-                    (None, Job::Check) => popsync::check::check_account(&account, &opts).await,
-                };
-                report_account(&report, &opts.ui, job);
-                (index, report)
-            });
-        }
-        let mut reports = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(r) => reports.push(r),
-                Err(e) => {
-                    ui.error(&format!("internal error: an account's task failed: {e}"));
-                    reports.push((usize::MAX, internal_report()));
-                }
-            }
-        }
-        reports.sort_by_key(|(i, _)| *i);
-        reports
-    });
-    Ok(reports.into_iter().map(|(_, r)| r).collect())
-}
-
-fn internal_report() -> AccountReport {
-    AccountReport::not_started("", ExitCode::Software)
+    };
+    runner::run_accounts(accounts, jobs, opts, job, report_account)
+        .map_err(|e| fail(e.exit_code(), e))
 }
 
 /// Print one account's outcome as DESIGN.md says: JSON on stdout, the summary
@@ -315,122 +245,35 @@ fn probe(config: &Config, args: &ProbeArgs, ui: Ui) -> Result<ExitCode, Failure>
 }
 
 fn accounts(config: &Config, ui: Ui) -> Result<ExitCode, Failure> {
-    use popsync::config::SecretSource;
     for a in &config.accounts {
-        // Where the secret comes from, never the secret itself.
-        let secret = match &a.secret {
-            SecretSource::Password(_) => "password (in the config)".to_owned(),
-            SecretSource::File(p) => format!("password_file {}", p.display()),
-            SecretSource::Command(c) => format!("password_command {c}"),
-        };
-        let auth = if a.auth.is_empty() {
-            "strongest offered".to_owned()
-        } else {
-            a.auth
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let line = if ui.json {
-            serde_json::json!({
-                "account": a.name,
-                "host": a.host,
-                "port": a.port,
-                "tls": a.tls.as_str(),
-                "user": a.user,
-                "secret": secret,
-                "auth": auth,
-                "deliver": a.deliver.describe(),
-                "retention": a.retention.to_string(),
-                "max_size": a.max_size,
-                "filter": a.filter,
-            })
-            .to_string()
-        } else {
-            format!(
-                "{}: {}@{}:{} tls={} auth={} secret={} deliver={} retention={}{}",
-                a.name,
-                a.user,
-                a.host,
-                a.port,
-                a.tls.as_str(),
-                auth,
-                secret,
-                a.deliver.describe(),
-                a.retention,
-                a.max_size
-                    .map(|m| format!(" max_size={m}"))
-                    .unwrap_or_default()
-            )
-        };
-        ui::stdout_line(&line)
-            .context("cannot write to stdout")
-            .map_err(|e| fail(ExitCode::IoError, e))?;
+        print_line(&popsync::accounts::line(a, ui.json))?;
     }
     Ok(ExitCode::Ok)
 }
 
+fn print_line(line: &str) -> Result<(), Failure> {
+    ui::stdout_line(line)
+        .context("cannot write to stdout")
+        .map_err(|e| fail(ExitCode::IoError, e))
+}
+
 fn seen(config: &Config, cmd: &SeenCmd, ui: Ui) -> Result<ExitCode, Failure> {
-    let store_path = config.state_dir.join(popsync::store::FILE_NAME);
-    let io = |e: popsync::store::StoreError| fail(e.exit_code(), e);
-    let out = |line: &str| {
-        ui::stdout_line(line)
-            .context("cannot write to stdout")
-            .map_err(|e| fail(ExitCode::IoError, e))
-    };
+    let failed = |e: seen::SeenError| fail(e.exit_code(), e);
+    let state_dir = &config.state_dir;
     match cmd {
         SeenCmd::List { account } => {
             let account = one_account(config, account)?;
-            let store = popsync::store::Store::open(&store_path).map_err(io)?;
-            let mut rows: Vec<_> = store
-                .rows(&account.name)
-                .map_err(io)?
-                .into_values()
-                .collect();
-            rows.sort_by(|a, b| {
-                (a.first_seen, &a.uidl, a.copy).cmp(&(b.first_seen, &b.uidl, b.copy))
-            });
-            let t = |t: Option<chrono::DateTime<Utc>>| {
-                t.map_or("-".to_owned(), |t| popsync::timestamp::utc_seconds(&t))
-            };
-            for r in rows {
-                let line = if ui.json {
-                    let j = |t: Option<chrono::DateTime<Utc>>| {
-                        t.map(|t| popsync::timestamp::utc_seconds(&t))
-                    };
-                    serde_json::json!({
-                        "uidl": r.uidl, "copy": r.copy, "size": r.size,
-                        "first_seen": j(Some(r.first_seen)), "delivered": j(r.delivered_at),
-                        "deleted": j(r.deleted_at), "location": r.location,
-                    })
-                    .to_string()
-                } else {
-                    format!(
-                        "{} {} {} delivered={} deleted={} {}",
-                        popsync::sanitize::sanitize(r.uidl.as_bytes(), 80),
-                        r.size,
-                        t(Some(r.first_seen)),
-                        t(r.delivered_at),
-                        t(r.deleted_at),
-                        r.location.unwrap_or_default()
-                    )
-                };
-                out(&line)?;
+            for line in seen::list(state_dir, &account, ui.json).map_err(failed)? {
+                print_line(&line)?;
             }
-            Ok(ExitCode::Ok)
         }
         SeenCmd::Forget { account, uidls } => {
             let account = one_account(config, account)?;
-            let _lock = sync::lock_account(&config.state_dir, &account.name)
-                .map_err(|e| fail(e.exit_code(), anyhow::anyhow!("{}: {e}", account.name)))?;
-            let mut store = popsync::store::Store::open(&store_path).map_err(io)?;
-            let n = store.forget(&account.name, uidls).map_err(io)?;
+            let n = seen::forget(state_dir, &account, uidls).map_err(failed)?;
             ui.info(&format!(
                 "{}: forgot {n} message(s); the next fetch downloads them again if they are still on the server",
                 account.name
             ));
-            Ok(ExitCode::Ok)
         }
         SeenCmd::Import {
             account,
@@ -438,33 +281,9 @@ fn seen(config: &Config, cmd: &SeenCmd, ui: Ui) -> Result<ExitCode, Failure> {
             file,
         } => {
             let account = one_account(config, account)?;
-            let imported = popsync::import::import_file(*from, file, &account.user, &account.host)
-                .map_err(|e| fail(ExitCode::IoError, e))?;
-            let _lock = sync::lock_account(&config.state_dir, &account.name)
-                .map_err(|e| fail(e.exit_code(), anyhow::anyhow!("{}: {e}", account.name)))?;
-            let mut store = popsync::store::Store::open(&store_path).map_err(io)?;
-            let (taken, known) = store
-                .import(&account.name, &imported.uidls, from.name(), now()?)
-                .map_err(io)?;
-            let mut line = format!(
-                "{}: took {taken} UIDL(s) from {}",
-                account.name,
-                file.display()
-            );
-            if known > 0 {
-                line.push_str(&format!(", {known} already known"));
-            }
-            line.push_str(&format!(", ignored {}", imported.ignored));
-            if !imported.others.is_empty() {
-                line.push_str(&format!(
-                    " (they belong to {}, not {}@{})",
-                    imported.others.join(", "),
-                    account.user,
-                    account.host
-                ));
-            }
-            out(&line)?;
-            Ok(ExitCode::Ok)
+            let line = seen::import(state_dir, &account, *from, file, now()?).map_err(failed)?;
+            print_line(&line)?;
         }
     }
+    Ok(ExitCode::Ok)
 }
