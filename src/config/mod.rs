@@ -203,20 +203,28 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let meta = file.metadata().map_err(read_error)?;
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(read_error)?;
-    let (config, sensitive) = parse(path, &text)?;
-    check_permissions(path, &meta, sensitive)?;
-    Ok(config)
+    let parsed = parse(path, &text)?;
+    check_permissions(path, &meta, parsed.sensitive)?;
+    Ok(parsed.config)
 }
 
 /// Parse config text as `load` does after reading the file, without the
 /// permission check; `path` only names the file in errors. For the fuzzer.
 pub fn parse_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    parse(path, text).map(|(config, _)| config)
+    parse(path, text).map(|parsed| parsed.config)
+}
+
+/// A parsed config, and what in it makes the file's permissions matter
+/// (which `load` checks against the file it read).
+#[derive(Debug)]
+struct Parsed {
+    config: Config,
+    sensitive: Sensitive,
 }
 
 /// Parse config text; also says what in it makes the file's permissions
 /// matter.
-fn parse(path: &Path, text: &str) -> Result<(Config, Sensitive), ConfigError> {
+fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let line = line_of(text, span.start);
@@ -433,7 +441,7 @@ impl Resolver<'_> {
         }
     }
 
-    fn resolve(&self, raw: RawFile) -> Result<(Config, Sensitive), ConfigError> {
+    fn resolve(&self, raw: RawFile) -> Result<Parsed, ConfigError> {
         let dflt = raw.defaults.unwrap_or_default();
         let mut sensitive = Sensitive::of(&dflt);
         let state_dir = match &dflt.state_dir {
@@ -451,14 +459,14 @@ impl Resolver<'_> {
             sensitive = sensitive.or(Sensitive::of(acct.get_ref()));
             accounts.push(self.account(name, acct, &dflt)?);
         }
-        Ok((
-            Config {
+        Ok(Parsed {
+            config: Config {
                 path: self.path.to_owned(),
                 state_dir,
                 accounts,
             },
             sensitive,
-        ))
+        })
     }
 
     fn account(
@@ -663,7 +671,7 @@ mod tests {
 
     fn parse_ok(text: &str) -> Config {
         match parse(Path::new("c.toml"), text) {
-            Ok((c, _)) => c,
+            Ok(parsed) => parsed.config,
             Err(e) => panic!("{e}"),
         }
     }
@@ -817,7 +825,7 @@ max_size = "25MB"
 
     #[test]
     fn a_config_naming_a_command_or_secret_is_sensitive() {
-        let (_, s) = parse(Path::new("c.toml"), GOOD).unwrap();
+        let s = parse(Path::new("c.toml"), GOOD).unwrap().sensitive;
         assert_eq!(
             s,
             Sensitive {
@@ -825,11 +833,12 @@ max_size = "25MB"
                 commands_or_secrets: true
             }
         );
-        let (_, s) = parse(
+        let s = parse(
             Path::new("c.toml"),
             "[accounts.a]\nhost = \"h\"\nuser = \"u\"\npassword_file = \"/pw\"\ndeliver = { maildir = \"/m\" }\n",
         )
-        .unwrap();
+        .unwrap()
+        .sensitive;
         assert_eq!(
             s,
             Sensitive {
@@ -837,7 +846,9 @@ max_size = "25MB"
                 commands_or_secrets: true
             }
         );
-        let (_, s) = parse(Path::new("c.toml"), "[defaults]\nstate_dir = \"/s\"\n").unwrap();
+        let s = parse(Path::new("c.toml"), "[defaults]\nstate_dir = \"/s\"\n")
+            .unwrap()
+            .sensitive;
         assert_eq!(s, Sensitive::default());
     }
 
