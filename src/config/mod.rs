@@ -6,6 +6,7 @@
 //! `load` nothing else in popsync looks at the raw TOML.
 
 mod permissions;
+mod raw;
 mod secret;
 mod values;
 
@@ -14,8 +15,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use indexmap::IndexMap;
-use serde::Deserialize;
 use toml::Spanned;
 
 pub use permissions::Exposure;
@@ -24,6 +23,7 @@ pub use values::{AuthMech, ByteSize, Fingerprint, Retention, TlsMode};
 
 use crate::exit::ExitCode;
 use permissions::{Sensitive, check_permissions};
+use raw::{RawDeliver, RawFile, RawSettings, key_on_line, line_of};
 
 /// A config that could not be loaded. Each variant says which file, and where.
 #[derive(Debug, thiserror::Error)]
@@ -238,70 +238,6 @@ fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
         }
     })?;
     Resolver { path, text }.resolve(raw)
-}
-
-/// 1-based line number of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// The key assigned on a line (`key = value`), to name it in an error whose
-/// message does not (a type error only knows the value).
-fn key_on_line(text: &str, line: usize) -> Option<String> {
-    let l = text.lines().nth(line.checked_sub(1)?)?;
-    let (key, _) = l.split_once('=')?;
-    let key = key.trim().trim_start_matches('{').trim();
-    let ok = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'));
-    ok.then(|| key.trim_matches('"').to_owned())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    defaults: Option<RawSettings>,
-    #[serde(default)]
-    accounts: IndexMap<String, Spanned<RawSettings>>,
-}
-
-/// Every key an account (or `[defaults]`) may hold; spans kept for errors.
-#[derive(Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-struct RawSettings {
-    state_dir: Option<Spanned<String>>,
-    timeout: Option<Spanned<u64>>,
-    command_timeout: Option<Spanned<u64>>,
-    host: Option<Spanned<String>>,
-    port: Option<Spanned<u16>>,
-    tls: Option<Spanned<TlsMode>>,
-    ca_file: Option<Spanned<String>>,
-    tls_fingerprint: Option<Spanned<Fingerprint>>,
-    user: Option<Spanned<String>>,
-    password: Option<Spanned<String>>,
-    password_command: Option<Spanned<String>>,
-    password_file: Option<Spanned<String>>,
-    auth: Option<Spanned<Vec<AuthMech>>>,
-    deliver: Option<Spanned<RawDeliver>>,
-    retention: Option<Spanned<Retention>>,
-    max_size: Option<Spanned<ByteSize>>,
-    received_header: Option<Spanned<bool>>,
-    filter: Option<Spanned<String>>,
-    allow_plaintext: Option<Spanned<bool>>,
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-enum RawDeliver {
-    Maildir(String),
-    Mbox(String),
-    Mda(String),
 }
 
 struct Resolver<'a> {

@@ -9,7 +9,8 @@ use std::path::Path;
 
 use toml::Spanned;
 
-use super::{ConfigError, RawDeliver, RawSettings};
+use super::ConfigError;
+use super::raw::{RawDeliver, RawSettings};
 
 /// What in a config makes its file's permissions matter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
