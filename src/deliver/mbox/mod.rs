@@ -9,6 +9,7 @@
 //! cuts off a torn one, and never touches what another program appended.
 //! Only `sync` (and the fuzz target) use it, through `Target`.
 
+mod batch;
 mod lock;
 mod quoting;
 mod recovery;
