@@ -13,6 +13,7 @@ mod batch;
 mod lock;
 mod quoting;
 mod recovery;
+mod sink;
 mod target;
 
 pub use target::Mbox;

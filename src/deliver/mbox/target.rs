@@ -2,7 +2,7 @@
 //! starts a batch (`batch`) with its journal, `start` hands out a sink per
 //! message, `commit` makes the batch durable and releases the locks, `abort`
 //! (or drop) cuts it back, and `recover` finishes or undoes what a killed run
-//! left (`recovery`). Each message's sink writes the `From ` line,
+//! left (`recovery`). Each message's sink (`sink`) writes the `From ` line,
 //! `Received:` and the quoted message into the batch.
 
 use std::os::unix::fs::MetadataExt;
@@ -14,12 +14,9 @@ use chrono::{DateTime, Utc};
 
 use super::batch::{Batch, batch_id, lock_batch};
 use super::lock::MboxLock;
-use super::quoting::{FromQuoter, from_date};
 use super::recovery::{self, Header, JournalWriter};
-use crate::deliver::{
-    DeliveryError, Finished, FinishedKind, HeadBuffer, MessageInfo, Prepared, Sink, Target,
-    envelope_sender,
-};
+use super::sink::MboxSink;
+use crate::deliver::{DeliveryError, Finished, FinishedKind, MessageInfo, Prepared, Sink, Target};
 
 /// An mbox file.
 pub struct Mbox {
@@ -152,20 +149,14 @@ impl Target for Mbox {
         };
         let offset = b.begin(index)?;
         drop(b);
-        Ok(Box::new(MboxSink {
-            batch: Arc::clone(batch),
+        Ok(Box::new(MboxSink::new(
+            Arc::clone(batch),
             index,
-            path: self.path.clone(),
+            self.path.clone(),
             offset,
-            date: self.now,
-            received: info.received.map(str::to_owned),
-            head: Some(HeadBuffer::default()),
-            quoter: FromQuoter::default(),
-            scratch: Vec::new(),
-            last: b'\n',
-            written: 0,
-            finished: false,
-        }))
+            self.now,
+            info.received.map(str::to_owned),
+        )))
     }
 
     fn commit(&mut self, batch: Vec<Finished>) -> Result<Vec<String>, DeliveryError> {
@@ -240,105 +231,6 @@ impl Target for Mbox {
             self.warnings.append(&mut b.warnings);
         }
         std::mem::take(&mut self.warnings)
-    }
-}
-
-struct MboxSink {
-    batch: Arc<Mutex<Batch>>,
-    index: u32,
-    path: PathBuf,
-    /// Where the message begins in the file.
-    offset: u64,
-    date: DateTime<Utc>,
-    received: Option<String>,
-    head: Option<HeadBuffer>,
-    quoter: FromQuoter,
-    scratch: Vec<u8>,
-    last: u8,
-    written: u64,
-    finished: bool,
-}
-
-impl MboxSink {
-    fn raw(&mut self, data: &[u8]) -> Result<(), DeliveryError> {
-        lock_batch(&self.batch, &self.path)?.write(data)
-    }
-
-    /// The head is complete: write the separator, Received:, then the head.
-    fn open_message(&mut self, head: &[u8]) -> Result<(), DeliveryError> {
-        let sender = envelope_sender(head);
-        let from_line = format!("From {} {}\n", sender, from_date(self.date));
-        self.raw(from_line.as_bytes())?;
-        if let Some(r) = self.received.take() {
-            self.quoted(r.as_bytes())?;
-        }
-        self.quoted(head)
-    }
-
-    fn quoted(&mut self, data: &[u8]) -> Result<(), DeliveryError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        self.quoter.quote(data, &mut scratch);
-        if let Some(&l) = scratch.last() {
-            self.last = l;
-        }
-        self.written += scratch.len() as u64;
-        let r = self.raw(&scratch);
-        self.scratch = scratch;
-        r
-    }
-}
-
-impl Sink for MboxSink {
-    fn write(&mut self, data: &[u8]) -> Result<(), DeliveryError> {
-        match self.head.as_mut() {
-            Some(head) => match head.push(data) {
-                Some(whole) => {
-                    self.head = None;
-                    self.open_message(&whole)
-                }
-                None => Ok(()),
-            },
-            None => self.quoted(data),
-        }
-    }
-
-    fn finish(mut self: Box<Self>) -> Result<Finished, DeliveryError> {
-        if let Some(mut head) = self.head.take() {
-            let whole = head.finish();
-            self.open_message(&whole)?;
-        }
-        let mut tail = Vec::new();
-        self.quoter.finish(&mut tail);
-        if let Some(&last) = tail.last() {
-            self.last = last;
-        }
-        // Complete the last line, then the blank line between messages.
-        if self.last != b'\n' {
-            tail.push(b'\n');
-        }
-        self.written += tail.len() as u64;
-        tail.push(b'\n');
-        let ended = lock_batch(&self.batch, &self.path)?.end_message(self.index, &tail);
-        // Whole, or already cut back: nothing left for drop to undo.
-        self.finished = true;
-        ended?;
-        Ok(Finished {
-            kind: FinishedKind::Mbox(format!("{}@{}", self.path.display(), self.offset)),
-            size: self.written,
-        })
-    }
-}
-
-impl Drop for MboxSink {
-    fn drop(&mut self) {
-        // Not finished (a write failed, the server went away): cut the
-        // partial message off so the mbox holds only whole messages.
-        if !self.finished
-            && let Ok(mut b) = self.batch.lock()
-        {
-            b.fail_message(self.index);
-        }
     }
 }
 
