@@ -10,8 +10,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use super::journal::JournalWriter;
 use super::lock::MboxLock;
-use super::recovery::JournalWriter;
 use crate::deliver::DeliveryError;
 
 /// Bytes gathered before they are journaled and appended; doubles from

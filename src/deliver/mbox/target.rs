@@ -13,8 +13,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::batch::{Batch, batch_id, lock_batch};
+use super::journal::{self, Header, JournalWriter};
 use super::lock::MboxLock;
-use super::recovery::{self, Header, JournalWriter};
+use super::recovery;
 use super::sink::MboxSink;
 use crate::deliver::{DeliveryError, Finished, FinishedKind, MessageInfo, Prepared, Sink, Target};
 
@@ -49,7 +50,7 @@ impl Mbox {
     /// Keep the journal that crash recovery needs in `state_dir`, one per
     /// account and mbox (two accounts may share an mbox).
     pub fn journal_in(mut self, state_dir: &Path, account: &str) -> Mbox {
-        self.journal = Some(recovery::journal_path(state_dir, account, &self.path));
+        self.journal = Some(journal::journal_path(state_dir, account, &self.path));
         self
     }
 
@@ -122,7 +123,7 @@ impl Target for Mbox {
         // journal.
         Ok((first..first.saturating_add(n))
             .map(|i| Prepared {
-                location: recovery::location(&self.path, b.id, i),
+                location: journal::location(&self.path, b.id, i),
                 offset: Some(b.start),
             })
             .collect())
@@ -138,7 +139,7 @@ impl Target for Mbox {
         };
         let mut b = lock_batch(batch, &self.path)?;
         // The journal must name the message as the pending row does.
-        let index = match recovery::parse_location(&prepared.location) {
+        let index = match journal::parse_location(&prepared.location) {
             Some((id, index)) if id == b.id && index < b.next_index => index,
             _ => {
                 return Err(DeliveryError::Write {
