@@ -4,24 +4,31 @@
 //! error — a syntax error, an unknown key, a bad value, a missing key found only
 //! after `[defaults]` are merged — names the file, the line and the key. After
 //! `load` nothing else in popsync looks at the raw TOML.
+//!
+//! This file holds the settled types and the ways in (`default_path`, `load`,
+//! `parse_str`). The steps live beside it: `raw` is the file as written,
+//! `resolve` settles it into accounts, `permissions` says whether the file can
+//! be trusted with what it holds; `values` and `secret` are the typed values
+//! of single keys.
 
+mod permissions;
+mod raw;
+mod resolve;
 mod secret;
 mod values;
 
 use std::io::Read;
-use std::ops::Range;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use indexmap::IndexMap;
-use serde::Deserialize;
-use toml::Spanned;
-
+pub use permissions::Exposure;
 pub use secret::{SecretError, SecretSource};
 pub use values::{AuthMech, ByteSize, Fingerprint, Retention, TlsMode};
 
 use crate::exit::ExitCode;
+use permissions::{Sensitive, check_permissions};
+use raw::{RawFile, key_on_line, line_of};
+use resolve::Resolver;
 
 /// A config that could not be loaded. Each variant says which file, and where.
 #[derive(Debug, thiserror::Error)]
@@ -203,20 +210,28 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let meta = file.metadata().map_err(read_error)?;
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(read_error)?;
-    let (config, sensitive) = parse(path, &text)?;
-    check_permissions(path, &meta, sensitive)?;
-    Ok(config)
+    let parsed = parse(path, &text)?;
+    check_permissions(path, &meta, parsed.sensitive)?;
+    Ok(parsed.config)
 }
 
 /// Parse config text as `load` does after reading the file, without the
 /// permission check; `path` only names the file in errors. For the fuzzer.
 pub fn parse_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    parse(path, text).map(|(config, _)| config)
+    parse(path, text).map(|parsed| parsed.config)
+}
+
+/// A parsed config, and what in it makes the file's permissions matter
+/// (which `load` checks against the file it read).
+#[derive(Debug)]
+struct Parsed {
+    config: Config,
+    sensitive: Sensitive,
 }
 
 /// Parse config text; also says what in it makes the file's permissions
 /// matter.
-fn parse(path: &Path, text: &str) -> Result<(Config, Sensitive), ConfigError> {
+fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let line = line_of(text, span.start);
@@ -230,440 +245,13 @@ fn parse(path: &Path, text: &str) -> Result<(Config, Sensitive), ConfigError> {
     Resolver { path, text }.resolve(raw)
 }
 
-/// What in a config makes its file's permissions matter.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Sensitive {
-    /// A `password` in clear: nobody else may read the file (as fetchmail).
-    password: bool,
-    /// A command (`mda`, `filter`, `password_command`) or a secret: nobody
-    /// else may change the file, or they choose what popsync runs as this
-    /// user and where the password goes.
-    commands_or_secrets: bool,
-}
-
-impl Sensitive {
-    fn of(s: &RawSettings) -> Sensitive {
-        let mda = matches!(
-            s.deliver.as_ref().map(Spanned::get_ref),
-            Some(RawDeliver::Mda(_))
-        );
-        Sensitive {
-            password: s.password.is_some(),
-            commands_or_secrets: s.password.is_some()
-                || s.password_command.is_some()
-                || s.password_file.is_some()
-                || s.filter.is_some()
-                || mda,
-        }
-    }
-
-    fn or(self, other: Sensitive) -> Sensitive {
-        Sensitive {
-            password: self.password || other.password,
-            commands_or_secrets: self.commands_or_secrets || other.commands_or_secrets,
-        }
-    }
-}
-
-fn check_permissions(
-    path: &Path,
-    meta: &std::fs::Metadata,
-    sensitive: Sensitive,
-) -> Result<(), ConfigError> {
-    if !sensitive.commands_or_secrets {
-        return Ok(());
-    }
-    match exposure_of(meta, sensitive.password) {
-        None => Ok(()),
-        Some(Exposure::Readable { mode }) => Err(ConfigError::InsecurePermissions {
-            path: path.to_owned(),
-            mode,
-        }),
-        Some(exposure) => Err(ConfigError::Untrusted {
-            path: path.to_owned(),
-            exposure,
-        }),
-    }
-}
-
-/// Why a file that names what popsync runs, or holds a secret, cannot be
-/// trusted as it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exposure {
-    /// Another user owns it; root may (it can change anything anyway).
-    ForeignOwner { owner: u32, me: u32 },
-    /// Group or others may write it.
-    Writable { mode: u32 },
-    /// Group or others may read it.
-    Readable { mode: u32 },
-}
-
-impl Exposure {
-    /// What is wrong, after the file's name: "can be changed by ...".
-    pub fn problem(&self) -> String {
-        match self {
-            Exposure::ForeignOwner { owner, me } => {
-                format!("belongs to user {owner}, not to you (user {me})")
-            }
-            Exposure::Writable { mode } => {
-                format!("can be changed by other users (mode {mode:04o})")
-            }
-            Exposure::Readable { mode } => format!("is readable by other users (mode {mode:04o})"),
-        }
-    }
-
-    /// What to do about it.
-    pub fn fix(&self, path: &Path) -> String {
-        match self {
-            Exposure::ForeignOwner { me, .. } => format!(
-                "run `chown {me} {}` (as root), or use a file of your own",
-                path.display()
-            ),
-            Exposure::Writable { .. } | Exposure::Readable { .. } => {
-                format!("run `chmod 600 {}`", path.display())
-            }
-        }
-    }
-}
-
-/// What is wrong with a file of this mode and owner for user `me`: its
-/// owner first, then who may write it, then, when it holds a secret in
-/// clear (`secret_inside`), who may read it.
-fn exposure(mode: u32, owner: u32, me: u32, secret_inside: bool) -> Option<Exposure> {
-    let mode = mode & 0o7777;
-    if owner != me && owner != 0 {
-        Some(Exposure::ForeignOwner { owner, me })
-    } else if mode & 0o022 != 0 {
-        Some(Exposure::Writable { mode })
-    } else if secret_inside && mode & 0o044 != 0 {
-        Some(Exposure::Readable { mode })
-    } else {
-        None
-    }
-}
-
-/// `exposure` of an open file for the user popsync runs as.
-pub(crate) fn exposure_of(meta: &std::fs::Metadata, secret_inside: bool) -> Option<Exposure> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    exposure(meta.mode(), meta.uid(), me, secret_inside)
-}
-
-/// 1-based line number of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// The key assigned on a line (`key = value`), to name it in an error whose
-/// message does not (a type error only knows the value).
-fn key_on_line(text: &str, line: usize) -> Option<String> {
-    let l = text.lines().nth(line.checked_sub(1)?)?;
-    let (key, _) = l.split_once('=')?;
-    let key = key.trim().trim_start_matches('{').trim();
-    let ok = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'));
-    ok.then(|| key.trim_matches('"').to_owned())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    defaults: Option<RawSettings>,
-    #[serde(default)]
-    accounts: IndexMap<String, Spanned<RawSettings>>,
-}
-
-/// Every key an account (or `[defaults]`) may hold; spans kept for errors.
-#[derive(Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-struct RawSettings {
-    state_dir: Option<Spanned<String>>,
-    timeout: Option<Spanned<u64>>,
-    command_timeout: Option<Spanned<u64>>,
-    host: Option<Spanned<String>>,
-    port: Option<Spanned<u16>>,
-    tls: Option<Spanned<TlsMode>>,
-    ca_file: Option<Spanned<String>>,
-    tls_fingerprint: Option<Spanned<Fingerprint>>,
-    user: Option<Spanned<String>>,
-    password: Option<Spanned<String>>,
-    password_command: Option<Spanned<String>>,
-    password_file: Option<Spanned<String>>,
-    auth: Option<Spanned<Vec<AuthMech>>>,
-    deliver: Option<Spanned<RawDeliver>>,
-    retention: Option<Spanned<Retention>>,
-    max_size: Option<Spanned<ByteSize>>,
-    received_header: Option<Spanned<bool>>,
-    filter: Option<Spanned<String>>,
-    allow_plaintext: Option<Spanned<bool>>,
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-enum RawDeliver {
-    Maildir(String),
-    Mbox(String),
-    Mda(String),
-}
-
-struct Resolver<'a> {
-    path: &'a Path,
-    text: &'a str,
-}
-
-/// Take the account's value, else the default's.
-fn pick<T: Clone>(acct: &Option<Spanned<T>>, dflt: &Option<Spanned<T>>) -> Option<Spanned<T>> {
-    acct.clone().or_else(|| dflt.clone())
-}
-
-impl Resolver<'_> {
-    fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            path: self.path.to_owned(),
-            line: line_of(self.text, span.start),
-            key: Some(key.to_owned()),
-            message: message.into(),
-        }
-    }
-
-    fn resolve(&self, raw: RawFile) -> Result<(Config, Sensitive), ConfigError> {
-        let dflt = raw.defaults.unwrap_or_default();
-        let mut sensitive = Sensitive::of(&dflt);
-        let state_dir = match &dflt.state_dir {
-            Some(s) => self.expand(s, "state_dir")?,
-            None => default_state_dir().ok_or_else(|| ConfigError::Invalid {
-                path: self.path.to_owned(),
-                line: 1,
-                key: Some("state_dir".into()),
-                message: "neither $XDG_STATE_HOME nor $HOME is set; set state_dir in [defaults]"
-                    .into(),
-            })?,
-        };
-        let mut accounts = Vec::with_capacity(raw.accounts.len());
-        for (name, acct) in &raw.accounts {
-            sensitive = sensitive.or(Sensitive::of(acct.get_ref()));
-            accounts.push(self.account(name, acct, &dflt)?);
-        }
-        Ok((
-            Config {
-                path: self.path.to_owned(),
-                state_dir,
-                accounts,
-            },
-            sensitive,
-        ))
-    }
-
-    fn account(
-        &self,
-        name: &str,
-        spanned: &Spanned<RawSettings>,
-        d: &RawSettings,
-    ) -> Result<Account, ConfigError> {
-        let a = spanned.get_ref();
-        let header = spanned.span();
-        let missing = |key: &str, hint: &str| {
-            self.error(
-                header.clone(),
-                key,
-                format!("account {name:?} has no `{key}`; {hint}"),
-            )
-        };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
-        {
-            return Err(self.error(
-                header.clone(),
-                "accounts",
-                format!(
-                    "account name {name:?} may only hold letters, digits, '-', '_', '.' and '@'"
-                ),
-            ));
-        }
-        if let Some(s) = &a.state_dir {
-            return Err(self.error(
-                s.span(),
-                "state_dir",
-                "state_dir belongs in [defaults]: one seen-store serves every account",
-            ));
-        }
-
-        let host = pick(&a.host, &d.host)
-            .ok_or_else(|| missing("host", "add host = \"pop.example.com\""))?;
-        if host.get_ref().trim().is_empty() || host.get_ref().contains(char::is_whitespace) {
-            return Err(self.error(host.span(), "host", "host must be a host name or address"));
-        }
-        let user = pick(&a.user, &d.user)
-            .ok_or_else(|| missing("user", "add user = \"you@example.com\""))?;
-        if user.get_ref().is_empty() || user.get_ref().contains(['\r', '\n', '\0']) {
-            return Err(self.error(
-                user.span(),
-                "user",
-                "user must not be empty or contain CR, LF or NUL characters",
-            ));
-        }
-        let tls = pick(&a.tls, &d.tls);
-        let tls_mode = tls.as_ref().map_or(TlsMode::Implicit, |t| *t.get_ref());
-        let allow_plaintext = pick(&a.allow_plaintext, &d.allow_plaintext)
-            .map(|s| *s.get_ref())
-            .unwrap_or(false);
-        if tls_mode == TlsMode::None && !allow_plaintext {
-            let span = tls.as_ref().map_or(header.clone(), |t| t.span());
-            return Err(self.error(
-                span,
-                "allow_plaintext",
-                format!(
-                    "account {name:?} has tls = \"none\", which sends the password in clear text; add allow_plaintext = true to accept that, or use tls = \"implicit\" or \"starttls\""
-                ),
-            ));
-        }
-
-        let secrets: Vec<(&str, Spanned<String>)> = [
-            ("password", pick(&a.password, &d.password)),
-            (
-                "password_command",
-                pick(&a.password_command, &d.password_command),
-            ),
-            ("password_file", pick(&a.password_file, &d.password_file)),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect();
-        let secret = match secrets.as_slice() {
-            [] => {
-                return Err(missing(
-                    "password",
-                    "add password_command = \"pass show mail/NAME\", password_file = \"...\" or password = \"...\"",
-                ));
-            }
-            [(key, value)] => match *key {
-                "password" => SecretSource::Password(value.get_ref().clone()),
-                "password_command" => SecretSource::Command(value.get_ref().clone()),
-                _ => SecretSource::File(self.expand(value, key)?),
-            },
-            [_, (key, value), ..] => {
-                return Err(self.error(
-                    value.span(),
-                    key,
-                    format!(
-                        "account {name:?} has more than one of password, password_command and password_file; keep one"
-                    ),
-                ));
-            }
-        };
-
-        let deliver_raw = pick(&a.deliver, &d.deliver).ok_or_else(|| {
-            missing(
-                "deliver",
-                "add deliver = { maildir = \"~/Mail/NAME\" } (or mbox = \"...\", or mda = \"procmail\")",
-            )
-        })?;
-        let deliver = match deliver_raw.get_ref() {
-            RawDeliver::Maildir(p) => {
-                Delivery::Maildir(self.expand_str(p, &deliver_raw, "deliver")?)
-            }
-            RawDeliver::Mbox(p) => Delivery::Mbox(self.expand_str(p, &deliver_raw, "deliver")?),
-            RawDeliver::Mda(c) if c.trim().is_empty() => {
-                return Err(self.error(deliver_raw.span(), "deliver", "mda command is empty"));
-            }
-            RawDeliver::Mda(c) => Delivery::Mda(c.clone()),
-        };
-
-        let auth = pick(&a.auth, &d.auth);
-        if let Some(list) = &auth
-            && list.get_ref().is_empty()
-        {
-            return Err(self.error(
-                list.span(),
-                "auth",
-                "auth is an empty list; remove it to use the strongest mechanism the server offers",
-            ));
-        }
-
-        let seconds = |v: Option<Spanned<u64>>, key: &str, default: u64| match v {
-            Some(s) if *s.get_ref() == 0 => {
-                Err(self.error(s.span(), key, format!("{key} must be at least 1 second")))
-            }
-            Some(s) => Ok(Duration::from_secs(*s.get_ref())),
-            None => Ok(Duration::from_secs(default)),
-        };
-
-        let ca_file = match pick(&a.ca_file, &d.ca_file) {
-            Some(p) => Some(self.expand(&p, "ca_file")?),
-            None => None,
-        };
-        let port = pick(&a.port, &d.port)
-            .map(|p| *p.get_ref())
-            .unwrap_or_else(|| tls_mode.default_port());
-        if port == 0 {
-            return Err(self.error(header.clone(), "port", "port 0 is not a valid port"));
-        }
-
-        Ok(Account {
-            name: name.to_owned(),
-            host: host.into_inner(),
-            port,
-            tls: tls_mode,
-            ca_file,
-            tls_fingerprint: pick(&a.tls_fingerprint, &d.tls_fingerprint).map(|s| *s.get_ref()),
-            user: user.into_inner(),
-            secret,
-            auth: auth.map(|s| s.into_inner()).unwrap_or_default(),
-            deliver,
-            retention: pick(&a.retention, &d.retention)
-                .map_or(Retention::Forever, |s| *s.get_ref()),
-            max_size: pick(&a.max_size, &d.max_size).map(|s| s.get_ref().0),
-            received_header: pick(&a.received_header, &d.received_header)
-                .is_none_or(|s| *s.get_ref()),
-            filter: pick(&a.filter, &d.filter).map(|s| s.into_inner()),
-            allow_plaintext,
-            timeout: seconds(pick(&a.timeout, &d.timeout), "timeout", 60)?,
-            command_timeout: seconds(
-                pick(&a.command_timeout, &d.command_timeout),
-                "command_timeout",
-                300,
-            )?,
-        })
-    }
-
-    fn expand(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
-        self.expand_str(value.get_ref(), value, key)
-    }
-
-    /// `~` and `$VARS` in paths; an unset variable is an error, not an empty string.
-    fn expand_str<T>(&self, s: &str, at: &Spanned<T>, key: &str) -> Result<PathBuf, ConfigError> {
-        if s.trim().is_empty() {
-            return Err(self.error(at.span(), key, "path is empty"));
-        }
-        shellexpand::full(s)
-            .map(|p| PathBuf::from(p.as_ref()))
-            .map_err(|e| self.error(at.span(), key, format!("cannot expand {s:?}: {e}")))
-    }
-}
-
-fn default_state_dir() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    env("XDG_STATE_HOME")
-        .map(|x| PathBuf::from(x).join("popsync"))
-        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".local/state/popsync")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse_ok(text: &str) -> Config {
         match parse(Path::new("c.toml"), text) {
-            Ok((c, _)) => c,
+            Ok(parsed) => parsed.config,
             Err(e) => panic!("{e}"),
         }
     }
@@ -779,45 +367,9 @@ max_size = "25MB"
         assert!(e.contains("line 2"), "{e}");
     }
 
-    /// Issue 14 item 15: who may own, write and read a config or a
-    /// password file.
-    #[test]
-    fn exposure_table() {
-        const ME: u32 = 1000;
-        let cases = [
-            // (mode, owner, secret inside, expected)
-            (0o600, ME, true, None),
-            (0o644, ME, false, None),
-            (0o644, 0, false, None),
-            (0o644, ME, true, Some(Exposure::Readable { mode: 0o644 })),
-            (0o640, ME, true, Some(Exposure::Readable { mode: 0o640 })),
-            (0o602, ME, false, Some(Exposure::Writable { mode: 0o602 })),
-            (0o620, ME, true, Some(Exposure::Writable { mode: 0o620 })),
-            (0o100666, ME, true, Some(Exposure::Writable { mode: 0o666 })),
-            (
-                0o600,
-                4242,
-                true,
-                Some(Exposure::ForeignOwner {
-                    owner: 4242,
-                    me: ME,
-                }),
-            ),
-        ];
-        for (mode, owner, secret, want) in cases {
-            assert_eq!(
-                exposure(mode, owner, ME, secret),
-                want,
-                "mode {mode:o} owner {owner}"
-            );
-        }
-        // Root running popsync: only root's own files.
-        assert!(exposure(0o600, ME, 0, false).is_some());
-    }
-
     #[test]
     fn a_config_naming_a_command_or_secret_is_sensitive() {
-        let (_, s) = parse(Path::new("c.toml"), GOOD).unwrap();
+        let s = parse(Path::new("c.toml"), GOOD).unwrap().sensitive;
         assert_eq!(
             s,
             Sensitive {
@@ -825,11 +377,12 @@ max_size = "25MB"
                 commands_or_secrets: true
             }
         );
-        let (_, s) = parse(
+        let s = parse(
             Path::new("c.toml"),
             "[accounts.a]\nhost = \"h\"\nuser = \"u\"\npassword_file = \"/pw\"\ndeliver = { maildir = \"/m\" }\n",
         )
-        .unwrap();
+        .unwrap()
+        .sensitive;
         assert_eq!(
             s,
             Sensitive {
@@ -837,7 +390,9 @@ max_size = "25MB"
                 commands_or_secrets: true
             }
         );
-        let (_, s) = parse(Path::new("c.toml"), "[defaults]\nstate_dir = \"/s\"\n").unwrap();
+        let s = parse(Path::new("c.toml"), "[defaults]\nstate_dir = \"/s\"\n")
+            .unwrap()
+            .sensitive;
         assert_eq!(s, Sensitive::default());
     }
 

@@ -124,7 +124,7 @@ fn read_private(path: &std::path::Path) -> Result<String, SecretError> {
     };
     let mut file = std::fs::File::open(path).map_err(error)?;
     let meta = file.metadata().map_err(error)?;
-    if let Some(exposure) = super::exposure_of(&meta, true) {
+    if let Some(exposure) = super::permissions::exposure_of(&meta, true) {
         return Err(SecretError::UnsafeFile {
             path: path.to_owned(),
             exposure,

@@ -1,33 +1,23 @@
-//! The mbox `Target`: a batch of messages appended under both locks, through
-//! the one locked descriptor, each piece journaled (synced) before it is
-//! written; fsynced at commit; cut back when not committed.
+//! The mbox `Target` that `sync` drives: `prepare_batch` takes the locks and
+//! starts a batch (`batch`) with its journal, `start` hands out a sink per
+//! message, `commit` makes the batch durable and releases the locks, `abort`
+//! (or drop) cuts it back, and `recover` finishes or undoes what a killed run
+//! left (`recovery`). Each message's sink (`sink`) writes the `From ` line,
+//! `Received:` and the quoted message into the batch.
 
-use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::batch::{Batch, batch_id, lock_batch};
+use super::journal::{self, Header, JournalWriter};
 use super::lock::MboxLock;
-use super::quoting::{FromQuoter, from_date};
-use super::recovery::{self, Header, JournalWriter};
-use crate::deliver::{
-    DeliveryError, Finished, FinishedKind, HeadBuffer, MessageInfo, Prepared, Sink, Target,
-    envelope_sender,
-};
-
-/// Bytes gathered before they are journaled and appended; doubles from
-/// the first to the last value during a batch, so a batch of small messages
-/// reaches the file soon and a large message costs few journal syncs.
-const FIRST_UNIT: usize = 64 * 1024;
-const LAST_UNIT: usize = 1024 * 1024;
-
-/// Bytes of the message being written that wait for its end (see
-/// `Batch::write`).
-const HOLD_BACK: usize = 2;
+use super::recovery;
+use super::sink::MboxSink;
+use crate::deliver::{DeliveryError, Finished, FinishedKind, MessageInfo, Prepared, Sink, Target};
 
 /// An mbox file.
 pub struct Mbox {
@@ -60,7 +50,7 @@ impl Mbox {
     /// Keep the journal that crash recovery needs in `state_dir`, one per
     /// account and mbox (two accounts may share an mbox).
     pub fn journal_in(mut self, state_dir: &Path, account: &str) -> Mbox {
-        self.journal = Some(recovery::journal_path(state_dir, account, &self.path));
+        self.journal = Some(journal::journal_path(state_dir, account, &self.path));
         self
     }
 
@@ -70,267 +60,6 @@ impl Mbox {
             source: std::io::Error::other(
                 "no batch is being written (none prepared, or it failed)",
             ),
-        }
-    }
-}
-
-/// Lock the batch's state; a panic elsewhere while it was held leaves it
-/// unknown, which is an error, not a reason to panic again.
-fn lock_batch<'a>(
-    batch: &'a Mutex<Batch>,
-    path: &Path,
-) -> Result<MutexGuard<'a, Batch>, DeliveryError> {
-    batch.lock().map_err(|_| DeliveryError::Write {
-        path: path.to_owned(),
-        source: std::io::Error::other("the mbox batch's state was lost"),
-    })
-}
-
-/// One batch: the locks, the journal, and the bytes not yet appended.
-struct Batch {
-    /// Held until commit or abort.
-    lock: Option<MboxLock>,
-    /// The mbox as configured, for messages and locations.
-    path: PathBuf,
-    id: u64,
-    journal: Option<JournalWriter>,
-    /// The file's length when the locks were taken.
-    start: u64,
-    /// popsync's bytes in the file end here.
-    end: u64,
-    /// Bytes to append after `end`.
-    buf: Vec<u8>,
-    /// Offsets of message starts within `buf` (pieces break there).
-    starts: Vec<u64>,
-    unit: usize,
-    next_index: u32,
-    /// The message being written: its index and offset.
-    open: Option<(u32, u64)>,
-    /// Where the last finished message ends.
-    finished_end: u64,
-    /// A write failed and left a finished message incomplete: the batch
-    /// cannot be committed.
-    broken: bool,
-    warnings: Vec<String>,
-}
-
-impl Batch {
-    fn file(&self) -> Result<&File, DeliveryError> {
-        match &self.lock {
-            Some(l) => Ok(l.file()),
-            None => Err(self.write_err(std::io::Error::other(
-                "the batch is over: its locks were released",
-            ))),
-        }
-    }
-
-    fn write_err(&self, source: std::io::Error) -> DeliveryError {
-        DeliveryError::Write {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    fn journal_err(&self, source: std::io::Error) -> DeliveryError {
-        DeliveryError::Write {
-            path: self
-                .journal
-                .as_ref()
-                .map_or_else(|| self.path.clone(), |j| j.path().to_owned()),
-            source,
-        }
-    }
-
-    fn file_len(&self) -> Result<u64, DeliveryError> {
-        let file = self.file()?;
-        file.metadata()
-            .map(|m| m.len())
-            .map_err(|e| self.write_err(e))
-    }
-
-    /// Offset the next byte will have.
-    fn pos(&self) -> u64 {
-        self.end + self.buf.len() as u64
-    }
-
-    fn begin(&mut self, index: u32) -> Result<u64, DeliveryError> {
-        if self.open.is_some() {
-            return Err(self.write_err(std::io::Error::other(
-                "a message started while another was being written",
-            )));
-        }
-        let at = self.pos();
-        self.starts.push(at);
-        if let Some(j) = self.journal.as_mut() {
-            j.message_start(index, at);
-        }
-        self.open = Some((index, at));
-        Ok(at)
-    }
-
-    fn write(&mut self, data: &[u8]) -> Result<(), DeliveryError> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= self.unit {
-            // The last bytes of a message being written stay behind until
-            // its end is journaled: a message cut short by a kill then
-            // lacks more than a line end, which another program appending
-            // after it could supply, making a torn copy look whole.
-            let keep = if self.open.is_some() { HOLD_BACK } else { 0 };
-            self.write_out(self.buf.len().saturating_sub(keep))?;
-        }
-        Ok(())
-    }
-
-    /// Append the last bytes of message `index`. Its end is journaled
-    /// before they are buffered, so that no write can put the whole message
-    /// in the file without the record that it is whole: recovery would take
-    /// it for torn and fetch it again. On failure the message is cut off.
-    fn end_message(&mut self, index: u32, last: &[u8]) -> Result<(), DeliveryError> {
-        let Some((open, start)) = self.open.filter(|&(open, _)| open == index) else {
-            return Err(self.write_err(std::io::Error::other(
-                "a message ended that was not being written",
-            )));
-        };
-        let at = self.pos() + last.len() as u64;
-        if let Some(j) = self.journal.as_mut() {
-            j.message_end(open, at);
-        }
-        if let Err(e) = self.write(last) {
-            self.open = None;
-            self.cut_back(start);
-            return Err(e);
-        }
-        self.open = None;
-        self.finished_end = at;
-        Ok(())
-    }
-
-    /// Journal (and sync) the first `n` buffered bytes, then append them.
-    fn write_out(&mut self, n: usize) -> Result<(), DeliveryError> {
-        let len = self.file_len()?;
-        if len != self.end {
-            // Someone wrote to the file although we hold both locks: what
-            // we would append now could not be told from theirs.
-            return Err(self.write_err(std::io::Error::other(format!(
-                "the mbox changed while popsync held its locks ({} bytes expected, {len} found): \
-                 another program writes to it without locking",
-                self.end
-            ))));
-        }
-        let n = n.min(self.buf.len());
-        if let Some(j) = self.journal.as_mut() {
-            j.pieces(self.end, &self.buf[..n], &self.starts);
-            if let Err(e) = j.sync() {
-                return Err(self.journal_err(e));
-            }
-        }
-        let written = self.file()?.write_all(&self.buf[..n]);
-        if let Err(e) = written {
-            // Part of it may be in the file: ours (the locks are held and
-            // the journal describes it). The message being written is cut
-            // back by its sink; a finished one that did not make it whole
-            // fails the batch (its sink has handed it over already).
-            match self.file_len() {
-                Ok(now) if now >= self.end => self.end = now.min(self.end + n as u64),
-                _ => self.broken = true,
-            }
-            if self.finished_end > self.end {
-                self.broken = true;
-            }
-            self.buf.clear();
-            self.starts.clear();
-            return Err(self.write_err(e));
-        }
-        self.end += n as u64;
-        self.buf.drain(..n);
-        self.starts.retain(|&s| s >= self.end);
-        self.unit = (self.unit * 2).min(LAST_UNIT);
-        Ok(())
-    }
-
-    /// Cut the file back to `to`, if what is after it is all ours.
-    fn cut_back(&mut self, to: u64) {
-        if self.end > to {
-            let cut = match self.file_len() {
-                Ok(len) if len == self.end => self.file().and_then(|f| {
-                    f.set_len(to)
-                        .and_then(|()| f.sync_data())
-                        .map_err(|e| self.write_err(e))
-                }),
-                Ok(_) => Err(self.write_err(std::io::Error::other("the file changed meanwhile"))),
-                Err(e) => Err(e),
-            };
-            match cut {
-                Ok(()) => self.end = to,
-                Err(e) => self.warnings.push(format!(
-                    "could not remove what popsync had begun to append at offset {to}: {e}; \
-                     check the mbox with a mail reader"
-                )),
-            }
-        }
-        self.buf.truncate(to.saturating_sub(self.end) as usize);
-        self.starts.retain(|&s| s < to);
-        if let Some(j) = self.journal.as_mut() {
-            j.cut(to);
-            // A cut already made: recovery finds it in the file anyway.
-            let _ = j.write_queued();
-        }
-    }
-
-    /// A message that was not finished: remove it.
-    fn fail_message(&mut self, index: u32) {
-        if let Some((open, at)) = self.open
-            && open == index
-        {
-            self.open = None;
-            self.cut_back(at);
-        }
-    }
-
-    /// Make the batch durable: append the rest, sync journal and file.
-    fn commit(&mut self) -> Result<(), DeliveryError> {
-        if self.broken {
-            return Err(self.write_err(std::io::Error::other(
-                "a write to the mbox failed part way: the batch is rolled back",
-            )));
-        }
-        self.write_out(self.buf.len())?;
-        let lock = self
-            .lock
-            .as_ref()
-            .ok_or_else(|| self.write_err(std::io::Error::other("no lock")))?;
-        let sync_err = |source| DeliveryError::Sync {
-            path: self.path.clone(),
-            source,
-        };
-        lock.file().sync_all().map_err(sync_err)?;
-        if lock.created()
-            && let Some(dir) = lock.resolved().parent()
-        {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(sync_err)?;
-        }
-        Ok(())
-    }
-
-    /// Give up the batch: cut off everything it appended.
-    fn abort(&mut self) {
-        self.open = None;
-        self.cut_back(self.start);
-        self.release();
-    }
-
-    fn release(&mut self) {
-        if let Some(lock) = self.lock.take()
-            && let Some(w) = lock.release()
-        {
-            self.warnings.push(w);
         }
     }
 }
@@ -374,22 +103,13 @@ impl Target for Mbox {
                 })?),
                 None => None,
             };
-            self.batch = Some(Arc::new(Mutex::new(Batch {
-                lock: Some(lock),
-                path: self.path.clone(),
+            self.batch = Some(Arc::new(Mutex::new(Batch::new(
+                lock,
+                self.path.clone(),
                 id,
                 journal,
-                start: header.start,
-                end: header.start,
-                buf: Vec::new(),
-                starts: Vec::new(),
-                unit: FIRST_UNIT,
-                next_index: 0,
-                open: None,
-                finished_end: header.start,
-                broken: false,
-                warnings: Vec::new(),
-            })));
+                header.start,
+            ))));
         }
         let Some(batch) = self.batch.as_ref() else {
             return Err(self.lost());
@@ -403,7 +123,7 @@ impl Target for Mbox {
         // journal.
         Ok((first..first.saturating_add(n))
             .map(|i| Prepared {
-                location: recovery::location(&self.path, b.id, i),
+                location: journal::location(&self.path, b.id, i),
                 offset: Some(b.start),
             })
             .collect())
@@ -419,7 +139,7 @@ impl Target for Mbox {
         };
         let mut b = lock_batch(batch, &self.path)?;
         // The journal must name the message as the pending row does.
-        let index = match recovery::parse_location(&prepared.location) {
+        let index = match journal::parse_location(&prepared.location) {
             Some((id, index)) if id == b.id && index < b.next_index => index,
             _ => {
                 return Err(DeliveryError::Write {
@@ -430,20 +150,14 @@ impl Target for Mbox {
         };
         let offset = b.begin(index)?;
         drop(b);
-        Ok(Box::new(MboxSink {
-            batch: Arc::clone(batch),
+        Ok(Box::new(MboxSink::new(
+            Arc::clone(batch),
             index,
-            path: self.path.clone(),
+            self.path.clone(),
             offset,
-            date: self.now,
-            received: info.received.map(str::to_owned),
-            head: Some(HeadBuffer::default()),
-            quoter: FromQuoter::default(),
-            scratch: Vec::new(),
-            last: b'\n',
-            written: 0,
-            finished: false,
-        }))
+            self.now,
+            info.received.map(str::to_owned),
+        )))
     }
 
     fn commit(&mut self, batch: Vec<Finished>) -> Result<Vec<String>, DeliveryError> {
@@ -521,123 +235,12 @@ impl Target for Mbox {
     }
 }
 
-/// A random batch id: journals of different batches never match.
-fn batch_id() -> u64 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 8];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        // No random source: time and pid still differ between batches.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        return (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40);
-    }
-    u64::from_le_bytes(b)
-}
-
-struct MboxSink {
-    batch: Arc<Mutex<Batch>>,
-    index: u32,
-    path: PathBuf,
-    /// Where the message begins in the file.
-    offset: u64,
-    date: DateTime<Utc>,
-    received: Option<String>,
-    head: Option<HeadBuffer>,
-    quoter: FromQuoter,
-    scratch: Vec<u8>,
-    last: u8,
-    written: u64,
-    finished: bool,
-}
-
-impl MboxSink {
-    fn raw(&mut self, data: &[u8]) -> Result<(), DeliveryError> {
-        lock_batch(&self.batch, &self.path)?.write(data)
-    }
-
-    /// The head is complete: write the separator, Received:, then the head.
-    fn open_message(&mut self, head: &[u8]) -> Result<(), DeliveryError> {
-        let sender = envelope_sender(head);
-        let from_line = format!("From {} {}\n", sender, from_date(self.date));
-        self.raw(from_line.as_bytes())?;
-        if let Some(r) = self.received.take() {
-            self.quoted(r.as_bytes())?;
-        }
-        self.quoted(head)
-    }
-
-    fn quoted(&mut self, data: &[u8]) -> Result<(), DeliveryError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        self.quoter.quote(data, &mut scratch);
-        if let Some(&l) = scratch.last() {
-            self.last = l;
-        }
-        self.written += scratch.len() as u64;
-        let r = self.raw(&scratch);
-        self.scratch = scratch;
-        r
-    }
-}
-
-impl Sink for MboxSink {
-    fn write(&mut self, data: &[u8]) -> Result<(), DeliveryError> {
-        match self.head.as_mut() {
-            Some(head) => match head.push(data) {
-                Some(whole) => {
-                    self.head = None;
-                    self.open_message(&whole)
-                }
-                None => Ok(()),
-            },
-            None => self.quoted(data),
-        }
-    }
-
-    fn finish(mut self: Box<Self>) -> Result<Finished, DeliveryError> {
-        if let Some(mut head) = self.head.take() {
-            let whole = head.finish();
-            self.open_message(&whole)?;
-        }
-        let mut tail = Vec::new();
-        self.quoter.finish(&mut tail);
-        if let Some(&last) = tail.last() {
-            self.last = last;
-        }
-        // Complete the last line, then the blank line between messages.
-        if self.last != b'\n' {
-            tail.push(b'\n');
-        }
-        self.written += tail.len() as u64;
-        tail.push(b'\n');
-        let ended = lock_batch(&self.batch, &self.path)?.end_message(self.index, &tail);
-        // Whole, or already cut back: nothing left for drop to undo.
-        self.finished = true;
-        ended?;
-        Ok(Finished {
-            kind: FinishedKind::Mbox(format!("{}@{}", self.path.display(), self.offset)),
-            size: self.written,
-        })
-    }
-}
-
-impl Drop for MboxSink {
-    fn drop(&mut self) {
-        // Not finished (a write failed, the server went away): cut the
-        // partial message off so the mbox holds only whole messages.
-        if !self.finished
-            && let Ok(mut b) = self.batch.lock()
-        {
-            b.fail_message(self.index);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use std::fs::File;
+    use std::io::Write;
     use std::os::fd::AsRawFd;
     use std::time::SystemTime;
 
