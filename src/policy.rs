@@ -69,7 +69,7 @@ pub struct Planned {
 
 impl Planned {
     pub fn key(&self) -> MessageKey {
-        (self.listed.uidl.clone(), self.copy)
+        MessageKey::new(self.listed.uidl.clone(), self.copy)
     }
 
     /// Not delivered before.
@@ -155,7 +155,7 @@ pub fn plan(
         let n = copies.entry(listed.uidl.as_str()).or_insert(0);
         let copy = *n;
         *n += 1;
-        let key = (listed.uidl.clone(), copy);
+        let key = MessageKey::new(listed.uidl.clone(), copy);
         // A row whose message was DELEted does not describe a message now on
         // the server: the UIDL was given to a new one (RFC 1939 promises
         // uniqueness only among the messages present), which is new mail.
@@ -287,7 +287,7 @@ mod tests {
     fn delivered(uidl: &str, copy: u32, days_ago: i64) -> (MessageKey, SeenRow) {
         let t = now() - Duration::days(days_ago);
         (
-            (uidl.into(), copy),
+            MessageKey::new(uidl, copy),
             SeenRow {
                 uidl: uidl.into(),
                 copy,
@@ -517,12 +517,12 @@ mod tests {
             listed(5, "broken", 10),
         ];
         let mut verdicts = Verdicts::new();
-        verdicts.insert(("old".into(), 0), Ok(Verdict::Delete));
-        verdicts.insert(("spam".into(), 0), Ok(Verdict::Delete));
-        verdicts.insert(("later".into(), 0), Ok(Verdict::Skip));
-        verdicts.insert(("ok".into(), 0), Ok(Verdict::Fetch));
+        verdicts.insert(MessageKey::new("old", 0), Ok(Verdict::Delete));
+        verdicts.insert(MessageKey::new("spam", 0), Ok(Verdict::Delete));
+        verdicts.insert(MessageKey::new("later", 0), Ok(Verdict::Skip));
+        verdicts.insert(MessageKey::new("ok", 0), Ok(Verdict::Fetch));
         verdicts.insert(
-            ("broken".into(), 0),
+            MessageKey::new("broken", 0),
             Err(FilterError::Temporary {
                 command: "f".into(),
                 stderr: String::new(),

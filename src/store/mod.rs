@@ -92,8 +92,22 @@ pub struct LastLogin {
     pub login_delay: Option<u64>,
 }
 
-/// Key of a message within an account: its UIDL and which copy of it.
-pub type MessageKey = (String, u32);
+/// Key of a message within an account: its UIDL and which copy of it (RFC
+/// 1939 lets a server list one UIDL more than once; 0 for the first).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageKey {
+    pub uidl: String,
+    pub copy: u32,
+}
+
+impl MessageKey {
+    pub fn new(uidl: impl Into<String>, copy: u32) -> MessageKey {
+        MessageKey {
+            uidl: uidl.into(),
+            copy,
+        }
+    }
+}
 
 /// An open seen-store.
 pub struct Store {
@@ -165,7 +179,7 @@ impl Store {
         let mut out = HashMap::new();
         for row in rows {
             let row = row.map_err(self.sql())?;
-            out.insert((row.uidl.clone(), row.copy), row);
+            out.insert(MessageKey::new(row.uidl.clone(), row.copy), row);
         }
         Ok(out)
     }
@@ -184,7 +198,7 @@ impl Store {
                 )
                 ?;
             for key in keys {
-                stmt.execute(params![account, key.0, key.1, ts(now)])
+                stmt.execute(params![account, key.uidl, key.copy, ts(now)])
                     ?;
             }
         }
@@ -208,7 +222,7 @@ impl Store {
                      ON CONFLICT (account, uidl, copy) DO UPDATE SET deleted_at = excluded.deleted_at",
                 )
                 ?;
-            for ((uidl, copy), size) in keys {
+            for (MessageKey { uidl, copy }, size) in keys {
                 stmt.execute(params![account, uidl, copy, *size as i64, ts(now)])
                     ?;
             }
@@ -235,7 +249,7 @@ impl Store {
                     "DELETE FROM messages WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
                 )?;
                 for key in &stale {
-                    stmt.execute(params![account, key.0, key.1])?;
+                    stmt.execute(params![account, key.uidl, key.copy])?;
                 }
             }
             Ok(())
@@ -359,7 +373,7 @@ mod tests {
     }
 
     fn key(u: &str) -> MessageKey {
-        (u.to_owned(), 0)
+        MessageKey::new(u, 0)
     }
 
     #[test]

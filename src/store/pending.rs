@@ -85,20 +85,20 @@ impl Store {
                 insert
                     .execute(params![
                         account,
-                        key.0,
-                        key.1,
+                        key.uidl,
+                        key.copy,
                         *size as i64,
                         ts(now),
                         location
                     ])
                     ?;
                 unpend
-                    .execute(params![account, key.0, key.1])
+                    .execute(params![account, key.uidl, key.copy])
                     ?;
             }
             for key in abandoned {
                 unpend
-                    .execute(params![account, key.0, key.1])
+                    .execute(params![account, key.uidl, key.copy])
                     ?;
             }
         }
@@ -136,7 +136,7 @@ impl Store {
         self.conn
             .execute(
                 "DELETE FROM pending WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
-                params![account, key.0, key.1],
+                params![account, key.uidl, key.copy],
             )
             .map_err(self.sql())?;
         Ok(())

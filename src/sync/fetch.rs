@@ -284,7 +284,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Fetch<'_, S> {
             self.opts.ui.verbose(&format!(
                 "{}: fetched {} ({size} bytes) -> {location}",
                 self.account.name,
-                sanitize(key.0.as_bytes(), 80),
+                sanitize(key.uidl.as_bytes(), 80),
             ));
             if let Action::Fetch { then_delete: true } = p.action {
                 self.to_delete.push((p.listed.msg, key.clone()));

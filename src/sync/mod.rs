@@ -121,14 +121,14 @@ async fn deliver_then_delete<S: AsyncRead + AsyncWrite + Unpin>(
     let filtered_keys: Vec<_> = filtered.iter().map(|p| (p.key(), p.listed.size)).collect();
     crate::command::blocking(|| store.record_filtered(&account.name, &filtered_keys, opts.now))?;
     tally.deleted = (keys.len() + filtered_keys.len()) as u64;
-    for (uidl, _) in &keys {
+    for store::MessageKey { uidl, .. } in &keys {
         opts.ui.verbose(&format!(
             "{}: deleted {} on the server",
             account.name,
             sanitize(uidl.as_bytes(), 80)
         ));
     }
-    for ((uidl, _), size) in &filtered_keys {
+    for (store::MessageKey { uidl, .. }, size) in &filtered_keys {
         opts.ui.verbose(&format!(
             "{}: deleted {} ({size} bytes) on the server without downloading it (filter)",
             account.name,

@@ -8,7 +8,7 @@ use crate::deliver::mbox::Mbox;
 use crate::deliver::mda::Mda;
 use crate::deliver::{Prepared, Target};
 use crate::sanitize::sanitize;
-use crate::store::Store;
+use crate::store::{MessageKey, Store};
 
 use super::{RunOptions, SyncError};
 
@@ -52,7 +52,7 @@ pub(super) fn resolve_pending(
     opts: &RunOptions,
 ) -> Result<(), SyncError> {
     for row in store.pending(&account.name)? {
-        let key = (row.uidl.clone(), row.copy);
+        let key = MessageKey::new(row.uidl.clone(), row.copy);
         let Some(mut target) = target_of_pending(&row.target, account, opts) else {
             return Err(SyncError::UnknownPending { target: row.target });
         };
