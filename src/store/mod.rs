@@ -14,8 +14,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::timestamp::{parse_store as parse_ts, store_micros as ts};
 
 mod open;
 mod pending;
@@ -113,16 +115,6 @@ impl MessageKey {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-}
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The seen-store's file name inside the state directory.
