@@ -105,13 +105,19 @@ impl async_imap::Authenticator for &mut OneShot {
     }
 }
 
-impl Conn {
-    /// Connect, secure the connection as configured, and log in.
-    pub async fn open(
-        spec: &ImapSpec,
-        password: &str,
-        timeout: Duration,
-    ) -> Result<Conn, ImapError> {
+/// A connection secured as configured, not yet logged in.
+pub struct Greeted {
+    client: Client<Transport>,
+    server: String,
+    /// The capabilities the greeting listed (none after STARTTLS, where
+    /// the greeting came in clear text).
+    pub offered: Vec<String>,
+}
+
+impl Greeted {
+    /// Connect and secure the connection: implicit TLS, STARTTLS (refusing
+    /// to go on in clear text), or clear text where the config allows it.
+    pub async fn connect(spec: &ImapSpec, timeout: Duration) -> Result<Greeted, ImapError> {
         let server = spec.server();
         let tls = match spec.tls {
             TlsMode::None => None,
@@ -165,15 +171,56 @@ impl Conn {
         } else {
             greeting(&server, timeout, &mut client).await?
         };
-        let session = login(spec, password, &server, timeout, client, &offered).await?;
+        Ok(Greeted {
+            client,
+            server,
+            offered,
+        })
+    }
+
+    /// TLS version and cipher, when the connection has TLS.
+    pub fn tls_info(&self) -> Option<net::TlsInfo> {
+        self.client.get_ref().tls_info()
+    }
+
+    /// Log in; then ask what the server offers for APPEND.
+    pub async fn login(
+        self,
+        spec: &ImapSpec,
+        password: &str,
+        timeout: Duration,
+    ) -> Result<Conn, ImapError> {
+        let session = login(
+            spec,
+            password,
+            &self.server,
+            timeout,
+            self.client,
+            &self.offered,
+        )
+        .await?;
         let mut conn = Conn {
             session,
-            server,
+            server: self.server,
             timeout,
             caps: Caps::default(),
         };
         conn.caps = conn.capabilities().await?;
         Ok(conn)
+    }
+}
+
+impl Conn {
+    /// Connect, secure the connection as configured, and log in.
+    pub async fn open(
+        spec: &ImapSpec,
+        password: &str,
+        timeout: Duration,
+    ) -> Result<Conn, ImapError> {
+        Greeted::connect(spec, timeout)
+            .await?
+            .login(spec, password, timeout)
+            .await
     }
 
     async fn capabilities(&mut self) -> Result<Caps, ImapError> {

@@ -12,6 +12,7 @@
 mod client;
 mod date;
 mod error;
+pub mod probe;
 mod spool;
 
 use std::path::PathBuf;
