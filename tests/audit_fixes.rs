@@ -23,7 +23,7 @@ use std::thread;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Account, TestEnv, maildir_messages, require_dovecot_with, sorted, toml_string};
+use common::{Account, TestEnv, maildir_messages, require_dovecot, sorted, toml_string};
 use fault::{FaultServer, plain_account_config, popsync, popsync_env};
 use tempfile::TempDir;
 
@@ -542,7 +542,7 @@ fn scram_server_error_is_sanitised() {
 /// Old code logged in with APOP over STLS.
 #[test]
 fn apop_is_not_used_after_stls() {
-    let dovecot = require_dovecot_with!("--apop");
+    let dovecot = require_dovecot!("--apop");
     let alice = dovecot.add_user("alice", "secret-apop");
     alice.deliver(&mail(1));
 
@@ -655,7 +655,7 @@ fn a_config_others_can_write_is_refused_when_it_names_a_command_or_secret() {
 #[test]
 fn a_config_owned_by_another_user_is_refused() {
     if !is_root() {
-        eprintln!("skipped: needs root to chown a file to another user");
+        common::cannot_run("needs root to chown a file to another user");
         return;
     }
     let env = TestEnv::new();

@@ -20,7 +20,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{
     Account, Dovecot, Output, TestEnv, User, maildir_messages, pem_fingerprint, require_dovecot,
-    require_dovecot_with, require_dovecot_without_stls, sample_message, sorted, toml_string,
+    sample_message, sorted, toml_string,
 };
 use fault::{FaultServer, OAUTH_ERROR_JSON};
 
@@ -221,7 +221,7 @@ const MECHANISMS: [(&str, &str, &str); 7] = [
 /// reported together.
 #[test]
 fn each_forced_mechanism_logs_in_and_fetches() {
-    let dovecot = require_dovecot_with!("--apop");
+    let dovecot = require_dovecot!("--apop");
     // All users first: Dovecot may not notice a passwd-file changed within
     // the second it last read it.
     let users: Vec<(User, Vec<Vec<u8>>)> = MECHANISMS
@@ -278,7 +278,7 @@ fn each_forced_mechanism_logs_in_and_fetches() {
 
 #[test]
 fn unset_auth_picks_scram_sha_256_even_when_apop_and_user_are_offered() {
-    let dovecot = require_dovecot_with!("--apop");
+    let dovecot = require_dovecot!("--apop");
     let alice = dovecot.add_user("alice", PASSWORD);
     let sent = deliver_samples(&alice, 1);
     let env = env_with(Account::new("acct", &dovecot, &alice));
@@ -339,7 +339,7 @@ fn no_mechanism_in_common_is_77_naming_both_lists_and_tries_nothing() {
 /// server, the user and the mechanism, and nothing is fetched or deleted.
 #[test]
 fn wrong_password_is_77_with_each_mechanism() {
-    let dovecot = require_dovecot_with!("--apop");
+    let dovecot = require_dovecot!("--apop");
     let cases = [
         ("", "SCRAM-SHA-256"),
         ("plain", "PLAIN"),
@@ -701,7 +701,7 @@ fn crlf_password_never_reaches_the_fault_server() {
 
 #[test]
 fn vv_trace_never_shows_the_password_or_sasl_payloads() {
-    let dovecot = require_dovecot_with!("--apop");
+    let dovecot = require_dovecot!("--apop");
     let alice = dovecot.add_user("alice", PASSWORD);
     deliver_samples(&alice, 1);
     for mech in [
@@ -774,7 +774,7 @@ fn refused_77(dovecot: &Dovecot, alice: &User, account: Account) -> Output {
 
 #[test]
 fn certificate_for_another_host_name_is_77_naming_the_host() {
-    let dovecot = require_dovecot_with!("--cert", "wronghost");
+    let dovecot = require_dovecot!("--cert", "wronghost");
     let alice = dovecot.add_user("alice", PASSWORD);
     deliver_samples(&alice, 1);
     let out = refused_77(&dovecot, &alice, Account::new("acct", &dovecot, &alice));
@@ -785,7 +785,7 @@ fn certificate_for_another_host_name_is_77_naming_the_host() {
 
 #[test]
 fn expired_certificate_is_77_saying_it_expired() {
-    let dovecot = require_dovecot_with!("--cert", "expired");
+    let dovecot = require_dovecot!("--cert", "expired");
     let alice = dovecot.add_user("alice", PASSWORD);
     deliver_samples(&alice, 1);
     let out = refused_77(&dovecot, &alice, Account::new("acct", &dovecot, &alice));
@@ -824,7 +824,7 @@ fn certificate_from_unknown_authority_is_77_over_starttls_before_any_login() {
 
 #[test]
 fn self_signed_certificate_is_77_even_with_ca_file() {
-    let dovecot = require_dovecot_with!("--cert", "selfsigned");
+    let dovecot = require_dovecot!("--cert", "selfsigned");
     let alice = dovecot.add_user("alice", PASSWORD);
     deliver_samples(&alice, 1);
     let out = refused_77(&dovecot, &alice, Account::new("acct", &dovecot, &alice));
@@ -863,7 +863,7 @@ fn right_pin_works_without_ca_file_in_any_spelling() {
 
 #[test]
 fn right_pin_works_for_a_self_signed_certificate_over_implicit_tls_and_starttls() {
-    let dovecot = require_dovecot_with!("--cert", "selfsigned");
+    let dovecot = require_dovecot!("--cert", "selfsigned");
     let alice = dovecot.add_user("alice", PASSWORD);
     let sent = deliver_samples(&alice, 1);
     let pin = pem_fingerprint(&dovecot.served_cert());
@@ -903,7 +903,7 @@ fn wrong_pin_is_77_naming_tls_fingerprint_even_with_a_trusted_ca() {
 
 #[test]
 fn pin_does_not_excuse_a_wrong_host_name() {
-    let dovecot = require_dovecot_with!("--cert", "wronghost");
+    let dovecot = require_dovecot!("--cert", "wronghost");
     let alice = dovecot.add_user("alice", PASSWORD);
     deliver_samples(&alice, 1);
     let pin = pem_fingerprint(&dovecot.served_cert());
@@ -922,7 +922,7 @@ fn pin_does_not_excuse_a_wrong_host_name() {
 
 #[test]
 fn starttls_to_a_server_without_stls_is_77_and_sends_no_password() {
-    let dovecot = require_dovecot_without_stls!();
+    let dovecot = require_dovecot!("--no-stls");
     let alice = dovecot.add_user("alice", PASSWORD);
     deliver_samples(&alice, 1);
     let out = refused_77(
@@ -991,7 +991,7 @@ fn stls_refused_by_the_server_sends_no_password() {
 
 #[test]
 fn tls_none_without_allow_plaintext_is_78_and_with_it_works() {
-    let dovecot = require_dovecot_without_stls!();
+    let dovecot = require_dovecot!("--no-stls");
     let alice = dovecot.add_user("alice", PASSWORD);
     let sent = deliver_samples(&alice, 1);
     let env = env_with(Account::new("acct", &dovecot, &alice).tls("none"));

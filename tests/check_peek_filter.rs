@@ -1370,7 +1370,7 @@ fn filter_failure_case(bad: &str, extra: &str, expected_code: i32) -> (Output, D
 #[test]
 fn filter_exit_75_leaves_the_message_and_exits_75_after_fetching_the_rest() {
     if !common::dovecot_installed() {
-        eprintln!("skipped: dovecot not installed");
+        common::cannot_run(common::DOVECOT_MISSING);
         return;
     }
     let (out, _) = filter_failure_case("exit 75", "", 75);
@@ -1380,7 +1380,7 @@ fn filter_exit_75_leaves_the_message_and_exits_75_after_fetching_the_rest() {
 #[test]
 fn filter_failing_exit_status_leaves_the_message_and_exits_74_after_fetching_the_rest() {
     if !common::dovecot_installed() {
-        eprintln!("skipped: dovecot not installed");
+        common::cannot_run(common::DOVECOT_MISSING);
         return;
     }
     let (out, _) = filter_failure_case("echo spamd unreachable >&2; exit 3", "", 74);
@@ -1395,7 +1395,7 @@ fn filter_failing_exit_status_leaves_the_message_and_exits_74_after_fetching_the
 #[test]
 fn filter_killed_by_a_signal_exits_74() {
     if !common::dovecot_installed() {
-        eprintln!("skipped: dovecot not installed");
+        common::cannot_run(common::DOVECOT_MISSING);
         return;
     }
     filter_failure_case("kill -9 $$", "", 74);
@@ -1404,7 +1404,7 @@ fn filter_killed_by_a_signal_exits_74() {
 #[test]
 fn filter_past_command_timeout_is_killed_and_exits_74() {
     if !common::dovecot_installed() {
-        eprintln!("skipped: dovecot not installed");
+        common::cannot_run(common::DOVECOT_MISSING);
         return;
     }
     let (out, elapsed) = filter_failure_case("exec sleep 30", "command_timeout = 2", 74);

@@ -16,7 +16,7 @@ use common::servers::PopServer;
 /// server log unless it exits 0. Returns its stdout.
 fn python(script: &str, args: &[&str], server: &dyn PopServer) -> Option<String> {
     if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("skipped: python3 not installed");
+        common::cannot_run("python3 not installed");
         return None;
     }
     let out = Command::new("python3")
@@ -287,10 +287,6 @@ fn watchdogs_for(dir: &Path) -> Vec<u32> {
 #[test]
 fn the_shared_courier_serves_every_test_and_has_a_watchdog() {
     let Some(courier) = Courier::shared() else {
-        eprintln!(
-            "skipped: courier not usable ({})",
-            common::courier::unusable_reason().unwrap_or_default()
-        );
         return;
     };
     let again = Courier::shared().expect("shared once, shared always");

@@ -38,10 +38,6 @@ const TOOLS: [(&str, &str); 3] = [
 /// silent server after 30 s, so that a stall ends with its own message).
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
 fn on_path(binary: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -58,8 +54,8 @@ fn is_root() -> bool {
 static INSTALL: Mutex<()> = Mutex::new(());
 
 /// Makes `binary` available: as root, `apt-get install` the three tools when
-/// it is missing. Returns false (the caller skips, after a note) when it is
-/// missing and cannot be installed; panics instead under CI=true.
+/// it is missing. Returns false (the caller returns) when it is missing,
+/// cannot be installed, and `common::cannot_run` allowed the test to skip.
 fn require_tool(binary: &str) -> bool {
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if on_path(binary) {
@@ -94,22 +90,15 @@ fn require_tool(binary: &str) -> bool {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        if in_ci() {
-            panic!("{binary} is needed (CI=true): {why}");
-        }
-        eprintln!("skipped: {binary} is not installed and could not be installed: {why}");
+        common::cannot_run(&format!(
+            "{binary} is not installed and could not be installed: {why}"
+        ));
         return false;
     }
-    if in_ci() {
-        panic!(
-            "{binary} is not installed, and CI=true: install the packages {} (as root the test does it)",
-            packages.join(" ")
-        );
-    }
-    eprintln!(
-        "skipped: {binary} is not installed (apt-get install {}); run as root to install it",
+    common::cannot_run(&format!(
+        "{binary} is not installed (apt-get install {}); run as root to install it",
         packages.join(" ")
-    );
+    ));
     false
 }
 

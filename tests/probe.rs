@@ -12,7 +12,7 @@ mod fault;
 
 use common::{
     Account, Dovecot, Output, TestEnv, maildir_messages, pem_fingerprint, require_dovecot,
-    require_dovecot_with, sample_message, sorted, toml_string,
+    sample_message, sorted, toml_string,
 };
 use fault::FaultServer;
 
@@ -218,7 +218,7 @@ fn probe_shows_an_untrusted_certificate_with_a_pin_line_and_exits_77() {
 
 #[test]
 fn probe_shows_an_expired_certificate_and_says_so() {
-    let dovecot = require_dovecot_with!("--cert", "expired");
+    let dovecot = require_dovecot!("--cert", "expired");
     let alice = dovecot.add_user("alice", PASSWORD);
     let env = env_with(Account::new("acct", &dovecot, &alice));
     let out = env.run(&["probe", "acct"]);
@@ -335,7 +335,7 @@ fn probe_json_of_an_untrusted_certificate_has_the_error_and_the_certificate() {
 
 #[test]
 fn fingerprint_printed_by_probe_pins_the_certificate_for_fetch() {
-    let dovecot = require_dovecot_with!("--cert", "selfsigned");
+    let dovecot = require_dovecot!("--cert", "selfsigned");
     let alice = dovecot.add_user("alice", PASSWORD);
     let sent: Vec<Vec<u8>> = (1..=2)
         .map(|i| {

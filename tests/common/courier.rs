@@ -36,20 +36,14 @@ const START_ATTEMPTS: usize = 3;
 const LOG_TAIL: usize = 32 * 1024;
 
 /// Starts a non-shared Courier with `tests/courier/start.sh` options, or
-/// skips the calling test (prints why and returns) when it is not installed
-/// (or this is not root) and `CI` is not "true".
+/// returns from the calling test when it is not usable here and
+/// `cannot_run` allowed the test to skip.
 #[allow(unused_macros)]
 macro_rules! require_courier {
     ($($arg:expr),* $(,)?) => {
         match $crate::common::courier::Courier::start(&[$($arg),*]) {
             Some(courier) => courier,
-            None => {
-                eprintln!(
-                    "skipped: courier not usable ({})",
-                    $crate::common::courier::unusable_reason().unwrap_or_default()
-                );
-                return;
-            }
+            None => return,
         }
     };
 }
@@ -58,10 +52,6 @@ pub(crate) use require_courier;
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
 }
 
 /// Where install.sh unpacked courier-pop and courier-base.
@@ -141,9 +131,13 @@ pub struct Courier {
 
 impl Courier {
     /// Starts a server with `tests/courier/start.sh` options. `None` means
-    /// "not installed or not root, skip the test" (never returned in CI);
-    /// any start failure panics.
+    /// "not installed or not root", and `cannot_run` allowed the test to
+    /// skip; any start failure panics.
     pub fn start(args: &[&str]) -> Option<Courier> {
+        if let Some(reason) = unusable_reason() {
+            super::cannot_run(&format!("courier not usable: {reason}"));
+            return None;
+        }
         Self::start_in_tempdir(args, false)
     }
 
@@ -152,6 +146,10 @@ impl Courier {
     /// process: the watchdog stops it (and removes its directory) when the
     /// binary exits.
     pub fn shared() -> Option<&'static Courier> {
+        if let Some(reason) = unusable_reason() {
+            super::cannot_run(&format!("courier not usable: {reason}"));
+            return None;
+        }
         static SHARED: OnceLock<Option<Courier>> = OnceLock::new();
         SHARED
             .get_or_init(|| Self::start_in_tempdir(&["--cleanup"], true))
@@ -159,12 +157,6 @@ impl Courier {
     }
 
     fn start_in_tempdir(args: &[&str], shared: bool) -> Option<Courier> {
-        if let Some(reason) = unusable_reason() {
-            if in_ci() {
-                panic!("Courier is not usable, and CI=true: {reason}");
-            }
-            return None;
-        }
         // Always with a watchdog: a test binary killed before it dropped
         // the server must not leave it running.
         let pid = std::process::id().to_string();

@@ -37,18 +37,15 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of each log file `log()` shows (the end of it).
 const LOG_TAIL: usize = 32 * 1024;
 
-/// Starts a non-shared Cyrus with `tests/cyrus/start.sh` options, or skips
-/// the calling test (prints "skipped: cyrus not installed" and returns) when
-/// it is not installed and `CI` is not "true".
+/// Starts a non-shared Cyrus with `tests/cyrus/start.sh` options, or
+/// returns from the calling test when it is not installed and `cannot_run`
+/// allowed the test to skip.
 #[allow(unused_macros)]
 macro_rules! require_cyrus {
     ($($arg:expr),* $(,)?) => {
         match $crate::common::cyrus::Cyrus::start(&[$($arg),*]) {
             Some(cyrus) => cyrus,
-            None => {
-                eprintln!("skipped: cyrus not installed (run tests/cyrus/install.sh as root)");
-                return;
-            }
+            None => return,
         }
     };
 }
@@ -59,8 +56,13 @@ fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
+/// Why a test that needs Cyrus cannot run without it.
+fn cyrus_missing() -> String {
+    format!(
+        "cyrus is not installed: run `bash tests/cyrus/install.sh` as root (it apt-installs \
+         sasl2-bin and the libraries, and unpacks cyrus-common and cyrus-pop3d into {})",
+        cyrus_root().display()
+    )
 }
 
 /// Where install.sh unpacked the packages (start.sh reads `CYRUS_ROOT` too).
@@ -101,9 +103,13 @@ pub struct Cyrus {
 
 impl Cyrus {
     /// Starts a server with `tests/cyrus/start.sh` options (`--popminpoll N`,
-    /// `--owner-pid PID`). `None` means "not installed, skip the test"
-    /// (never returned in CI); any start failure panics.
+    /// `--owner-pid PID`). `None` means "not installed", and `cannot_run`
+    /// allowed the test to skip; any start failure panics.
     pub fn start(args: &[&str]) -> Option<Cyrus> {
+        if !cyrus_installed() {
+            super::cannot_run(&cyrus_missing());
+            return None;
+        }
         Self::start_in_tempdir(args, false)
     }
 
@@ -111,6 +117,10 @@ impl Cyrus {
     /// its own mailbox). Started on first use with `--owner-pid` of this
     /// process: the watchdog stops it when the binary exits.
     pub fn shared() -> Option<&'static Cyrus> {
+        if !cyrus_installed() {
+            super::cannot_run(&cyrus_missing());
+            return None;
+        }
         static SHARED: OnceLock<Option<Cyrus>> = OnceLock::new();
         SHARED
             .get_or_init(|| {
@@ -121,17 +131,6 @@ impl Cyrus {
     }
 
     fn start_in_tempdir(args: &[&str], shared: bool) -> Option<Cyrus> {
-        if !cyrus_installed() {
-            if in_ci() {
-                panic!(
-                    "Cyrus is not installed, and CI=true: run `bash tests/cyrus/install.sh` \
-                     as root (it apt-installs sasl2-bin and the libraries, and unpacks \
-                     cyrus-common and cyrus-pop3d into {})",
-                    cyrus_root().display()
-                );
-            }
-            return None;
-        }
         let script = manifest_dir().join("tests/cyrus/start.sh");
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {

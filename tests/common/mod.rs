@@ -37,46 +37,51 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// concurrently starting test in the meantime.
 const START_ATTEMPTS: usize = 3;
 
-/// Starts a throwaway Dovecot, or skips the calling test (prints
-/// "skipped: dovecot not installed" and returns) when Dovecot is missing and
-/// `CI` is not "true". In CI a missing Dovecot is a failure (panic).
+/// Starts a throwaway Dovecot with `tests/dovecot/start.sh` options (none,
+/// or e.g. `"--no-stls"`, `"--apop"`, `"--cert", "expired"`), or, when
+/// Dovecot is missing and `POPSYNC_TEST_SKIP_SERVERS=1` asks for it, returns
+/// from the calling test after `cannot_run` said "skipped". Otherwise a
+/// missing Dovecot fails the test.
 #[allow(unused_macros)]
 macro_rules! require_dovecot {
-    () => {
-        match $crate::common::Dovecot::start() {
+    ($($arg:expr),* $(,)?) => {
+        match $crate::common::Dovecot::start_with_options(&[$($arg),*]) {
             Some(dovecot) => dovecot,
-            None => {
-                eprintln!("skipped: dovecot not installed");
-                return;
-            }
+            None => return,
         }
     };
 }
 #[allow(unused_imports)]
 pub(crate) use require_dovecot;
 
-/// Like `require_dovecot!` but the server offers no TLS at all: the plain port
-/// does not advertise STLS and there is no POP3S port.
-#[allow(unused_macros)]
-macro_rules! require_dovecot_without_stls {
-    () => {
-        match $crate::common::Dovecot::start_without_stls() {
-            Some(dovecot) => dovecot,
-            None => {
-                eprintln!("skipped: dovecot not installed");
-                return;
-            }
-        }
-    };
+/// The environment variable that lets a test that cannot run here (a server,
+/// a tool or root missing) skip instead of failing: `1` to skip.
+pub const SKIP_VAR: &str = "POPSYNC_TEST_SKIP_SERVERS";
+
+/// The one rule for a test that cannot run here because `why` (a server, a
+/// tool or root is missing): it fails (a panic naming `why`), unless
+/// `POPSYNC_TEST_SKIP_SERVERS=1` asks to skip; then this prints
+/// "skipped: WHY" and the caller returns without asserting anything. Under
+/// `CI=true` it always fails.
+#[track_caller]
+pub fn cannot_run(why: &str) {
+    if in_ci() {
+        panic!("{why}; CI=true, where every test must run (tests/run.sh installs what they need)");
+    }
+    if std::env::var(SKIP_VAR).as_deref() != Ok("1") {
+        panic!(
+            "{why}; this test cannot run here. `bash tests/run.sh` installs the servers \
+             and tools it needs; set {SKIP_VAR}=1 to skip it instead"
+        );
+    }
+    eprintln!("skipped: {why}");
 }
-#[allow(unused_imports)]
-pub(crate) use require_dovecot_without_stls;
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
 }
 
@@ -88,6 +93,9 @@ pub fn dovecot_installed() -> bool {
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
         .any(|dir| dir.join("dovecot").is_file())
 }
+
+/// Why a test that needs Dovecot cannot run without it.
+pub const DOVECOT_MISSING: &str = "dovecot is not installed (Debian/Ubuntu: apt-get install dovecot-pop3d; tests/run.sh installs it)";
 
 /// A private Dovecot POP3 server on 127.0.0.1, stopped (and waited for) when
 /// dropped, also when the test panics.
@@ -104,25 +112,14 @@ pub struct Dovecot {
 
 impl Dovecot {
     /// Starts a server with a plain port (offering STLS) and a POP3S port.
-    /// `None` means "not installed, skip the test" (never returned in CI).
+    /// `None`: not installed, and `cannot_run` allowed the test to skip.
     pub fn start() -> Option<Dovecot> {
         Self::start_with(&[])
     }
 
-    /// Starts a server without any TLS: its plain port does not offer STLS,
-    /// and `pop3s_port()` panics.
-    pub fn start_without_stls() -> Option<Dovecot> {
-        Self::start_with(&["--no-stls"])
-    }
-
     fn start_with(args: &[&str]) -> Option<Dovecot> {
         if !dovecot_installed() {
-            if in_ci() {
-                panic!(
-                    "dovecot is not installed, and CI=true: the integration tests need it \
-                     (Debian/Ubuntu: apt-get install dovecot-pop3d; .ci/run installs it)"
-                );
-            }
+            cannot_run(DOVECOT_MISSING);
             return None;
         }
         let script = manifest_dir().join("tests/dovecot/start.sh");
@@ -841,27 +838,10 @@ fn reader(child: &mut Child, stdout: bool) -> thread::JoinHandle<Vec<u8>> {
     })
 }
 
-/// Like `require_dovecot!` but with options for `tests/dovecot/start.sh`,
-/// e.g. `require_dovecot_with!("--cert", "expired")` or
-/// `require_dovecot_with!("--apop")`.
-#[allow(unused_macros)]
-macro_rules! require_dovecot_with {
-    ($($arg:expr),* $(,)?) => {
-        match $crate::common::Dovecot::start_with_options(&[$($arg),*]) {
-            Some(dovecot) => dovecot,
-            None => {
-                eprintln!("skipped: dovecot not installed");
-                return;
-            }
-        }
-    };
-}
-#[allow(unused_imports)]
-pub(crate) use require_dovecot_with;
-
 impl Dovecot {
     /// Starts a server with extra `tests/dovecot/start.sh` options
-    /// (`--no-stls`, `--apop`, `--cert KIND`). `None`: not installed.
+    /// (`--no-stls`: no TLS at all, and `pop3s_port()` panics; `--apop`;
+    /// `--cert KIND`). `None`: as `start`.
     pub fn start_with_options(args: &[&str]) -> Option<Dovecot> {
         Self::start_with(args)
     }

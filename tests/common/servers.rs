@@ -51,8 +51,12 @@ pub trait Mailbox: Send + Sync {
 
 impl super::Dovecot {
     /// The Dovecot of this test binary, started on first use; `None`: not
-    /// installed, skip (never in CI).
+    /// installed, and `cannot_run` allowed the test to skip.
     pub fn shared() -> Option<&'static super::Dovecot> {
+        if !super::dovecot_installed() {
+            super::cannot_run(super::DOVECOT_MISSING);
+            return None;
+        }
         static SHARED: std::sync::OnceLock<Option<super::Dovecot>> = std::sync::OnceLock::new();
         SHARED
             .get_or_init(|| {
