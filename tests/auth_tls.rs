@@ -661,7 +661,7 @@ fn crlf_password_never_reaches_the_fault_server() {
         .capa(&["USER", "UIDL", "SASL PLAIN LOGIN"])
         .messages(vec![b"Subject: x\n\nhi\n".to_vec()])
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
+    let env = TestEnv::new();
     let mut problems = Vec::new();
     for auth in ["user", "plain", "login"] {
         let config = format!(
@@ -669,12 +669,12 @@ fn crlf_password_never_reaches_the_fault_server() {
              host = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\n\
              user = \"alice\"\npassword = \"secret\\r\\nDELE 1\"\nauth = [\"{auth}\"]\n\
              deliver = {{ maildir = {maildir} }}\n",
-            state = toml_string(&dir.path().join("state").to_string_lossy()),
+            state = toml_string(&env.path().join("state").to_string_lossy()),
             port = srv.port(),
-            maildir = toml_string(&dir.path().join("mail").to_string_lossy()),
+            maildir = toml_string(&env.path().join("mail").to_string_lossy()),
         );
         let before = srv.connections();
-        let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+        let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
         let commands: Vec<String> = srv.sessions()[before..].concat();
         // CAPA, USER NAME and QUIT carry no password; anything else does
         // (PASS, AUTH and its answers) or was injected ("DELE 1").
@@ -939,17 +939,17 @@ fn starttls_without_stls_sends_nothing_but_capa_to_the_fault_server() {
         .capa(&["USER", "UIDL", "SASL PLAIN"])
         .messages(vec![b"Subject: x\n\nhi\n".to_vec()])
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
+    let env = TestEnv::new();
     let config = format!(
         "[defaults]\nstate_dir = {state}\ntimeout = 5\n\n[accounts.acct]\n\
          host = \"127.0.0.1\"\nport = {port}\ntls = \"starttls\"\n\
          user = \"alice\"\npassword = \"secret\"\n\
          deliver = {{ maildir = {maildir} }}\n",
-        state = toml_string(&dir.path().join("state").to_string_lossy()),
+        state = toml_string(&env.path().join("state").to_string_lossy()),
         port = srv.port(),
-        maildir = toml_string(&dir.path().join("mail").to_string_lossy()),
+        maildir = toml_string(&env.path().join("mail").to_string_lossy()),
     );
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
     assert_eq!(code, 77, "stderr:\n{stderr}");
     assert_contains(&stderr, "STLS", "stderr");
     let commands = srv.commands();
@@ -967,17 +967,17 @@ fn stls_refused_by_the_server_sends_no_password() {
         .capa(&["USER", "UIDL", "STLS", "SASL PLAIN"])
         .messages(vec![b"Subject: x\n\nhi\n".to_vec()])
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
+    let env = TestEnv::new();
     let config = format!(
         "[defaults]\nstate_dir = {state}\ntimeout = 5\n\n[accounts.acct]\n\
          host = \"127.0.0.1\"\nport = {port}\ntls = \"starttls\"\n\
          user = \"alice\"\npassword = \"secret\"\n\
          deliver = {{ maildir = {maildir} }}\n",
-        state = toml_string(&dir.path().join("state").to_string_lossy()),
+        state = toml_string(&env.path().join("state").to_string_lossy()),
         port = srv.port(),
-        maildir = toml_string(&dir.path().join("mail").to_string_lossy()),
+        maildir = toml_string(&env.path().join("mail").to_string_lossy()),
     );
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
     assert_ne!(code, 0, "stderr:\n{stderr}");
     assert_contains(&stderr, "STLS", "stderr");
     let commands = srv.commands();
@@ -1060,13 +1060,13 @@ fn oauth_two_step_fetches(mechanism: &str, expected_ir: impl Fn(&str) -> String)
         .messages(mail.clone())
         .tls()
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = fault_config(dir.path(), &srv, &token, &mechanism.to_ascii_lowercase());
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct", "-vv"]);
+    let env = TestEnv::new();
+    let config = fault_config(env.path(), &srv, &token, &mechanism.to_ascii_lowercase());
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct", "-vv"]);
     assert_eq!(code, 0, "stderr:\n{stderr}");
     assert_contains(&stderr, &format!("with {mechanism}"), "stderr (-v)");
     assert_no_secret_in_trace(&stderr, &token, mechanism);
-    assert_eq!(maildir_messages(&dir.path().join("mail")), sorted(mail));
+    assert_eq!(maildir_messages(&env.path().join("mail")), sorted(mail));
 
     let exchange = auth_exchange(&srv.commands());
     assert_eq!(
@@ -1111,14 +1111,14 @@ fn xoauth2_short_token_goes_on_the_auth_line() {
         .messages(fault_mail())
         .tls()
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = fault_config(dir.path(), &srv, token, "xoauth2");
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+    let env = TestEnv::new();
+    let config = fault_config(env.path(), &srv, token, "xoauth2");
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
     assert_eq!(code, 0, "stderr:\n{stderr}");
     let exchange = auth_exchange(&srv.commands());
     let ir = B64.encode(format!("user=alice\x01auth=Bearer {token}\x01\x01"));
     assert_eq!(exchange[0], format!("AUTH XOAUTH2 {ir}"), "{exchange:?}");
-    assert_eq!(maildir_messages(&dir.path().join("mail")).len(), 2);
+    assert_eq!(maildir_messages(&env.path().join("mail")).len(), 2);
 }
 
 /// A wrong token: the server's error challenge, the client's `answer`, -ERR;
@@ -1130,7 +1130,7 @@ fn oauth_invalid_token_is_77(mechanism: &str, token_len: usize, answer: &str) {
         .messages(fault_mail())
         .tls()
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
+    let env = TestEnv::new();
     let wrong: String = "Wrong.Token-"
         .chars()
         .cycle()
@@ -1144,8 +1144,8 @@ fn oauth_invalid_token_is_77(mechanism: &str, token_len: usize, answer: &str) {
         })
         .take(token_len)
         .collect();
-    let config = fault_config(dir.path(), &srv, &wrong, &mechanism.to_ascii_lowercase());
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct", "-vv"]);
+    let config = fault_config(env.path(), &srv, &wrong, &mechanism.to_ascii_lowercase());
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct", "-vv"]);
     assert_eq!(code, 77, "stderr:\n{stderr}");
     assert_no_secret_in_trace(&stderr, &wrong, mechanism);
     assert_contains(
@@ -1179,7 +1179,7 @@ fn oauth_invalid_token_is_77(mechanism: &str, token_len: usize, answer: &str) {
         after.is_empty(),
         "nothing but QUIT after a failed login (no retry): {after:?}"
     );
-    assert!(maildir_messages(&dir.path().join("mail")).is_empty());
+    assert!(maildir_messages(&env.path().join("mail")).is_empty());
 }
 
 #[test]
@@ -1205,9 +1205,9 @@ fn oauth_is_not_used_unless_named_and_the_error_names_both_lists() {
         .messages(fault_mail())
         .tls()
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = fault_config(dir.path(), &srv, "token", "x").replace("auth = [\"x\"]\n", "");
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+    let env = TestEnv::new();
+    let config = fault_config(env.path(), &srv, "token", "x").replace("auth = [\"x\"]\n", "");
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
     assert_eq!(code, 77, "stderr:\n{stderr}");
     for name in ["SCRAM-SHA-256", "XOAUTH2", "OAUTHBEARER"] {
         assert_contains(&stderr, name, "stderr");
@@ -1231,11 +1231,11 @@ fn scram_against_the_fault_server_works_when_the_server_proves_itself() {
             .messages(mail.clone())
             .tls()
             .start();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = fault_config(dir.path(), &srv, PASSWORD, mechanism);
-        let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+        let env = TestEnv::new();
+        let config = fault_config(env.path(), &srv, PASSWORD, mechanism);
+        let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
         assert_eq!(code, 0, "{mechanism}: stderr:\n{stderr}");
-        assert_eq!(maildir_messages(&dir.path().join("mail")), sorted(mail));
+        assert_eq!(maildir_messages(&env.path().join("mail")), sorted(mail));
     }
 }
 
@@ -1249,9 +1249,9 @@ fn scram_server_with_a_wrong_signature_is_refused_with_77() {
             .scram_bad_signature()
             .tls()
             .start();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = fault_config(dir.path(), &srv, PASSWORD, mechanism);
-        let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+        let env = TestEnv::new();
+        let config = fault_config(env.path(), &srv, PASSWORD, mechanism);
+        let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
         assert_eq!(code, 77, "{mechanism}: stderr:\n{stderr}");
         assert_contains(&stderr, "signature", "stderr");
         let commands = srv.commands();
@@ -1262,7 +1262,7 @@ fn scram_server_with_a_wrong_signature_is_refused_with_77() {
             exchange[2..].iter().all(|c| c == "*" || c == "QUIT"),
             "{mechanism}: after the bad server signature only \"*\" or QUIT may follow: {exchange:?}"
         );
-        assert!(maildir_messages(&dir.path().join("mail")).is_empty());
+        assert!(maildir_messages(&env.path().join("mail")).is_empty());
         assert_eq!(srv.mailbox().len(), 2);
     }
 }

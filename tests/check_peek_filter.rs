@@ -12,15 +12,14 @@ mod fault;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
     Account, Dovecot, Output, TestEnv, User, maildir_files, maildir_messages, require_dovecot,
     sorted, toml_string,
 };
-use fault::{Fault, FaultServer, On, popsync_env};
-use tempfile::TempDir;
+use fault::{Fault, FaultServer, On};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -170,41 +169,17 @@ fn plan_lines(out: &Output) -> Vec<(String, String, u64, String)> {
         .collect()
 }
 
-/// A temp dir for runs against the scripted server: config, state, Maildir.
-struct FaultEnv {
-    dir: TempDir,
-}
-
-impl FaultEnv {
-    fn new() -> FaultEnv {
-        FaultEnv {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn maildir(&self) -> PathBuf {
-        self.path().join("Maildir")
-    }
-
-    /// One account `test` on `srv` (plain TCP), timeout 5 s, plus `extra`.
-    fn config(&self, srv: &FaultServer, extra: &str) -> String {
-        fault::plain_account_config(self.path(), "test", srv, &self.maildir(), 5, extra)
-    }
-
-    /// `popsync ARGS` with `POPSYNC_NOW=now` when given.
-    fn run(&self, srv: &FaultServer, extra: &str, args: &[&str], now: Option<&str>) -> Output {
-        let env: Vec<(&str, &str)> = now.map(|t| ("POPSYNC_NOW", t)).into_iter().collect();
-        let (code, stdout, stderr) = popsync_env(self.path(), &self.config(srv, extra), args, &env);
-        Output {
-            code,
-            stdout,
-            stderr,
-        }
-    }
+/// `popsync ARGS` against the scripted server `srv` (account `test`,
+/// timeout 5 s, plus `extra`; `TestEnv::fault_config`), with
+/// `POPSYNC_NOW=now` when given.
+fn run_fault(
+    env: &TestEnv,
+    srv: &FaultServer,
+    extra: &str,
+    args: &[&str],
+    now: Option<&str>,
+) -> Output {
+    env.run_fault(srv, 5, extra, args, now)
 }
 
 /// The default CAPA of the scripted server plus `more`.
@@ -437,15 +412,22 @@ fn login_delay_skips_a_run_before_the_delay_is_over_and_says_when_to_retry() {
         .messages(small_mail(1))
         .capa(&capa_with(&["LOGIN-DELAY 900"]))
         .start();
-    let env = FaultEnv::new();
+    let env = TestEnv::new();
 
-    env.run(&srv, "", &["fetch", "test"], Some("2026-03-01T12:00:00Z"))
-        .assert_code(0);
+    run_fault(
+        &env,
+        &srv,
+        "",
+        &["fetch", "test"],
+        Some("2026-03-01T12:00:00Z"),
+    )
+    .assert_code(0);
     assert_eq!(srv.connections(), 1);
     let arrived = plain(2, "arrived later");
     srv.add_message(&arrived, "uid-2");
 
-    let early = env.run(
+    let early = run_fault(
+        &env,
         &srv,
         "",
         &["fetch", "test", "--json"],
@@ -460,17 +442,29 @@ fn login_delay_skips_a_run_before_the_delay_is_over_and_says_when_to_retry() {
         1,
         "the account is skipped without connecting"
     );
-    assert_eq!(maildir_messages(&env.maildir()).len(), 1);
+    assert_eq!(maildir_messages(&env.maildir(fault::ACCOUNT)).len(), 1);
 
-    let check = env.run(&srv, "", &["check", "test"], Some("2026-03-01T12:14:59Z"));
+    let check = run_fault(
+        &env,
+        &srv,
+        "",
+        &["check", "test"],
+        Some("2026-03-01T12:14:59Z"),
+    );
     check.assert_code(75);
     assert_eq!(srv.connections(), 1, "check honours LOGIN-DELAY too");
 
-    env.run(&srv, "", &["fetch", "test"], Some("2026-03-01T12:15:00Z"))
-        .assert_code(0);
+    run_fault(
+        &env,
+        &srv,
+        "",
+        &["fetch", "test"],
+        Some("2026-03-01T12:15:00Z"),
+    )
+    .assert_code(0);
     assert_eq!(srv.connections(), 2);
     assert_eq!(
-        maildir_messages(&env.maildir()).len(),
+        maildir_messages(&env.maildir(fault::ACCOUNT)).len(),
         2,
         "after the delay the new message is fetched"
     );
@@ -484,14 +478,32 @@ fn login_delay_counts_the_login_of_check_too() {
         .messages(small_mail(1))
         .capa(&capa_with(&["LOGIN-DELAY 900"]))
         .start();
-    let env = FaultEnv::new();
-    env.run(&srv, "", &["fetch", "test"], Some("2026-03-01T12:00:00Z"))
-        .assert_code(0);
-    env.run(&srv, "", &["check", "test"], Some("2026-03-01T12:15:00Z"))
-        .assert_code(1);
+    let env = TestEnv::new();
+    run_fault(
+        &env,
+        &srv,
+        "",
+        &["fetch", "test"],
+        Some("2026-03-01T12:00:00Z"),
+    )
+    .assert_code(0);
+    run_fault(
+        &env,
+        &srv,
+        "",
+        &["check", "test"],
+        Some("2026-03-01T12:15:00Z"),
+    )
+    .assert_code(1);
     assert_eq!(srv.connections(), 2, "the delay was over: check logs in");
 
-    let out = env.run(&srv, "", &["fetch", "test"], Some("2026-03-01T12:20:00Z"));
+    let out = run_fault(
+        &env,
+        &srv,
+        "",
+        &["fetch", "test"],
+        Some("2026-03-01T12:20:00Z"),
+    );
     assert_eq!(
         srv.connections(),
         2,
@@ -510,10 +522,22 @@ fn peek_honours_login_delay() {
         .messages(small_mail(1))
         .capa(&capa_with(&["LOGIN-DELAY 900"]))
         .start();
-    let env = FaultEnv::new();
-    env.run(&srv, "", &["fetch", "test"], Some("2026-03-01T12:00:00Z"))
-        .assert_code(0);
-    let out = env.run(&srv, "", &["peek", "test"], Some("2026-03-01T12:05:00Z"));
+    let env = TestEnv::new();
+    run_fault(
+        &env,
+        &srv,
+        "",
+        &["fetch", "test"],
+        Some("2026-03-01T12:00:00Z"),
+    )
+    .assert_code(0);
+    let out = run_fault(
+        &env,
+        &srv,
+        "",
+        &["peek", "test"],
+        Some("2026-03-01T12:05:00Z"),
+    );
     assert_eq!(
         srv.connections(),
         1,
@@ -530,11 +554,23 @@ fn peek_honours_login_delay() {
 #[test]
 fn without_login_delay_runs_may_follow_each_other_at_once() {
     let srv = FaultServer::builder().messages(small_mail(1)).start();
-    let env = FaultEnv::new();
-    env.run(&srv, "", &["fetch", "test"], Some("2026-03-01T12:00:00Z"))
-        .assert_code(0);
-    env.run(&srv, "", &["fetch", "test"], Some("2026-03-01T12:00:01Z"))
-        .assert_code(0);
+    let env = TestEnv::new();
+    run_fault(
+        &env,
+        &srv,
+        "",
+        &["fetch", "test"],
+        Some("2026-03-01T12:00:00Z"),
+    )
+    .assert_code(0);
+    run_fault(
+        &env,
+        &srv,
+        "",
+        &["fetch", "test"],
+        Some("2026-03-01T12:00:01Z"),
+    )
+    .assert_code(0);
     assert_eq!(srv.connections(), 2);
 }
 
@@ -544,9 +580,15 @@ fn expire_shorter_than_retention_forever_warns_on_stderr_but_not_with_quiet() {
         .messages(small_mail(1))
         .capa(&capa_with(&["EXPIRE 5"]))
         .start();
-    let env = FaultEnv::new();
+    let env = TestEnv::new();
 
-    let out = env.run(&srv, "retention = \"forever\"", &["fetch", "test"], None);
+    let out = run_fault(
+        &env,
+        &srv,
+        "retention = \"forever\"",
+        &["fetch", "test"],
+        None,
+    );
     out.assert_code(0);
     assert_contains(&out.stderr, "EXPIRE", "stderr");
     assert_contains(&out.stderr, "5", "stderr");
@@ -556,7 +598,8 @@ fn expire_shorter_than_retention_forever_warns_on_stderr_but_not_with_quiet() {
         out.stdout
     );
 
-    let quiet = env.run(
+    let quiet = run_fault(
+        &env,
         &srv,
         "retention = \"forever\"",
         &["fetch", "test", "-q"],
@@ -576,8 +619,8 @@ fn expire_shorter_than_14d_retention_warns() {
         .messages(small_mail(1))
         .capa(&capa_with(&["EXPIRE 5"]))
         .start();
-    let env = FaultEnv::new();
-    let out = env.run(&srv, "retention = \"14d\"", &["fetch", "test"], None);
+    let env = TestEnv::new();
+    let out = run_fault(&env, &srv, "retention = \"14d\"", &["fetch", "test"], None);
     out.assert_code(0);
     assert_contains(&out.stderr, "EXPIRE", "stderr");
 }
@@ -589,8 +632,9 @@ fn expire_that_retention_stays_within_gives_no_warning() {
             .messages(small_mail(1))
             .capa(&capa_with(&[capa]))
             .start();
-        let env = FaultEnv::new();
-        let out = env.run(
+        let env = TestEnv::new();
+        let out = run_fault(
+            &env,
             &srv,
             &format!("retention = \"{retention}\""),
             &["fetch", "test"],
@@ -838,9 +882,10 @@ fn peek_json_has_one_object_per_message_with_the_documented_fields() {
 fn peek_never_retrieves_or_deletes() {
     let sent = small_mail(3);
     let srv = FaultServer::builder().messages(sent.clone()).start();
-    let env = FaultEnv::new();
+    let env = TestEnv::new();
 
-    let out = env.run(
+    let out = run_fault(
+        &env,
         &srv,
         "retention = \"0d\"",
         &["peek", "test", "--lines", "2"],
@@ -858,7 +903,7 @@ fn peek_never_retrieves_or_deletes() {
         "peek sends no RETR and no DELE: {commands:?}"
     );
     assert_eq!(srv.mailbox(), sent);
-    assert!(maildir_files(&env.maildir()).is_empty());
+    assert!(maildir_files(&env.maildir(fault::ACCOUNT)).is_empty());
 }
 
 #[test]
@@ -881,9 +926,9 @@ fn peek_neutralises_control_characters_and_escape_sequences_from_the_server() {
         b"From: latin1 \xe9\xe8 raw\nSubject: raw \x00 nul and \x1b escape\n\nx\n".to_vec(),
     ];
     let srv = FaultServer::builder().messages(hostile.clone()).start();
-    let env = FaultEnv::new();
+    let env = TestEnv::new();
 
-    let text = env.run(&srv, "", &["peek", "test", "--lines", "1"], None);
+    let text = run_fault(&env, &srv, "", &["peek", "test", "--lines", "1"], None);
     text.assert_code(0);
     if let Some(c) = raw_control(&text.stdout) {
         panic!(
@@ -904,7 +949,13 @@ fn peek_neutralises_control_characters_and_escape_sequences_from_the_server() {
         panic!("raw control character {c:?} on stderr:\n{:?}", text.stderr);
     }
 
-    let json = env.run(&srv, "", &["peek", "test", "--json", "--lines", "1"], None);
+    let json = run_fault(
+        &env,
+        &srv,
+        "",
+        &["peek", "test", "--json", "--lines", "1"],
+        None,
+    );
     json.assert_code(0);
     let objects = json_lines(&json);
     assert_eq!(objects.len(), hostile.len());
@@ -936,8 +987,8 @@ fn peek_on_a_server_without_top_says_so_and_exits_69() {
             .capa(&capa)
             .fault(On::Top, Fault::err("unknown command"))
             .start();
-        let env = FaultEnv::new();
-        let out = env.run(&srv, "", &["peek", "test"], None);
+        let env = TestEnv::new();
+        let out = run_fault(&env, &srv, "", &["peek", "test"], None);
         out.assert_code(69);
         assert_contains(&out.stderr, "TOP", "stderr");
         assert_eq!(out.stdout, "", "capa {capa:?}: nothing listed");
@@ -1418,11 +1469,12 @@ fn filter_past_command_timeout_is_killed_and_exits_74() {
 #[test]
 fn filter_past_command_timeout_leaves_no_process_of_it_running() {
     let srv = FaultServer::builder().messages(small_mail(1)).start();
-    let env = FaultEnv::new();
+    let env = TestEnv::new();
     let pidfile = env.path().join("filter.pid");
     // The filter starts a child (as a pipeline or a script would) and hangs.
     let filter = format!("sleep 30 & echo $! > {}; wait; exit 0", pidfile.display());
-    let out = env.run(
+    let out = run_fault(
+        &env,
         &srv,
         &format!("command_timeout = 1\n{}", filter_line(&filter)),
         &["fetch", "test"],
@@ -1462,10 +1514,10 @@ fn filter_arguments_are_shell_quoted_so_a_sender_cannot_inject_commands() {
             b"Return-Path: <`touch${IFS}injected3`\"x\"@evil.example>\nSubject: z\n\nz\n".to_vec(),
         ])
         .start();
-    let env = FaultEnv::new();
+    let env = TestEnv::new();
     let log = env.path().join("senders");
     let filter = format!("echo %F >> {}; exit 0", log.display());
-    let out = env.run(&srv, &filter_line(&filter), &["fetch", "test"], None);
+    let out = run_fault(&env, &srv, &filter_line(&filter), &["fetch", "test"], None);
     out.assert_code(0);
     for n in 1..=3 {
         for dir in [env.path().to_path_buf(), env.path().join("home")] {
@@ -1481,7 +1533,7 @@ fn filter_arguments_are_shell_quoted_so_a_sender_cannot_inject_commands() {
         senders.iter().any(|s| s.contains("touch${IFS}injected1")),
         "the sender reaches the filter literally: {senders:?}"
     );
-    assert_eq!(maildir_messages(&env.maildir()).len(), 3);
+    assert_eq!(maildir_messages(&env.maildir(fault::ACCOUNT)).len(), 3);
 }
 
 #[test]
@@ -1490,8 +1542,9 @@ fn filter_delete_never_retrieves_the_message_and_quiet_success_prints_nothing() 
     let srv = FaultServer::builder()
         .messages(vec![ham1.clone(), spam, ham2.clone()])
         .start();
-    let env = FaultEnv::new();
-    let out = env.run(
+    let env = TestEnv::new();
+    let out = run_fault(
+        &env,
         &srv,
         &filter_line(SPAM_FILTER),
         &["fetch", "test", "-q"],
@@ -1515,5 +1568,8 @@ fn filter_delete_never_retrieves_the_message_and_quiet_success_prints_nothing() 
     assert!(commands.iter().any(|c| c == "DELE 2"), "{commands:?}");
     assert!(commands.iter().any(|c| c == "QUIT"), "{commands:?}");
     assert_eq!(srv.mailbox(), vec![ham1.clone(), ham2.clone()]);
-    assert_eq!(maildir_messages(&env.maildir()), sorted(vec![ham1, ham2]));
+    assert_eq!(
+        maildir_messages(&env.maildir(fault::ACCOUNT)),
+        sorted(vec![ham1, ham2])
+    );
 }

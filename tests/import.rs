@@ -123,7 +123,8 @@ fn run_tool(mut cmd: Command, ok_codes: &[i32], dovecot: &Dovecot) -> Output {
         let _ = err_pipe.read_to_end(&mut b);
         b
     });
-    let deadline = Instant::now() + TOOL_TIMEOUT;
+    let started = Instant::now();
+    let deadline = started + TOOL_TIMEOUT;
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait for tool") {
             break Some(s);
@@ -139,6 +140,7 @@ fn run_tool(mut cmd: Command, ok_codes: &[i32], dovecot: &Dovecot) -> Output {
         code: status.and_then(|s| s.code()).unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.join().expect("stdout reader")).into_owned(),
         stderr: String::from_utf8_lossy(&err.join().expect("stderr reader")).into_owned(),
+        elapsed: started.elapsed(),
     };
     assert!(
         status.is_some() && ok_codes.contains(&output.code),

@@ -14,15 +14,13 @@ mod fault;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Account, Dovecot, Output, TestEnv, User, account_toml, maildir_messages, require_dovecot,
-    sample_message, sorted, toml_string,
+    Account, Dovecot, Output, Running, TestEnv, User, account_toml, maildir_messages,
+    require_dovecot, sample_message, sorted, toml_string,
 };
 use fault::{Fault, FaultServer, On};
 
@@ -32,81 +30,6 @@ use fault::{Fault, FaultServer, On};
 
 /// How long a background run may take before the test kills it and fails.
 const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// A `popsync` run started in the background (for signals and overlaps).
-struct Running {
-    child: Child,
-    stdout: thread::JoinHandle<Vec<u8>>,
-    stderr: thread::JoinHandle<Vec<u8>>,
-}
-
-/// `popsync --config DIR/config.toml ARGS...` in the background, with the
-/// environment `TestEnv::run` uses.
-fn start(env: &TestEnv, args: &[&str]) -> Running {
-    let mut cmd = env.command();
-    cmd.arg("--config").arg(env.config_path()).args(args);
-    let mut child = cmd.spawn().expect("spawn popsync");
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    Running {
-        child,
-        stdout: thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = out.read_to_end(&mut buf);
-            buf
-        }),
-        stderr: thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = err.read_to_end(&mut buf);
-            buf
-        }),
-    }
-}
-
-impl Running {
-    /// Sends `signal` (e.g. `libc::SIGINT`) to the process.
-    fn signal(&self, signal: i32) {
-        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
-        // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
-    }
-
-    /// Has the process exited already (without reaping it)?
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().expect("wait for popsync").is_some()
-    }
-
-    /// Waits for the exit (killing it after `BACKGROUND_TIMEOUT`, a failure).
-    fn finish(mut self) -> Output {
-        let deadline = Instant::now() + BACKGROUND_TIMEOUT;
-        let (status, timed_out) = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for popsync") {
-                break (status, false);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                break (self.child.wait().expect("wait for killed popsync"), true);
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        use std::os::unix::process::ExitStatusExt;
-        let output = Output {
-            code: status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-            stdout: String::from_utf8_lossy(&self.stdout.join().expect("stdout reader"))
-                .into_owned(),
-            stderr: String::from_utf8_lossy(&self.stderr.join().expect("stderr reader"))
-                .into_owned(),
-        };
-        assert!(
-            !timed_out,
-            "popsync did not finish within {BACKGROUND_TIMEOUT:?}\n{output:?}"
-        );
-        output
-    }
-}
 
 /// How many files `maildir`/new and cur hold (cheap: names only).
 fn maildir_count(maildir: &Path) -> usize {
@@ -238,7 +161,7 @@ fn second_run_on_a_busy_account_exits_75_at_once_and_the_first_completes() {
         fault_account("slow", &srv, &maildir, "")
     ));
 
-    let mut first = start(&env, &["fetch", "slow"]);
+    let mut first = env.spawn(&["fetch", "slow"]);
     assert!(
         wait_for_deliveries(&mut first, &maildir, 2, Duration::from_secs(20)),
         "the first run should fetch message 1 and then wait for message 2"
@@ -255,7 +178,7 @@ fn second_run_on_a_busy_account_exits_75_at_once_and_the_first_completes() {
     assert_mentions(&second.stderr, "lock", "the second run's stderr");
     assert_mentions(&second.stderr, "slow", "the second run's stderr");
 
-    let first = first.finish();
+    let first = first.finish_within(BACKGROUND_TIMEOUT);
     first.assert_code(0);
     assert_eq!(
         maildir_messages(&maildir),
@@ -282,9 +205,12 @@ fn concurrent_full_runs_never_deliver_a_message_twice() {
     let mut sent = Vec::new();
     for round in 0..3 {
         sent.extend(deliver(&alice, round * 100 + 1, 100, 5));
-        let a = start(&env, &["fetch", "--all"]);
-        let b = start(&env, &["fetch", "alice"]);
-        let (a, b) = (a.finish(), b.finish());
+        let a = env.spawn(&["fetch", "--all"]);
+        let b = env.spawn(&["fetch", "alice"]);
+        let (a, b) = (
+            a.finish_within(BACKGROUND_TIMEOUT),
+            b.finish_within(BACKGROUND_TIMEOUT),
+        );
         for out in [&a, &b] {
             assert!(
                 out.code == 0 || out.code == 75,
@@ -526,20 +452,20 @@ fn fetch_and_signal(
         &maildir,
         &format!("retention = {}", toml_string(retention)),
     )]);
-    let mut run = start(&env, &["fetch", "--all"]);
+    let mut run = env.spawn(&["fetch", "--all"]);
     // Deliveries start in tmp/ and are moved into new/ when a batch is
     // committed; signal as soon as five have started, well before the end.
     assert!(
         wait_for_deliveries(&mut run, &maildir, 5, Duration::from_secs(30)),
         "popsync should be delivering messages; it ended or stalled:\n{:?}",
-        run.finish()
+        run.finish_within(BACKGROUND_TIMEOUT)
     );
     run.signal(signal);
     if twice {
         thread::sleep(Duration::from_millis(20));
         run.signal(signal);
     }
-    let out = run.finish();
+    let out = run.finish_within(BACKGROUND_TIMEOUT);
     (env, sent, out)
 }
 
@@ -633,14 +559,14 @@ fn sigterm_while_a_retr_stalls_delivers_what_was_asked_for_then_deletes_and_quit
         fault_account("stalled", &srv, &maildir, "retention = \"0d\"")
     ));
 
-    let mut run = start(&env, &["fetch", "--all"]);
+    let mut run = env.spawn(&["fetch", "--all"]);
     assert!(
         wait_for_deliveries(&mut run, &maildir, 10, Duration::from_secs(20)),
         "popsync should be waiting for message 10"
     );
     thread::sleep(Duration::from_millis(200));
     run.signal(libc::SIGTERM);
-    let out = run.finish();
+    let out = run.finish_within(BACKGROUND_TIMEOUT);
     out.assert_code(143);
 
     let commands = srv.commands();

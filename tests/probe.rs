@@ -381,24 +381,19 @@ fn probe_shows_login_delay_expire_and_no_pipelining() {
         ])
         .tls()
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
+    let env = TestEnv::new();
     let config = format!(
         "[defaults]\nstate_dir = {state}\ntimeout = 5\n\n[accounts.acct]\n\
          host = \"127.0.0.1\"\nport = {port}\ntls = \"implicit\"\nca_file = {ca}\n\
          user = \"alice\"\npassword = \"secret\"\n\
          deliver = {{ maildir = {maildir} }}\n",
-        state = toml_string(&dir.path().join("state").to_string_lossy()),
+        state = toml_string(&env.path().join("state").to_string_lossy()),
         port = srv.port(),
         ca = toml_string(&srv.ca_pem_path().to_string_lossy()),
-        maildir = toml_string(&dir.path().join("mail").to_string_lossy()),
+        maildir = toml_string(&env.path().join("mail").to_string_lossy()),
     );
-    let (code, stdout, stderr) = fault::popsync(dir.path(), &config, &["probe", "acct"]);
-    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let out = Output {
-        code,
-        stdout,
-        stderr,
-    };
+    let out = env.run_config(&config, &["probe", "acct"]);
+    out.assert_code(0);
     assert_eq!(expect_field(&out, "login-delay"), "900 s");
     assert_eq!(expect_field(&out, "expire"), "30 days");
     assert_eq!(expect_field(&out, "pipelining"), "no");
@@ -416,7 +411,12 @@ fn probe_shows_login_delay_expire_and_no_pipelining() {
         "{commands:?}"
     );
 
-    let (code, stdout, stderr) = fault::popsync(dir.path(), &config, &["probe", "acct", "--json"]);
+    let Output {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = env.run_config(&config, &["probe", "acct", "--json"]);
     assert_eq!(code, 0, "stderr:\n{stderr}");
     let j: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
     assert_eq!(j["login_delay"], 900, "{j}");

@@ -4,14 +4,14 @@
 //! Maildir, what is left on the server, which commands were sent).
 //! The contract is /work/shared/DESIGN.md (exit codes, retention, promises).
 
+mod common;
 mod fault;
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use fault::{Fault, FaultServer, On, popsync, popsync_env};
-use tempfile::TempDir;
+use common::{Output, TestEnv, maildir_files, maildir_messages, maildir_tmp_files, sorted};
+use fault::{Fault, FaultServer, On};
 
 /// A test message: headers, a body with a line that needs dot-stuffing and a
 /// `From ` line, padded with text to about `size` octets; LF line ends.
@@ -34,120 +34,42 @@ fn messages(n: usize) -> Vec<Vec<u8>> {
     (1..=n).map(|i| message(i, 300 + 40 * i)).collect()
 }
 
-/// A temp dir holding the config, the state dir and the Maildir.
-struct Env {
-    dir: TempDir,
+/// The timeout of the account: short, so the stall tests end soon.
+const TIMEOUT_SECS: u64 = 2;
+
+/// `fetch test ARGS` against `srv` with `extra` account lines
+/// (`TestEnv::fault_config`).
+fn fetch(env: &TestEnv, srv: &FaultServer, extra: &str, args: &[&str]) -> Output {
+    fetch_at(env, srv, extra, args, None)
 }
 
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn maildir(&self) -> PathBuf {
-        self.path().join("Maildir")
-    }
-
-    /// One account `test` on `srv` over plain TCP, timeout 2 s, plus `extra`
-    /// account lines (retention, max_size, ...).
-    fn config(&self, srv: &FaultServer, extra: &str) -> String {
-        fault::plain_account_config(self.path(), "test", srv, &self.maildir(), 2, extra)
-    }
-
-    fn fetch(&self, srv: &FaultServer, extra: &str, args: &[&str]) -> Run {
-        self.fetch_at(srv, extra, args, None)
-    }
-
-    /// `fetch test ARGS` with `POPSYNC_NOW` set to `now` if given.
-    fn fetch_at(&self, srv: &FaultServer, extra: &str, args: &[&str], now: Option<&str>) -> Run {
-        let mut all = vec!["fetch", "test"];
-        all.extend_from_slice(args);
-        let env: Vec<(&str, &str)> = now.map(|t| ("POPSYNC_NOW", t)).into_iter().collect();
-        let started = Instant::now();
-        let (code, stdout, stderr) = popsync_env(self.path(), &self.config(srv, extra), &all, &env);
-        Run {
-            code,
-            stdout,
-            stderr,
-            elapsed: started.elapsed(),
-        }
-    }
-
-    /// The messages in new/ and cur/, sorted (so equal lists mean "each
-    /// exactly once").
-    fn delivered(&self) -> Vec<Vec<u8>> {
-        let mut out: Vec<Vec<u8>> = ["new", "cur"]
-            .iter()
-            .flat_map(|sub| files(&self.maildir().join(sub)))
-            .map(|p| fs::read(p).expect("read delivered message"))
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// Files left in tmp/ (a partial delivery would be one).
-    fn tmp_files(&self) -> Vec<PathBuf> {
-        files(&self.maildir().join("tmp"))
-    }
+/// `fetch` with `POPSYNC_NOW` set to `now` if given.
+fn fetch_at(
+    env: &TestEnv,
+    srv: &FaultServer,
+    extra: &str,
+    args: &[&str],
+    now: Option<&str>,
+) -> Output {
+    let mut all = vec!["fetch", fault::ACCOUNT];
+    all.extend_from_slice(args);
+    env.run_fault(srv, TIMEOUT_SECS, extra, &all, now)
 }
 
-fn files(dir: &Path) -> Vec<PathBuf> {
-    match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .map(|e| e.expect("read dir entry").path())
-            .filter(|p| p.is_file())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+/// The account's Maildir.
+fn maildir(env: &TestEnv) -> PathBuf {
+    env.maildir(fault::ACCOUNT)
 }
 
-fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-    v.sort();
-    v
+/// The messages in new/ and cur/, sorted (so equal lists mean "each
+/// exactly once").
+fn delivered(env: &TestEnv) -> Vec<Vec<u8>> {
+    maildir_messages(&maildir(env))
 }
 
-/// One run's outcome.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Run {
-    #[track_caller]
-    fn assert_code(&self, code: i32) {
-        assert_eq!(
-            self.code, code,
-            "exit code; stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-    }
-
-    /// stderr names the server and the command, as DESIGN.md promise 4 says.
-    #[track_caller]
-    fn assert_names(&self, srv: &FaultServer, command: &str) {
-        assert!(
-            self.stderr.contains(&srv.addr()) && self.stderr.contains(command),
-            "stderr should name {} and {command}:\n{}",
-            srv.addr(),
-            self.stderr
-        );
-    }
-
-    /// The `--json` object of the (only) account.
-    fn json(&self) -> serde_json::Value {
-        let line = self.stdout.lines().next().unwrap_or_else(|| {
-            panic!("no JSON on stdout; stderr:\n{}", self.stderr);
-        });
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
-    }
+/// Files left in tmp/ (a partial delivery would be one).
+fn tmp_files(env: &TestEnv) -> Vec<String> {
+    maildir_tmp_files(&maildir(env))
 }
 
 fn sent(commands: &[String], line: &str) -> bool {
@@ -169,12 +91,12 @@ fn retr_error_midway_keeps_delivered_mail_and_sends_no_quit() {
         .messages(mail.clone())
         .fault(On::Retr(3), Fault::err("cannot read message 3"))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    let run = fetch(&env, &srv, "retention = \"0d\"", &[]);
     run.assert_code(76);
-    run.assert_names(&srv, "RETR 3");
-    assert_eq!(env.delivered(), sorted(mail[..2].to_vec()));
+    run.assert_names(&srv.addr(), "RETR 3");
+    assert_eq!(delivered(&env), sorted(mail[..2].to_vec()));
     let first = srv.session(0);
     assert!(sent(&first, "RETR 3"), "{first:?}");
     assert!(sent_verb(&first, "DELE").is_empty(), "no DELE: {first:?}");
@@ -185,10 +107,10 @@ fn retr_error_midway_keeps_delivered_mail_and_sends_no_quit() {
     assert_eq!(srv.mailbox(), mail, "the server keeps everything");
 
     srv.heal();
-    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    let run = fetch(&env, &srv, "retention = \"0d\"", &[]);
     run.assert_code(0);
-    assert_eq!(env.delivered(), sorted(mail.clone()), "each exactly once");
-    assert!(env.tmp_files().is_empty());
+    assert_eq!(delivered(&env), sorted(mail.clone()), "each exactly once");
+    assert!(tmp_files(&env).is_empty());
     assert!(srv.mailbox().is_empty(), "retention 0d deletes all");
     let second = srv.session(1);
     assert!(
@@ -208,18 +130,18 @@ fn connection_dropped_during_retr_delivers_nothing_partial() {
         .messages(mail.clone())
         .fault(On::Retr(2), Fault::DropAfter(100))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     // The server hung up in the middle of its reply: it broke the protocol
     // (76); it was reachable, so not 69.
     run.assert_code(76);
-    run.assert_names(&srv, "RETR 2");
-    assert_eq!(env.delivered(), vec![mail[0].clone()]);
+    run.assert_names(&srv.addr(), "RETR 2");
+    assert_eq!(delivered(&env), vec![mail[0].clone()]);
     assert!(
-        env.tmp_files().is_empty(),
+        tmp_files(&env).is_empty(),
         "partial file left: {:?}",
-        env.tmp_files()
+        tmp_files(&env)
     );
     assert!(!sent(&srv.commands(), "QUIT"));
     assert_eq!(srv.mailbox(), mail);
@@ -231,17 +153,17 @@ fn stalled_server_times_out_with_75() {
         .messages(messages(2))
         .fault(On::Uidl, Fault::Stall(Duration::from_secs(30)))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(75);
-    run.assert_names(&srv, "UIDL");
+    run.assert_names(&srv.addr(), "UIDL");
     assert!(
         run.elapsed < Duration::from_secs(15),
         "took {:?}",
         run.elapsed
     );
-    assert!(env.delivered().is_empty());
+    assert!(delivered(&env).is_empty());
 }
 
 #[test]
@@ -253,9 +175,9 @@ fn in_use_is_temporary_75() {
             Fault::err("[IN-USE] mailbox locked by another session"),
         )
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &["--json"]);
+    let run = fetch(&env, &srv, "", &["--json"]);
     run.assert_code(75);
     assert!(run.stderr.contains(&srv.addr()), "{}", run.stderr);
     assert_eq!(run.json()["status"], "temporary");
@@ -270,9 +192,9 @@ fn login_delay_is_temporary_75() {
             Fault::err("[LOGIN-DELAY] wait 15 minutes between logins"),
         )
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    env.fetch(&srv, "", &[]).assert_code(75);
+    fetch(&env, &srv, "", &[]).assert_code(75);
 }
 
 #[test]
@@ -284,9 +206,9 @@ fn sys_temp_is_temporary_75() {
             Fault::err("[SYS/TEMP] storage backend unavailable"),
         )
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    env.fetch(&srv, "", &[]).assert_code(75);
+    fetch(&env, &srv, "", &[]).assert_code(75);
 }
 
 #[test]
@@ -296,12 +218,12 @@ fn sys_temp_on_retr_is_temporary_75() {
         .messages(mail.clone())
         .fault(On::Retr(2), Fault::err("[SYS/TEMP] try again later"))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(75);
-    run.assert_names(&srv, "RETR 2");
-    assert_eq!(env.delivered(), vec![mail[0].clone()]);
+    run.assert_names(&srv.addr(), "RETR 2");
+    assert_eq!(delivered(&env), vec![mail[0].clone()]);
 }
 
 #[test]
@@ -310,13 +232,13 @@ fn sys_temp_on_uidl_is_temporary_75() {
         .messages(messages(2))
         .fault(On::Uidl, Fault::err("[SYS/TEMP] index being rebuilt"))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     // DESIGN.md: [SYS/TEMP] is 75 whatever command it answers; it is not a
     // server without UIDL.
     run.assert_code(75);
-    run.assert_names(&srv, "UIDL");
+    run.assert_names(&srv.addr(), "UIDL");
 }
 
 #[test]
@@ -325,9 +247,9 @@ fn auth_code_is_77() {
         .messages(messages(1))
         .fault(On::Pass, Fault::err("[AUTH] invalid credentials"))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(77);
     assert!(run.stderr.contains(&srv.addr()), "{}", run.stderr);
     assert!(
@@ -343,9 +265,9 @@ fn wrong_password_is_77() {
         .messages(messages(1))
         .credentials("alice", "another password")
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    env.fetch(&srv, "", &[]).assert_code(77);
+    fetch(&env, &srv, "", &[]).assert_code(77);
     assert!(sent(&srv.commands(), "PASS secret"), "{:?}", srv.commands());
 }
 
@@ -355,9 +277,9 @@ fn sys_perm_is_not_temporary() {
         .messages(messages(1))
         .fault(On::Pass, Fault::err("[SYS/PERM] account disabled"))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &["--json"]);
+    let run = fetch(&env, &srv, "", &["--json"]);
     assert!(
         ![0, 75].contains(&run.code),
         "SYS/PERM must fail, and not as temporary; got {}: {}",
@@ -375,82 +297,79 @@ fn duplicate_uidls_are_each_fetched_once() {
         .messages(mail.clone())
         .uidls(&["same", "same", "other"])
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &["--json"]);
+    let run = fetch(&env, &srv, "", &["--json"]);
     run.assert_code(0);
     assert_eq!(run.json()["fetched"], 3);
-    assert_eq!(env.delivered(), sorted(mail.clone()));
+    assert_eq!(delivered(&env), sorted(mail.clone()));
 
-    let run = env.fetch(&srv, "", &["--json"]);
+    let run = fetch(&env, &srv, "", &["--json"]);
     run.assert_code(0);
     assert_eq!(run.json()["fetched"], 0);
     assert_eq!(run.json()["new"], 0);
     assert!(sent_verb(&srv.session(1), "RETR").is_empty());
-    assert_eq!(env.delivered(), sorted(mail));
+    assert_eq!(delivered(&env), sorted(mail));
 }
 
 #[test]
 fn uidl_reset_is_refused_without_flag() {
     let mail = messages(6);
     let srv = FaultServer::builder().messages(mail.clone()).start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    env.fetch(&srv, "", &[]).assert_code(0);
-    assert_eq!(env.delivered().len(), 6);
+    fetch(&env, &srv, "", &[]).assert_code(0);
+    assert_eq!(delivered(&env).len(), 6);
 
     srv.set_uidls(&["r1", "r2", "r3", "r4", "r5", "r6"]);
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     assert_ne!(run.code, 0, "{}", run.stderr);
     assert!(run.stderr.contains("--accept-uidl-reset"), "{}", run.stderr);
     assert!(sent_verb(&srv.session(1), "RETR").is_empty());
-    assert_eq!(env.delivered().len(), 6, "nothing new delivered");
+    assert_eq!(delivered(&env).len(), 6, "nothing new delivered");
 
-    let run = env.fetch(&srv, "", &["--accept-uidl-reset"]);
+    let run = fetch(&env, &srv, "", &["--accept-uidl-reset"]);
     run.assert_code(0);
     let mut twice: Vec<Vec<u8>> = mail.iter().chain(&mail).cloned().collect();
     twice.sort();
-    assert_eq!(env.delivered(), twice, "fetched again, as asked");
+    assert_eq!(delivered(&env), twice, "fetched again, as asked");
 }
 
 #[test]
 fn retention_deletes_known_message_without_downloading_again() {
     let mail = messages(3);
     let srv = FaultServer::builder().messages(mail.clone()).start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    env.fetch(&srv, "retention = \"forever\"", &[])
-        .assert_code(0);
+    fetch(&env, &srv, "retention = \"forever\"", &[]).assert_code(0);
     assert_eq!(srv.mailbox(), mail, "forever keeps mail on the server");
 
-    let run = env.fetch(&srv, "retention = \"0d\"", &["--json"]);
+    let run = fetch(&env, &srv, "retention = \"0d\"", &["--json"]);
     run.assert_code(0);
     assert_eq!(run.json()["deleted"], 3);
     let second = srv.session(1);
     assert!(sent_verb(&second, "RETR").is_empty(), "{second:?}");
     assert_eq!(sent_verb(&second, "DELE").len(), 3, "{second:?}");
     assert!(srv.mailbox().is_empty());
-    assert_eq!(env.delivered(), sorted(mail));
+    assert_eq!(delivered(&env), sorted(mail));
 }
 
 #[test]
 fn retention_days_uses_first_seen_time() {
     let mail = messages(2);
     let srv = FaultServer::builder().messages(mail.clone()).start();
-    let env = Env::new();
+    let env = TestEnv::new();
     let keep = "retention = \"14d\"";
 
-    env.fetch_at(&srv, keep, &[], Some("2026-03-01T08:00:00Z"))
-        .assert_code(0);
-    env.fetch_at(&srv, keep, &[], Some("2026-03-14T08:00:00Z"))
-        .assert_code(0);
+    fetch_at(&env, &srv, keep, &[], Some("2026-03-01T08:00:00Z")).assert_code(0);
+    fetch_at(&env, &srv, keep, &[], Some("2026-03-14T08:00:00Z")).assert_code(0);
     assert!(
         sent_verb(&srv.session(1), "DELE").is_empty(),
         "13 days: kept"
     );
     assert_eq!(srv.mailbox(), mail);
 
-    let run = env.fetch_at(&srv, keep, &["--json"], Some("2026-03-15T08:00:00Z"));
+    let run = fetch_at(&env, &srv, keep, &["--json"], Some("2026-03-15T08:00:00Z"));
     run.assert_code(0);
     assert_eq!(run.json()["deleted"], 2);
     assert!(sent_verb(&srv.session(2), "RETR").is_empty());
@@ -458,20 +377,20 @@ fn retention_days_uses_first_seen_time() {
         srv.mailbox().is_empty(),
         "14 days after first seen: deleted"
     );
-    assert_eq!(env.delivered(), sorted(mail));
+    assert_eq!(delivered(&env), sorted(mail));
 }
 
 #[test]
 fn dry_run_prints_plan_and_changes_nothing() {
     let mail = vec![message(1, 300), message(2, 2000)];
     let srv = FaultServer::builder().messages(mail.clone()).start();
-    let env = Env::new();
+    let env = TestEnv::new();
     let sizes: Vec<u64> = mail
         .iter()
         .map(|m| (m.len() + m.iter().filter(|&&b| b == b'\n').count()) as u64)
         .collect();
 
-    let run = env.fetch(&srv, "retention = \"0d\"", &["--dry-run"]);
+    let run = fetch(&env, &srv, "retention = \"0d\"", &["--dry-run"]);
     run.assert_code(0);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", run.stdout);
@@ -485,12 +404,12 @@ fn dry_run_prints_plan_and_changes_nothing() {
         "{}",
         lines[1]
     );
-    assert!(env.delivered().is_empty());
+    assert!(delivered(&env).is_empty());
     let commands = srv.commands();
     assert!(sent_verb(&commands, "RETR").is_empty() && sent_verb(&commands, "DELE").is_empty());
     assert_eq!(srv.mailbox(), mail);
 
-    let run = env.fetch(&srv, "max_size = \"1KB\"", &["--dry-run"]);
+    let run = fetch(&env, &srv, "max_size = \"1KB\"", &["--dry-run"]);
     run.assert_code(0);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(lines[0].starts_with("fetch uid-1 "), "{}", run.stdout);
@@ -499,7 +418,7 @@ fn dry_run_prints_plan_and_changes_nothing() {
         "{}",
         run.stdout
     );
-    assert!(env.delivered().is_empty());
+    assert!(delivered(&env).is_empty());
     assert!(sent_verb(&srv.commands(), "RETR").is_empty());
 }
 
@@ -507,10 +426,10 @@ fn dry_run_prints_plan_and_changes_nothing() {
 fn max_size_skips_big_messages_and_reports_them() {
     let mail = vec![message(1, 300), message(2, 5000)];
     let srv = FaultServer::builder().messages(mail.clone()).start();
-    let env = Env::new();
+    let env = TestEnv::new();
     let limit = "max_size = \"1KB\"";
 
-    let run = env.fetch(&srv, limit, &["--json", "-v"]);
+    let run = fetch(&env, &srv, limit, &["--json", "-v"]);
     run.assert_code(0);
     let json = run.json();
     assert_eq!(
@@ -526,11 +445,11 @@ fn max_size_skips_big_messages_and_reports_them() {
         "-v names the skipped UIDL and its size:\n{}",
         run.stderr
     );
-    assert_eq!(env.delivered(), vec![mail[0].clone()]);
+    assert_eq!(delivered(&env), vec![mail[0].clone()]);
     assert_eq!(srv.mailbox(), mail, "skipped mail stays on the server");
     assert!(!sent(&srv.commands(), "RETR 2"));
 
-    let run = env.fetch(&srv, limit, &["--json"]);
+    let run = fetch(&env, &srv, limit, &["--json"]);
     run.assert_code(0);
     let json = run.json();
     assert_eq!(
@@ -538,7 +457,7 @@ fn max_size_skips_big_messages_and_reports_them() {
         (1.into(), 1.into())
     );
     assert_eq!(json["fetched"], 0);
-    assert_eq!(env.delivered(), vec![mail[0].clone()]);
+    assert_eq!(delivered(&env), vec![mail[0].clone()]);
 }
 
 #[test]
@@ -547,12 +466,12 @@ fn malformed_status_line_is_protocol_error_76() {
         .messages(messages(2))
         .fault(On::Retr(1), Fault::malformed("YES here is your mail"))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(76);
-    run.assert_names(&srv, "RETR 1");
-    assert!(env.delivered().is_empty());
+    run.assert_names(&srv.addr(), "RETR 1");
+    assert!(delivered(&env).is_empty());
     assert!(!sent(&srv.commands(), "QUIT"));
 }
 
@@ -562,11 +481,11 @@ fn binary_garbage_greeting_is_76() {
         .messages(messages(1))
         .fault(On::Greeting, Fault::garbage())
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(76);
-    run.assert_names(&srv, "greeting");
+    run.assert_names(&srv.addr(), "greeting");
     assert!(
         !run.stderr.chars().any(|c| c.is_control() && c != '\n'),
         "server bytes reach the terminal unsanitised: {:?}",
@@ -581,13 +500,13 @@ fn missing_terminator_then_close_is_76_and_nothing_partial() {
         .messages(mail.clone())
         .fault(On::Retr(2), Fault::NoTerminator { close: true })
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(76);
-    run.assert_names(&srv, "RETR 2");
-    assert_eq!(env.delivered(), vec![mail[0].clone()]);
-    assert!(env.tmp_files().is_empty(), "{:?}", env.tmp_files());
+    run.assert_names(&srv.addr(), "RETR 2");
+    assert_eq!(delivered(&env), vec![mail[0].clone()]);
+    assert!(tmp_files(&env).is_empty(), "{:?}", tmp_files(&env));
     assert_eq!(srv.mailbox(), mail);
 }
 
@@ -598,18 +517,18 @@ fn missing_terminator_then_stall_times_out_75() {
         .messages(mail.clone())
         .fault(On::Retr(1), Fault::NoTerminator { close: false })
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(75);
-    run.assert_names(&srv, "RETR 1");
+    run.assert_names(&srv.addr(), "RETR 1");
     assert!(
         run.elapsed < Duration::from_secs(15),
         "took {:?}",
         run.elapsed
     );
-    assert!(env.delivered().is_empty());
-    assert!(env.tmp_files().is_empty(), "{:?}", env.tmp_files());
+    assert!(delivered(&env).is_empty());
+    assert!(tmp_files(&env).is_empty(), "{:?}", tmp_files(&env));
 }
 
 #[test]
@@ -618,11 +537,11 @@ fn one_mb_line_in_uidl_is_refused_cleanly() {
         .messages(messages(2))
         .fault(On::Uidl, Fault::LongLine(1 << 20))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(76);
-    run.assert_names(&srv, "UIDL");
+    run.assert_names(&srv.addr(), "UIDL");
     assert!(
         run.elapsed < Duration::from_secs(15),
         "took {:?}",
@@ -641,11 +560,11 @@ fn one_mb_status_line_is_refused_cleanly() {
         .messages(messages(1))
         .fault(On::Pass, Fault::LongLine(1 << 20))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(76);
-    run.assert_names(&srv, "PASS");
+    run.assert_names(&srv.addr(), "PASS");
     assert!(
         run.stderr.len() < 4096,
         "error quotes too much: {} bytes",
@@ -659,11 +578,11 @@ fn endless_uidl_listing_is_bounded() {
         .messages(messages(1))
         .fault(On::Uidl, Fault::Endless)
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     assert!([75, 76].contains(&run.code), "{}: {}", run.code, run.stderr);
-    run.assert_names(&srv, "UIDL");
+    run.assert_names(&srv.addr(), "UIDL");
     assert!(
         run.elapsed < Duration::from_secs(30),
         "took {:?}",
@@ -681,22 +600,22 @@ fn a_listing_that_never_ends_is_refused_by_the_stat_count() {
         .messages(mail.clone())
         .fault(On::Uidl, Fault::EndlessEvery(Duration::from_millis(5)))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(76);
-    run.assert_names(&srv, "UIDL");
+    run.assert_names(&srv.addr(), "UIDL");
     assert!(run.stderr.contains("STAT"), "{}", run.stderr);
     assert!(
         run.elapsed < Duration::from_secs(10),
         "took {:?}",
         run.elapsed
     );
-    assert!(env.delivered().is_empty());
+    assert!(delivered(&env).is_empty());
 
     srv.heal();
-    env.fetch(&srv, "", &[]).assert_code(0);
-    assert_eq!(env.delivered(), sorted(mail));
+    fetch(&env, &srv, "", &[]).assert_code(0);
+    assert_eq!(delivered(&env), sorted(mail));
 }
 
 /// Item 8: a reply that trickles in is given up when the time its size
@@ -708,17 +627,17 @@ fn a_listing_that_trickles_past_its_deadline_is_temporary() {
         .messages(messages(2))
         .fault(On::List, Fault::Trickle(Duration::from_millis(300)))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(75);
-    run.assert_names(&srv, "LIST");
+    run.assert_names(&srv.addr(), "LIST");
     assert!(
         run.elapsed < Duration::from_secs(8),
         "took {:?}",
         run.elapsed
     );
-    assert!(env.delivered().is_empty());
+    assert!(delivered(&env).is_empty());
 }
 
 /// Item 12: a server that lists 100 octets and streams megabytes is
@@ -730,14 +649,14 @@ fn a_message_far_larger_than_listed_is_stopped_and_nothing_delivered() {
         .list_size(1, 100)
         .fault(On::Retr(1), Fault::LongLine(3 << 20))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    let run = fetch(&env, &srv, "retention = \"0d\"", &[]);
     run.assert_code(76);
-    run.assert_names(&srv, "RETR 1");
+    run.assert_names(&srv.addr(), "RETR 1");
     assert!(run.stderr.contains("LIST announced"), "{}", run.stderr);
-    assert!(env.delivered().is_empty());
-    assert!(env.tmp_files().is_empty(), "{:?}", env.tmp_files());
+    assert!(delivered(&env).is_empty());
+    assert!(tmp_files(&env).is_empty(), "{:?}", tmp_files(&env));
     assert_eq!(srv.mailbox().len(), 1);
 }
 
@@ -754,9 +673,9 @@ fn deles_go_out_in_windows() {
         .messages(mail)
         .capa(&["UIDL", "USER", "PIPELINING"])
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    env.fetch(&srv, "retention = \"0d\"", &[]).assert_code(0);
+    fetch(&env, &srv, "retention = \"0d\"", &[]).assert_code(0);
     assert!(srv.mailbox().is_empty());
     let dele: Vec<bool> = srv
         .transcripts()
@@ -785,10 +704,10 @@ fn bytes_one_at_a_time_still_work() {
         .fault(On::Greeting, Fault::Trickle(Duration::from_millis(2)))
         .fault(On::Retr(1), Fault::Trickle(Duration::from_millis(1)))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    env.fetch(&srv, "", &[]).assert_code(0);
-    assert_eq!(env.delivered(), sorted(mail));
+    fetch(&env, &srv, "", &[]).assert_code(0);
+    assert_eq!(delivered(&env), sorted(mail));
 }
 
 #[test]
@@ -798,17 +717,16 @@ fn lying_list_size_does_not_corrupt_delivery() {
         .messages(mail.clone())
         .list_size(1, 10)
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    env.fetch(&srv, "", &[]).assert_code(0);
-    assert_eq!(env.delivered(), sorted(mail.clone()));
-    for path in files(&env.maildir().join("new")) {
-        let name = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let len = fs::metadata(&path).expect("stat").len();
+    fetch(&env, &srv, "", &[]).assert_code(0);
+    assert_eq!(delivered(&env), sorted(mail.clone()));
+    for file in maildir_files(&maildir(&env)) {
+        if file.subdir != "new" {
+            continue;
+        }
+        let name = file.name;
+        let len = file.bytes.len();
         if let Some((_, s)) = name.split_once(",S=") {
             let s = s.split(':').next().unwrap_or_default();
             assert_eq!(s, len.to_string(), "S= is the size on disk: {name}");
@@ -824,20 +742,20 @@ fn quit_refused_keeps_mail_and_next_run_deletes_without_refetch() {
         .fault(On::Quit, Fault::err("[SYS/PERM] cannot update maildrop"))
         .times(1)
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "retention = \"0d\"", &["--json"]);
+    let run = fetch(&env, &srv, "retention = \"0d\"", &["--json"]);
     assert_ne!(run.code, 0, "{}", run.stderr);
-    run.assert_names(&srv, "QUIT");
+    run.assert_names(&srv.addr(), "QUIT");
     assert_eq!(run.json()["deleted"], 0, "nothing was committed by QUIT");
-    assert_eq!(env.delivered(), sorted(mail.clone()));
+    assert_eq!(delivered(&env), sorted(mail.clone()));
     assert_eq!(srv.mailbox(), mail);
 
-    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    let run = fetch(&env, &srv, "retention = \"0d\"", &[]);
     run.assert_code(0);
     assert!(sent_verb(&srv.session(1), "RETR").is_empty());
     assert!(srv.mailbox().is_empty());
-    assert_eq!(env.delivered(), sorted(mail));
+    assert_eq!(delivered(&env), sorted(mail));
 }
 
 #[test]
@@ -848,19 +766,19 @@ fn dele_error_sends_no_quit_and_next_run_deletes_without_refetch() {
         .fault(On::Dele, Fault::err("cannot mark message deleted"))
         .times(1)
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    let run = fetch(&env, &srv, "retention = \"0d\"", &[]);
     run.assert_code(76);
-    run.assert_names(&srv, "DELE 1");
+    run.assert_names(&srv.addr(), "DELE 1");
     assert!(!sent(&srv.session(0), "QUIT"), "{:?}", srv.session(0));
     assert_eq!(srv.mailbox(), mail, "no QUIT, nothing deleted");
-    assert_eq!(env.delivered(), sorted(mail.clone()));
+    assert_eq!(delivered(&env), sorted(mail.clone()));
 
-    env.fetch(&srv, "retention = \"0d\"", &[]).assert_code(0);
+    fetch(&env, &srv, "retention = \"0d\"", &[]).assert_code(0);
     assert!(sent_verb(&srv.session(1), "RETR").is_empty());
     assert!(srv.mailbox().is_empty());
-    assert_eq!(env.delivered(), sorted(mail), "each exactly once");
+    assert_eq!(delivered(&env), sorted(mail), "each exactly once");
 }
 
 #[test]
@@ -870,10 +788,10 @@ fn stall_shorter_than_timeout_is_fine() {
         .messages(mail.clone())
         .fault(On::Retr(1), Fault::Stall(Duration::from_millis(1200)))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    env.fetch(&srv, "", &[]).assert_code(0);
-    assert_eq!(env.delivered(), sorted(mail));
+    fetch(&env, &srv, "", &[]).assert_code(0);
+    assert_eq!(delivered(&env), sorted(mail));
 }
 
 #[test]
@@ -885,19 +803,19 @@ fn auth_plain_failure_is_77_and_success_fetches() {
         .fault(On::Auth, Fault::err("[AUTH] authentication failed"))
         .times(1)
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &[]);
+    let run = fetch(&env, &srv, "", &[]);
     run.assert_code(77);
-    run.assert_names(&srv, "AUTH PLAIN");
+    run.assert_names(&srv.addr(), "AUTH PLAIN");
     assert!(
         !sent_verb(&srv.session(0), "AUTH").is_empty(),
         "{:?}",
         srv.session(0)
     );
 
-    env.fetch(&srv, "", &[]).assert_code(0);
-    assert_eq!(env.delivered(), mail);
+    fetch(&env, &srv, "", &[]).assert_code(0);
+    assert_eq!(delivered(&env), mail);
     assert!(
         sent_verb(&srv.session(1), "USER").is_empty(),
         "{:?}",
@@ -913,12 +831,12 @@ fn a_mechanism_refused_without_auth_code_falls_back_to_the_next_offered() {
         .capa(&["SASL PLAIN", "USER", "UIDL", "RESP-CODES"])
         .fault(On::Auth, Fault::err("mechanism temporarily unusable here"))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "", &["-v"]);
+    let run = fetch(&env, &srv, "", &["-v"]);
     run.assert_code(0);
     assert!(run.stderr.contains("PLAIN was refused"), "{}", run.stderr);
-    assert_eq!(env.delivered(), mail);
+    assert_eq!(delivered(&env), mail);
     let first = srv.session(0);
     assert_eq!(sent_verb(&first, "AUTH").len(), 1, "{first:?}");
     assert_eq!(sent_verb(&first, "USER").len(), 1, "{first:?}");
@@ -931,9 +849,9 @@ fn wrong_credentials_are_never_retried_with_another_mechanism() {
         .capa(&["SASL PLAIN", "USER", "UIDL", "RESP-CODES"])
         .fault(On::Auth, Fault::err("[AUTH] authentication failed"))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    env.fetch(&srv, "", &[]).assert_code(77);
+    fetch(&env, &srv, "", &[]).assert_code(77);
     let first = srv.session(0);
     assert_eq!(sent_verb(&first, "AUTH").len(), 1, "{first:?}");
     assert!(sent_verb(&first, "USER").is_empty(), "{first:?}");
@@ -943,27 +861,27 @@ fn wrong_credentials_are_never_retried_with_another_mechanism() {
 fn implicit_tls_with_pin_or_ca_file_fetches() {
     let mail = messages(2);
     let srv = FaultServer::builder().messages(mail.clone()).tls().start();
-    let env = Env::new();
+    let env = TestEnv::new();
     let tls = |how: String| {
-        env.config(&srv, &how).replace(
+        env.fault_config(&srv, TIMEOUT_SECS, &how).replace(
             "tls = \"none\"\nallow_plaintext = true\n",
             "tls = \"implicit\"\n",
         )
     };
 
     let pinned = tls(format!("tls_fingerprint = {:?}", srv.fingerprint()));
-    let (code, _, stderr) = popsync(env.path(), &pinned, &["fetch", "test"]);
+    let Output { code, stderr, .. } = env.run_config(&pinned, &["fetch", "test"]);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(env.delivered(), sorted(mail.clone()));
+    assert_eq!(delivered(&env), sorted(mail.clone()));
 
     srv.add_message(&message(3, 500), "uid-3");
     let ca = tls(format!(
         "ca_file = {:?}",
         srv.ca_pem_path().display().to_string()
     ));
-    let (code, _, stderr) = popsync(env.path(), &ca, &["fetch", "test"]);
+    let Output { code, stderr, .. } = env.run_config(&ca, &["fetch", "test"]);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(env.delivered().len(), 3);
+    assert_eq!(delivered(&env).len(), 3);
 }
 
 #[test]
@@ -973,15 +891,19 @@ fn close_during_tls_handshake_names_the_server() {
         .tls()
         .fault(On::TlsHandshake, Fault::DropAfter(0))
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
     let config = env
-        .config(&srv, &format!("tls_fingerprint = {:?}", srv.fingerprint()))
+        .fault_config(
+            &srv,
+            TIMEOUT_SECS,
+            &format!("tls_fingerprint = {:?}", srv.fingerprint()),
+        )
         .replace(
             "tls = \"none\"\nallow_plaintext = true\n",
             "tls = \"implicit\"\n",
         );
 
-    let (code, _, stderr) = popsync(env.path(), &config, &["fetch", "test"]);
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "test"]);
     assert!(![0, 75].contains(&code), "{code}: {stderr}");
     assert!(
         stderr.contains(&srv.addr()) && stderr.contains("TLS"),
@@ -1025,10 +947,10 @@ fn every_fault_at_every_command_loses_nothing_and_heals() {
                 .fault(place, fault.clone())
                 .times(1)
                 .start();
-            let env = Env::new();
+            let env = TestEnv::new();
             let case = format!("{what} at {place:?}");
-            let run = env.fetch(&srv, "retention = \"0d\"", &[]);
-            let delivered = env.delivered();
+            let run = fetch(&env, &srv, "retention = \"0d\"", &[]);
+            let first = delivered(&env);
             let left = srv.mailbox();
             let mut problems = Vec::new();
             if !(run.code == 0 || (64..=78).contains(&run.code)) {
@@ -1040,28 +962,28 @@ fn every_fault_at_every_command_loses_nothing_and_heals() {
             if run.code != 0 && !run.stderr.contains(&srv.addr()) {
                 problems.push("stderr does not name the server".to_owned());
             }
-            if !env.tmp_files().is_empty() {
+            if !tmp_files(&env).is_empty() {
                 problems.push("partial file in tmp/".to_owned());
             }
-            let mut seen = delivered.clone();
+            let mut seen = first.clone();
             seen.dedup();
-            if seen.len() != delivered.len() {
+            if seen.len() != first.len() {
                 problems.push("a message delivered twice".to_owned());
             }
             for m in &mail {
-                if !delivered.contains(m) && !left.contains(m) {
+                if !first.contains(m) && !left.contains(m) {
                     problems.push("a message deleted without being delivered".to_owned());
                 }
             }
             srv.heal();
-            let healed = env.fetch(&srv, "retention = \"0d\"", &[]);
+            let healed = fetch(&env, &srv, "retention = \"0d\"", &[]);
             if healed.code != 0 {
                 problems.push(format!(
                     "healed run exit {}: {}",
                     healed.code, healed.stderr
                 ));
             }
-            if env.delivered() != sorted(mail.clone()) {
+            if delivered(&env) != sorted(mail.clone()) {
                 problems.push("after healing: not every message exactly once".to_owned());
             }
             if !srv.mailbox().is_empty() {
@@ -1087,12 +1009,12 @@ fn uidls_with_illegal_characters_are_refused_and_nothing_is_touched() {
         .messages(mail.clone())
         .uidls(&["good-1", "bad\u{7f}uid"])
         .start();
-    let env = Env::new();
+    let env = TestEnv::new();
 
-    let run = env.fetch(&srv, "retention = \"0d\"", &[]);
+    let run = fetch(&env, &srv, "retention = \"0d\"", &[]);
     run.assert_code(76);
-    run.assert_names(&srv, "UIDL");
-    assert!(env.delivered().is_empty());
+    run.assert_names(&srv.addr(), "UIDL");
+    assert!(delivered(&env).is_empty());
     assert_eq!(srv.mailbox(), mail);
     assert!(!sent(&srv.session(0), "RETR 1"), "{:?}", srv.session(0));
 }

@@ -638,13 +638,15 @@ impl Account {
     }
 }
 
-/// What one run of the binary did. A run killed by a signal has code
-/// 128 + signal, as a shell reports it.
+/// What one run of the binary did, whatever server it ran against. A run
+/// killed by a signal has code 128 + signal, as a shell reports it.
 #[derive(Debug, Clone)]
 pub struct Output {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+    /// From spawning the binary until it exited.
+    pub elapsed: Duration,
 }
 
 impl Output {
@@ -656,6 +658,7 @@ impl Output {
     }
 
     /// Panics, showing stdout and stderr, unless the exit code is `expected`.
+    #[track_caller]
     pub fn assert_code(&self, expected: i32) -> &Output {
         assert_eq!(
             self.code,
@@ -668,6 +671,7 @@ impl Output {
     }
 
     /// Like `assert_code`, and also shows the Dovecot log on failure.
+    #[track_caller]
     pub fn assert_code_with(&self, expected: i32, dovecot: &Dovecot) -> &Output {
         assert_eq!(
             self.code,
@@ -679,9 +683,33 @@ impl Output {
         );
         self
     }
+
+    /// stderr names the server (`host:port`) and the command, as DESIGN.md
+    /// promise 4 says.
+    #[track_caller]
+    pub fn assert_names(&self, server: &str, command: &str) -> &Output {
+        assert!(
+            self.stderr.contains(server) && self.stderr.contains(command),
+            "stderr should name {server} and {command}:\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// The `--json` object of the first (or only) account.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        let line = self.stdout.lines().next().unwrap_or_else(|| {
+            panic!("no JSON on stdout; stderr:\n{}", self.stderr);
+        });
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+    }
 }
 
-/// A private directory to run the real `popsync` binary in: its config at
+/// The one harness around the binary: a private directory to run the real
+/// `popsync` in, against a Dovecot, another real server
+/// (`servers::PopServer`) or the fault server (`tests/fault/`, which adds
+/// `fault_config` and `run_fault`): its config at
 /// DIR/config.toml, `HOME` = DIR/home, `XDG_CONFIG_HOME` = DIR/home/.config,
 /// `XDG_STATE_HOME` = DIR/home/.local/state, and (via `defaults_toml`) the
 /// seen-store in DIR/state.
@@ -764,6 +792,17 @@ impl TestEnv {
         self.run_with_env(args, &[])
     }
 
+    /// Writes `toml` as DIR/config.toml (`write_config`), then `run`.
+    pub fn run_config(&self, toml: &str, args: &[&str]) -> Output {
+        self.run_config_with_env(toml, args, &[])
+    }
+
+    /// `run_config` with extra environment variables.
+    pub fn run_config_with_env(&self, toml: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.write_config(toml);
+        self.run_with_env(args, env)
+    }
+
     /// `run` with extra environment variables (e.g. `POPSYNC_NOW`).
     pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = self.command();
@@ -774,6 +813,14 @@ impl TestEnv {
         run_with_timeout(cmd, RUN_TIMEOUT)
     }
 
+    /// `popsync --config DIR/config.toml ARGS...` started in the background
+    /// with the environment of `run` (for signals and overlapping runs).
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        let mut cmd = self.command();
+        cmd.arg("--config").arg(self.config_path()).args(args);
+        Running::spawn(cmd)
+    }
+
     /// The binary with the environment `run` uses and no arguments.
     pub fn command(&self) -> Command {
         let home = self.path().join("home");
@@ -782,6 +829,8 @@ impl TestEnv {
             .env("HOME", &home)
             .env("XDG_CONFIG_HOME", home.join(".config"))
             .env("XDG_STATE_HOME", home.join(".local/state"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("XDG_CACHE_HOME", home.join(".cache"))
             .env_remove("POPSYNC_CONFIG")
             .env_remove("POPSYNC_NOW")
             .env_remove("RUST_LOG")
@@ -792,37 +841,86 @@ impl TestEnv {
     }
 }
 
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
-    let stdout = reader(&mut child, true);
-    let stderr = reader(&mut child, false);
-    let deadline = Instant::now() + timeout;
-    let (status, timed_out) = loop {
-        if let Some(status) = child.try_wait().expect("wait for popsync") {
-            break (status, false);
+fn run_with_timeout(cmd: Command, timeout: Duration) -> Output {
+    Running::spawn(cmd).finish_within(timeout)
+}
+
+/// A run of the binary that has been started and not yet waited for: `run`
+/// waits at once; `TestEnv::spawn` leaves the test free to signal it or to
+/// start another run meanwhile.
+pub struct Running {
+    child: Child,
+    started: Instant,
+    stdout: thread::JoinHandle<Vec<u8>>,
+    stderr: thread::JoinHandle<Vec<u8>>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+        let stdout = reader(&mut child, true);
+        let stderr = reader(&mut child, false);
+        Running {
+            child,
+            started,
+            stdout,
+            stderr,
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            break (child.wait().expect("wait for killed popsync"), true);
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let output = Output {
-        code: status.code().unwrap_or_else(|| {
-            use std::os::unix::process::ExitStatusExt;
-            128 + status.signal().unwrap_or(0)
-        }),
-        stdout: String::from_utf8_lossy(&stdout.join().expect("stdout reader")).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr.join().expect("stderr reader")).into_owned(),
-    };
-    assert!(
-        !timed_out,
-        "popsync did not finish within {timeout:?} and was killed\n{}",
-        output.describe()
-    );
-    output
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGINT`) to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
+        // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Has the process exited already (without reaping it)?
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("wait for popsync").is_some()
+    }
+
+    /// Waits for the exit; a run still going after `timeout` is killed and
+    /// the test fails (a panic showing what it printed).
+    pub fn finish_within(mut self, timeout: Duration) -> Output {
+        let deadline = self.started + timeout;
+        let (status, timed_out) = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for popsync") {
+                break (status, false);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                break (self.child.wait().expect("wait for killed popsync"), true);
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let elapsed = self.started.elapsed();
+        let output = Output {
+            code: status.code().unwrap_or_else(|| {
+                use std::os::unix::process::ExitStatusExt;
+                128 + status.signal().unwrap_or(0)
+            }),
+            stdout: String::from_utf8_lossy(&self.stdout.join().expect("stdout reader"))
+                .into_owned(),
+            stderr: String::from_utf8_lossy(&self.stderr.join().expect("stderr reader"))
+                .into_owned(),
+            elapsed,
+        };
+        assert!(
+            !timed_out,
+            "popsync did not finish within {timeout:?} and was killed\n{}",
+            output.describe()
+        );
+        output
+    }
 }
 
 fn reader(child: &mut Child, stdout: bool) -> thread::JoinHandle<Vec<u8>> {

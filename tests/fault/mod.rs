@@ -1,6 +1,7 @@
-//! A scripted POP3 server for fault injection, and a runner for the real
-//! `popsync` binary, for the black-box tests of how popsync copes with a
-//! server that misbehaves.
+//! A scripted POP3 server for fault injection, for the black-box tests of
+//! how popsync copes with a server that misbehaves. The real binary runs
+//! against it through the one harness, `common::TestEnv` (`fault_config`,
+//! `run_fault` below); a test binary using this module says `mod common;` too.
 //!
 //! The server is small and honest where it does not misbehave on purpose: it
 //! serves a mailbox over plain TCP (or implicit TLS with a certificate made in
@@ -29,16 +30,16 @@
 //!     .fault(On::Retr(2), Fault::DropAfter(100))
 //!     .times(1) // only the first time RETR 2 is asked for
 //!     .start();
-//! let (code, stdout, stderr) = fault::popsync(dir, &toml_naming(srv.port()), &["fetch", "--all"]);
+//! let env = common::TestEnv::new();
+//! let out = env.run_fault(&srv, 5, "", &["fetch", "--all"], None);
 //! assert!(!srv.commands().iter().any(|c| c == "QUIT"));
 //! ```
 //!
 //! Each test file says `mod fault;` and uses what it needs; hence `dead_code`.
 #![allow(dead_code)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -47,9 +48,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
-
-/// How long one `popsync` run may take before the runner kills it.
-pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest a fault keeps a connection open waiting for the client to
 /// leave (stalls without an explicit duration, a missing terminator).
@@ -1770,106 +1768,36 @@ pub fn account_config(
     )
 }
 
-/// Run the real `popsync` with `config_toml` written to
-/// `config_dir/config.toml` (mode 0600) and passed with `--config`; HOME and
-/// the XDG directories point into `config_dir`, stdin is null, and a run
-/// longer than `RUN_TIMEOUT` is killed (the test then fails). Returns
-/// (exit code, stdout, stderr); a run killed by signal N gives 128 + N.
-pub fn popsync(config_dir: &Path, config_toml: &str, args: &[&str]) -> (i32, String, String) {
-    popsync_env(config_dir, config_toml, args, &[])
-}
+/// The account `TestEnv::fault_config` writes.
+pub const ACCOUNT: &str = "test";
 
-/// `popsync` with extra environment variables (e.g. `POPSYNC_NOW`).
-pub fn popsync_env(
-    config_dir: &Path,
-    config_toml: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (i32, String, String) {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    use std::os::unix::process::ExitStatusExt;
-
-    let config = config_dir.join("config.toml");
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&config)
-            .expect("write config.toml");
-        f.write_all(config_toml.as_bytes())
-            .expect("write config.toml");
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .expect("chmod config.toml");
+impl crate::common::TestEnv {
+    /// The config of one account `test` on `srv` over plain TCP (user alice,
+    /// password secret, no `Received:` header) delivering into
+    /// `self.maildir("test")`, its state in `self.state_dir()`, a `timeout`
+    /// of `timeout_secs`, and `extra` account lines.
+    pub fn fault_config(&self, srv: &FaultServer, timeout_secs: u64, extra: &str) -> String {
+        plain_account_config(
+            self.path(),
+            ACCOUNT,
+            srv,
+            &self.maildir(ACCOUNT),
+            timeout_secs,
+            extra,
+        )
     }
-    let home = config_dir.join("home");
-    std::fs::create_dir_all(&home).expect("create home");
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_popsync"));
-    cmd.arg("--config")
-        .arg(&config)
-        .args(args)
-        .env("HOME", &home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("XDG_STATE_HOME", home.join(".local/state"))
-        .env("XDG_DATA_HOME", home.join(".local/share"))
-        .env("XDG_CACHE_HOME", home.join(".cache"))
-        .env_remove("POPSYNC_CONFIG")
-        .env_remove("POPSYNC_NOW")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
+    /// Writes `fault_config` and runs `popsync ARGS`, with `POPSYNC_NOW`
+    /// set to `now` if given.
+    pub fn run_fault(
+        &self,
+        srv: &FaultServer,
+        timeout_secs: u64,
+        extra: &str,
+        args: &[&str],
+        now: Option<&str>,
+    ) -> crate::common::Output {
+        let env: Vec<(&str, &str)> = now.map(|t| ("POPSYNC_NOW", t)).into_iter().collect();
+        self.run_config_with_env(&self.fault_config(srv, timeout_secs, extra), args, &env)
     }
-    let mut child = cmd.spawn().expect("spawn popsync");
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut out = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut out);
-            }
-            String::from_utf8_lossy(&out).into_owned()
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait().expect("wait for popsync") {
-            Some(status) => break Some(status),
-            None if started.elapsed() > RUN_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => thread::sleep(Duration::from_millis(10)),
-        }
-    };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    let Some(status) = status else {
-        panic!(
-            "popsync {args:?} still ran after {}s and was killed\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            RUN_TIMEOUT.as_secs()
-        );
-    };
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(-1);
-    (code, stdout, stderr)
 }
