@@ -28,10 +28,6 @@ use std::sync::OnceLock;
 
 use super::servers::{Mailbox, PopServer};
 
-/// How often `start` retries when a port it picked was taken by a
-/// concurrently starting server in the meantime.
-const START_ATTEMPTS: usize = 3;
-
 /// How much of the log `log()` shows (the end of it).
 const LOG_TAIL: usize = 32 * 1024;
 
@@ -164,51 +160,19 @@ impl Courier {
         if !args.contains(&"--owner-pid") {
             all_args.extend(["--owner-pid", &pid]);
         }
-        let script = manifest_dir().join("tests/courier/start.sh");
-        let mut last_error = String::new();
-        for _ in 0..START_ATTEMPTS {
-            let dir = tempfile::Builder::new()
-                .prefix("popsync-co.")
-                .tempdir_in("/tmp")
-                .expect("create a temp dir for Courier under /tmp");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg(dir.path())
-                .args(&all_args)
-                .env_remove("POP3_PORT")
-                .env_remove("POP3S_PORT")
-                .stdin(Stdio::null())
-                .output()
-                .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            if out.status.success() {
-                let tempdir = if shared {
-                    // The watchdog removes it (--cleanup); a static is
-                    // never dropped.
-                    let _ = dir.keep();
-                    None
-                } else {
-                    Some(dir)
-                };
-                return Some(Self::from_start_output(tempdir, &stdout));
-            }
-            last_error = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-            // Another server may have bound a port between start.sh picking
-            // it and Courier binding it; anything else is a real failure.
-            if !stderr.contains("Address already in use") {
-                break;
-            }
-        }
-        panic!("tests/courier/start.sh failed: {last_error}");
+        let (dir, stdout) = super::servers::run_start_script("courier", "co", &all_args);
+        let tempdir = if shared {
+            // The watchdog removes it (--cleanup); a static is never dropped.
+            let _ = dir.keep();
+            None
+        } else {
+            Some(dir)
+        };
+        Some(Self::from_start_output(tempdir, &stdout))
     }
 
     fn from_start_output(tempdir: Option<tempfile::TempDir>, stdout: &str) -> Courier {
-        let field = |key: &str| {
-            stdout
-                .lines()
-                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-        };
+        let field = |key: &str| super::servers::start_field(stdout, key);
         let stop = field("stop").map(PathBuf::from);
         let parsed = (|| {
             Some((

@@ -27,10 +27,6 @@ use std::time::Duration;
 
 use super::servers::{Mailbox, PopServer};
 
-/// How often `start` retries when a port it picked was taken by a
-/// concurrently starting server in the meantime.
-const START_ATTEMPTS: usize = 3;
-
 /// Read and write timeout of the harness's own POP3 connections.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -131,50 +127,19 @@ impl Cyrus {
     }
 
     fn start_in_tempdir(args: &[&str], shared: bool) -> Option<Cyrus> {
-        let script = manifest_dir().join("tests/cyrus/start.sh");
-        let mut last_error = String::new();
-        for _ in 0..START_ATTEMPTS {
-            // Under /tmp, not $TMPDIR: the LMTP socket path must stay short.
-            let dir = tempfile::Builder::new()
-                .prefix("popsync-cy.")
-                .tempdir_in("/tmp")
-                .expect("create a temp dir for Cyrus under /tmp");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg(dir.path())
-                .args(args)
-                .env_remove("POP3_PORT")
-                .env_remove("POP3S_PORT")
-                .stdin(Stdio::null())
-                .output()
-                .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            if out.status.success() {
-                let tempdir = if shared {
-                    // The watchdog removes it (--cleanup); a static is
-                    // never dropped.
-                    let _ = dir.keep();
-                    None
-                } else {
-                    Some(dir)
-                };
-                return Some(Self::from_start_output(tempdir, &stdout));
-            }
-            last_error = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-            if !stderr.contains("Address already in use") {
-                break;
-            }
-        }
-        panic!("tests/cyrus/start.sh failed: {last_error}");
+        let (dir, stdout) = super::servers::run_start_script("cyrus", "cy", args);
+        let tempdir = if shared {
+            // The watchdog removes it (--cleanup); a static is never dropped.
+            let _ = dir.keep();
+            None
+        } else {
+            Some(dir)
+        };
+        Some(Self::from_start_output(tempdir, &stdout))
     }
 
     fn from_start_output(tempdir: Option<tempfile::TempDir>, stdout: &str) -> Cyrus {
-        let field = |key: &str| {
-            stdout
-                .lines()
-                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-        };
+        let field = |key: &str| super::servers::start_field(stdout, key);
         let stop = field("stop").map(PathBuf::from);
         let parsed = (|| {
             Some((

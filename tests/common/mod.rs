@@ -33,10 +33,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How long one `popsync` run may take before the harness kills it.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How often `Dovecot::start` retries when a port it picked was taken by a
-/// concurrently starting test in the meantime.
-const START_ATTEMPTS: usize = 3;
-
 /// Starts a throwaway Dovecot with `tests/dovecot/start.sh` options (none,
 /// or e.g. `"--no-stls"`, `"--apop"`, `"--cert", "expired"`), or, when
 /// Dovecot is missing and `POPSYNC_TEST_SKIP_SERVERS=1` asks for it, returns
@@ -122,44 +118,12 @@ impl Dovecot {
             cannot_run(DOVECOT_MISSING);
             return None;
         }
-        let script = manifest_dir().join("tests/dovecot/start.sh");
-        let mut last_error = String::new();
-        for _ in 0..START_ATTEMPTS {
-            // Under /tmp, not $TMPDIR: Dovecot's unix sockets need a short path.
-            let dir = tempfile::Builder::new()
-                .prefix("popsync-dc.")
-                .tempdir_in("/tmp")
-                .expect("create a temp dir for Dovecot under /tmp");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg(dir.path())
-                .args(args)
-                .env_remove("POP3_PORT")
-                .env_remove("POP3S_PORT")
-                .stdin(Stdio::null())
-                .output()
-                .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            if out.status.success() {
-                return Some(Self::from_start_output(dir, &stdout));
-            }
-            last_error = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-            // Another test may have bound a port between start.sh picking it
-            // and Dovecot binding it; anything else is a real failure.
-            if !stderr.contains("Address already in use") {
-                break;
-            }
-        }
-        panic!("tests/dovecot/start.sh failed: {last_error}");
+        let (dir, stdout) = servers::run_start_script("dovecot", "dc", args);
+        Some(Self::from_start_output(dir, &stdout))
     }
 
     fn from_start_output(dir: tempfile::TempDir, stdout: &str) -> Dovecot {
-        let field = |key: &str| {
-            stdout
-                .lines()
-                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-        };
+        let field = |key: &str| servers::start_field(stdout, key);
         let parsed = (|| {
             Some((
                 field("pop3_port")?.parse::<u16>().ok()?,
