@@ -292,8 +292,16 @@ fn the_shared_courier_serves_every_test_and_has_a_watchdog() {
     let again = Courier::shared().expect("shared once, shared always");
     assert!(std::ptr::eq(courier, again));
     assert_eq!(courier.kind(), "courier");
-    // (A watchdog forking `sleep` may briefly show up twice.)
-    assert!(!watchdogs_for(courier.dir()).is_empty(), "no watchdog");
+    // (A watchdog forking `sleep` may briefly show up twice.) start.sh may
+    // have printed its output before the background watchdog's bash is
+    // exec'd, so give it a moment to appear.
+    let watchdog_up = (0..30).any(|i| {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        !watchdogs_for(courier.dir()).is_empty()
+    });
+    assert!(watchdog_up, "no watchdog");
 
     let mailbox = courier.add_mailbox("shared1", "secret");
     let other = courier.add_mailbox("shared2", "secret");
