@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Output, TestEnv, maildir_files, maildir_messages, maildir_tmp_files, sorted};
-use fault::{Fault, FaultServer, On};
+use fault::{Builder, Fault, FaultServer, On};
 
 /// A test message: headers, a body with a line that needs dot-stuffing and a
 /// `From ` line, padded with text to about `size` octets; LF line ends.
@@ -33,6 +33,9 @@ fn message(i: usize, size: usize) -> Vec<u8> {
 fn messages(n: usize) -> Vec<Vec<u8>> {
     (1..=n).map(|i| message(i, 300 + 40 * i)).collect()
 }
+
+/// How `endless_uidl_listing_is_bounded` ends: refused by STAT's count.
+const ENDLESS_UIDL_CODE: i32 = 76;
 
 /// The timeout of the account: short, so the stall tests end soon.
 const TIMEOUT_SECS: u64 = 2;
@@ -121,173 +124,6 @@ fn retr_error_midway_keeps_delivered_mail_and_sends_no_quit() {
         assert!(sent(&second, &format!("DELE {n}")), "DELE {n}: {second:?}");
     }
     assert!(sent(&second, "QUIT"));
-}
-
-#[test]
-fn connection_dropped_during_retr_delivers_nothing_partial() {
-    let mail = vec![message(1, 400), message(2, 1000), message(3, 400)];
-    let srv = FaultServer::builder()
-        .messages(mail.clone())
-        .fault(On::Retr(2), Fault::DropAfter(100))
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    // The server hung up in the middle of its reply: it broke the protocol
-    // (76); it was reachable, so not 69.
-    run.assert_code(76);
-    run.assert_names(&srv.addr(), "RETR 2");
-    assert_eq!(delivered(&env), vec![mail[0].clone()]);
-    assert!(
-        tmp_files(&env).is_empty(),
-        "partial file left: {:?}",
-        tmp_files(&env)
-    );
-    assert!(!sent(&srv.commands(), "QUIT"));
-    assert_eq!(srv.mailbox(), mail);
-}
-
-#[test]
-fn stalled_server_times_out_with_75() {
-    let srv = FaultServer::builder()
-        .messages(messages(2))
-        .fault(On::Uidl, Fault::Stall(Duration::from_secs(30)))
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    run.assert_code(75);
-    run.assert_names(&srv.addr(), "UIDL");
-    assert!(
-        run.elapsed < Duration::from_secs(15),
-        "took {:?}",
-        run.elapsed
-    );
-    assert!(delivered(&env).is_empty());
-}
-
-#[test]
-fn in_use_is_temporary_75() {
-    let srv = FaultServer::builder()
-        .messages(messages(1))
-        .fault(
-            On::Pass,
-            Fault::err("[IN-USE] mailbox locked by another session"),
-        )
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &["--json"]);
-    run.assert_code(75);
-    assert!(run.stderr.contains(&srv.addr()), "{}", run.stderr);
-    assert_eq!(run.json()["status"], "temporary");
-}
-
-#[test]
-fn login_delay_is_temporary_75() {
-    let srv = FaultServer::builder()
-        .messages(messages(1))
-        .fault(
-            On::Pass,
-            Fault::err("[LOGIN-DELAY] wait 15 minutes between logins"),
-        )
-        .start();
-    let env = TestEnv::new();
-
-    fetch(&env, &srv, "", &[]).assert_code(75);
-}
-
-#[test]
-fn sys_temp_is_temporary_75() {
-    let srv = FaultServer::builder()
-        .messages(messages(1))
-        .fault(
-            On::Pass,
-            Fault::err("[SYS/TEMP] storage backend unavailable"),
-        )
-        .start();
-    let env = TestEnv::new();
-
-    fetch(&env, &srv, "", &[]).assert_code(75);
-}
-
-#[test]
-fn sys_temp_on_retr_is_temporary_75() {
-    let mail = messages(2);
-    let srv = FaultServer::builder()
-        .messages(mail.clone())
-        .fault(On::Retr(2), Fault::err("[SYS/TEMP] try again later"))
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    run.assert_code(75);
-    run.assert_names(&srv.addr(), "RETR 2");
-    assert_eq!(delivered(&env), vec![mail[0].clone()]);
-}
-
-#[test]
-fn sys_temp_on_uidl_is_temporary_75() {
-    let srv = FaultServer::builder()
-        .messages(messages(2))
-        .fault(On::Uidl, Fault::err("[SYS/TEMP] index being rebuilt"))
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    // DESIGN.md: [SYS/TEMP] is 75 whatever command it answers; it is not a
-    // server without UIDL.
-    run.assert_code(75);
-    run.assert_names(&srv.addr(), "UIDL");
-}
-
-#[test]
-fn auth_code_is_77() {
-    let srv = FaultServer::builder()
-        .messages(messages(1))
-        .fault(On::Pass, Fault::err("[AUTH] invalid credentials"))
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    run.assert_code(77);
-    assert!(run.stderr.contains(&srv.addr()), "{}", run.stderr);
-    assert!(
-        !run.stderr.contains("secret"),
-        "password leaked: {}",
-        run.stderr
-    );
-}
-
-#[test]
-fn wrong_password_is_77() {
-    let srv = FaultServer::builder()
-        .messages(messages(1))
-        .credentials("alice", "another password")
-        .start();
-    let env = TestEnv::new();
-
-    fetch(&env, &srv, "", &[]).assert_code(77);
-    assert!(sent(&srv.commands(), "PASS secret"), "{:?}", srv.commands());
-}
-
-#[test]
-fn sys_perm_is_not_temporary() {
-    let srv = FaultServer::builder()
-        .messages(messages(1))
-        .fault(On::Pass, Fault::err("[SYS/PERM] account disabled"))
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &["--json"]);
-    assert!(
-        ![0, 75].contains(&run.code),
-        "SYS/PERM must fail, and not as temporary; got {}: {}",
-        run.code,
-        run.stderr
-    );
-    assert_eq!(run.json()["status"], "failed");
-    assert!(run.stderr.contains("SYS/PERM"), "{}", run.stderr);
 }
 
 #[test]
@@ -460,136 +296,6 @@ fn max_size_skips_big_messages_and_reports_them() {
     assert_eq!(delivered(&env), vec![mail[0].clone()]);
 }
 
-#[test]
-fn malformed_status_line_is_protocol_error_76() {
-    let srv = FaultServer::builder()
-        .messages(messages(2))
-        .fault(On::Retr(1), Fault::malformed("YES here is your mail"))
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    run.assert_code(76);
-    run.assert_names(&srv.addr(), "RETR 1");
-    assert!(delivered(&env).is_empty());
-    assert!(!sent(&srv.commands(), "QUIT"));
-}
-
-#[test]
-fn binary_garbage_greeting_is_76() {
-    let srv = FaultServer::builder()
-        .messages(messages(1))
-        .fault(On::Greeting, Fault::garbage())
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    run.assert_code(76);
-    run.assert_names(&srv.addr(), "greeting");
-    assert!(
-        !run.stderr.chars().any(|c| c.is_control() && c != '\n'),
-        "server bytes reach the terminal unsanitised: {:?}",
-        run.stderr
-    );
-}
-
-#[test]
-fn missing_terminator_then_close_is_76_and_nothing_partial() {
-    let mail = messages(2);
-    let srv = FaultServer::builder()
-        .messages(mail.clone())
-        .fault(On::Retr(2), Fault::NoTerminator { close: true })
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    run.assert_code(76);
-    run.assert_names(&srv.addr(), "RETR 2");
-    assert_eq!(delivered(&env), vec![mail[0].clone()]);
-    assert!(tmp_files(&env).is_empty(), "{:?}", tmp_files(&env));
-    assert_eq!(srv.mailbox(), mail);
-}
-
-#[test]
-fn missing_terminator_then_stall_times_out_75() {
-    let mail = messages(1);
-    let srv = FaultServer::builder()
-        .messages(mail.clone())
-        .fault(On::Retr(1), Fault::NoTerminator { close: false })
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    run.assert_code(75);
-    run.assert_names(&srv.addr(), "RETR 1");
-    assert!(
-        run.elapsed < Duration::from_secs(15),
-        "took {:?}",
-        run.elapsed
-    );
-    assert!(delivered(&env).is_empty());
-    assert!(tmp_files(&env).is_empty(), "{:?}", tmp_files(&env));
-}
-
-#[test]
-fn one_mb_line_in_uidl_is_refused_cleanly() {
-    let srv = FaultServer::builder()
-        .messages(messages(2))
-        .fault(On::Uidl, Fault::LongLine(1 << 20))
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    run.assert_code(76);
-    run.assert_names(&srv.addr(), "UIDL");
-    assert!(
-        run.elapsed < Duration::from_secs(15),
-        "took {:?}",
-        run.elapsed
-    );
-    assert!(
-        run.stderr.len() < 4096,
-        "error quotes too much: {} bytes",
-        run.stderr.len()
-    );
-}
-
-#[test]
-fn one_mb_status_line_is_refused_cleanly() {
-    let srv = FaultServer::builder()
-        .messages(messages(1))
-        .fault(On::Pass, Fault::LongLine(1 << 20))
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    run.assert_code(76);
-    run.assert_names(&srv.addr(), "PASS");
-    assert!(
-        run.stderr.len() < 4096,
-        "error quotes too much: {} bytes",
-        run.stderr.len()
-    );
-}
-
-#[test]
-fn endless_uidl_listing_is_bounded() {
-    let srv = FaultServer::builder()
-        .messages(messages(1))
-        .fault(On::Uidl, Fault::Endless)
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    assert!([75, 76].contains(&run.code), "{}: {}", run.code, run.stderr);
-    run.assert_names(&srv.addr(), "UIDL");
-    assert!(
-        run.elapsed < Duration::from_secs(30),
-        "took {:?}",
-        run.elapsed
-    );
-}
-
 /// Issue 14, item 8: a listing at 200 lines a second never times out a
 /// read; it is refused after what STAT's count can take, within seconds,
 /// and the account's lock is free for the next run.
@@ -616,48 +322,6 @@ fn a_listing_that_never_ends_is_refused_by_the_stat_count() {
     srv.heal();
     fetch(&env, &srv, "", &[]).assert_code(0);
     assert_eq!(delivered(&env), sorted(mail));
-}
-
-/// Item 8: a reply that trickles in is given up when the time its size
-/// allows has passed, even though no single read times out: 75, so the
-/// next cron run tries again.
-#[test]
-fn a_listing_that_trickles_past_its_deadline_is_temporary() {
-    let srv = FaultServer::builder()
-        .messages(messages(2))
-        .fault(On::List, Fault::Trickle(Duration::from_millis(300)))
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "", &[]);
-    run.assert_code(75);
-    run.assert_names(&srv.addr(), "LIST");
-    assert!(
-        run.elapsed < Duration::from_secs(8),
-        "took {:?}",
-        run.elapsed
-    );
-    assert!(delivered(&env).is_empty());
-}
-
-/// Item 12: a server that lists 100 octets and streams megabytes is
-/// stopped: 76, nothing delivered, the message stays on the server.
-#[test]
-fn a_message_far_larger_than_listed_is_stopped_and_nothing_delivered() {
-    let srv = FaultServer::builder()
-        .messages(messages(1))
-        .list_size(1, 100)
-        .fault(On::Retr(1), Fault::LongLine(3 << 20))
-        .start();
-    let env = TestEnv::new();
-
-    let run = fetch(&env, &srv, "retention = \"0d\"", &[]);
-    run.assert_code(76);
-    run.assert_names(&srv.addr(), "RETR 1");
-    assert!(run.stderr.contains("LIST announced"), "{}", run.stderr);
-    assert!(delivered(&env).is_empty());
-    assert!(tmp_files(&env).is_empty(), "{:?}", tmp_files(&env));
-    assert_eq!(srv.mailbox().len(), 1);
 }
 
 /// Item 9: DELEs go out in windows like RETRs, so a server that reads
@@ -694,20 +358,6 @@ fn deles_go_out_in_windows() {
         longest_run < 1024,
         "{longest_run} DELEs in a row were sent ahead of a reply"
     );
-}
-
-#[test]
-fn bytes_one_at_a_time_still_work() {
-    let mail = vec![message(1, 200), message(2, 200)];
-    let srv = FaultServer::builder()
-        .messages(mail.clone())
-        .fault(On::Greeting, Fault::Trickle(Duration::from_millis(2)))
-        .fault(On::Retr(1), Fault::Trickle(Duration::from_millis(1)))
-        .start();
-    let env = TestEnv::new();
-
-    fetch(&env, &srv, "", &[]).assert_code(0);
-    assert_eq!(delivered(&env), sorted(mail));
 }
 
 #[test]
@@ -782,19 +432,6 @@ fn dele_error_sends_no_quit_and_next_run_deletes_without_refetch() {
 }
 
 #[test]
-fn stall_shorter_than_timeout_is_fine() {
-    let mail = messages(2);
-    let srv = FaultServer::builder()
-        .messages(mail.clone())
-        .fault(On::Retr(1), Fault::Stall(Duration::from_millis(1200)))
-        .start();
-    let env = TestEnv::new();
-
-    fetch(&env, &srv, "", &[]).assert_code(0);
-    assert_eq!(delivered(&env), sorted(mail));
-}
-
-#[test]
 fn auth_plain_failure_is_77_and_success_fetches() {
     let mail = messages(1);
     let srv = FaultServer::builder()
@@ -840,21 +477,6 @@ fn a_mechanism_refused_without_auth_code_falls_back_to_the_next_offered() {
     let first = srv.session(0);
     assert_eq!(sent_verb(&first, "AUTH").len(), 1, "{first:?}");
     assert_eq!(sent_verb(&first, "USER").len(), 1, "{first:?}");
-}
-
-#[test]
-fn wrong_credentials_are_never_retried_with_another_mechanism() {
-    let srv = FaultServer::builder()
-        .messages(messages(1))
-        .capa(&["SASL PLAIN", "USER", "UIDL", "RESP-CODES"])
-        .fault(On::Auth, Fault::err("[AUTH] authentication failed"))
-        .start();
-    let env = TestEnv::new();
-
-    fetch(&env, &srv, "", &[]).assert_code(77);
-    let first = srv.session(0);
-    assert_eq!(sent_verb(&first, "AUTH").len(), 1, "{first:?}");
-    assert!(sent_verb(&first, "USER").is_empty(), "{first:?}");
 }
 
 #[test]
@@ -1002,19 +624,437 @@ fn every_fault_at_every_command_loses_nothing_and_heals() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[test]
-fn uidls_with_illegal_characters_are_refused_and_nothing_is_touched() {
-    let mail = messages(2);
-    let srv = FaultServer::builder()
-        .messages(mail.clone())
-        .uidls(&["good-1", "bad\u{7f}uid"])
-        .start();
-    let env = TestEnv::new();
+// ---------------------------------------------------------------------------
+// One run against a fault: a table, one row per fault
+// ---------------------------------------------------------------------------
 
-    let run = fetch(&env, &srv, "retention = \"0d\"", &[]);
-    run.assert_code(76);
-    run.assert_names(&srv.addr(), "UIDL");
-    assert!(delivered(&env).is_empty());
-    assert_eq!(srv.mailbox(), mail);
-    assert!(!sent(&srv.session(0), "RETR 1"), "{:?}", srv.session(0));
+/// One fault and what a single `fetch test` against it must come to. Every
+/// row runs (two at a time, each with its own server and TestEnv); the test
+/// fails naming each row that failed and why.
+struct Case {
+    /// What the row is about; a failure names it.
+    name: &'static str,
+    mail: Vec<Vec<u8>>,
+    fault: Option<(On, Fault)>,
+    /// More server setup (CAPA, UIDLs, sizes, credentials, more faults).
+    setup: fn(Builder) -> Builder,
+    /// Account lines (`TestEnv::fault_config`).
+    extra: &'static str,
+    /// After `fetch test`.
+    args: &'static [&'static str],
+    code: i32,
+    /// The command stderr names together with the server's address.
+    names: Option<&'static str>,
+    /// The server's address is named in stderr (implied by `names`).
+    names_server: bool,
+    /// Texts stderr must contain (the cause, as popsync names it).
+    says: &'static [&'static str],
+    /// The run ends within this (a bounded fault is not a hang).
+    within: Option<Duration>,
+    /// Exactly the first N messages are delivered, each once.
+    delivered: Option<usize>,
+    /// Nothing is left in the Maildir's tmp/ (nothing partial).
+    nothing_partial: bool,
+    /// The server still holds every message.
+    server_keeps_all: bool,
+    /// popsync sent no QUIT (which would commit DELEs).
+    no_quit: bool,
+    /// Row-specific assertions.
+    also: fn(&Output, &FaultServer),
+}
+
+/// A row with `messages(n)` on the server and `fault`, expecting `code` and
+/// nothing else until the fields after it say more.
+fn case(name: &'static str, n: usize, fault: Option<(On, Fault)>, code: i32) -> Case {
+    Case {
+        name,
+        mail: messages(n),
+        fault,
+        setup: |b| b,
+        extra: "",
+        args: &[],
+        code,
+        names: None,
+        names_server: false,
+        says: &[],
+        within: None,
+        delivered: None,
+        nothing_partial: false,
+        server_keeps_all: false,
+        no_quit: false,
+        also: |_, _| {},
+    }
+}
+
+impl Case {
+    fn run(&self) {
+        let mut builder = (self.setup)(FaultServer::builder().messages(self.mail.clone()));
+        if let Some((on, fault)) = &self.fault {
+            builder = builder.fault(*on, fault.clone());
+        }
+        let srv = builder.start();
+        let env = TestEnv::new();
+        let run = fetch(&env, &srv, self.extra, self.args);
+
+        run.assert_code(self.code);
+        if let Some(command) = self.names {
+            run.assert_names(&srv.addr(), command);
+        }
+        if self.names_server {
+            assert!(run.stderr.contains(&srv.addr()), "{}", run.stderr);
+        }
+        for text in self.says {
+            assert!(
+                run.stderr.contains(text),
+                "stderr should say {text:?}:\n{}",
+                run.stderr
+            );
+        }
+        if let Some(limit) = self.within {
+            assert!(run.elapsed < limit, "took {:?}", run.elapsed);
+        }
+        if let Some(n) = self.delivered {
+            assert_eq!(delivered(&env), sorted(self.mail[..n].to_vec()));
+        }
+        if self.nothing_partial {
+            assert!(tmp_files(&env).is_empty(), "{:?}", tmp_files(&env));
+        }
+        if self.server_keeps_all {
+            assert_eq!(srv.mailbox(), self.mail, "the server keeps everything");
+        }
+        if self.no_quit {
+            assert!(!sent(&srv.commands(), "QUIT"), "{:?}", srv.commands());
+        }
+        (self.also)(&run, &srv);
+    }
+}
+
+/// Runs every row, `workers` at a time, and fails naming each failed row.
+fn run_cases(cases: Vec<Case>, workers: usize) {
+    let queue = std::sync::Mutex::new(cases.into_iter());
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some(case) = next else { break };
+                    let result =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case.run()));
+                    if let Err(panic) = result {
+                        let why = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_default();
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!("row {}: {why}", case.name));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        failures.is_empty(),
+        "{} row(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn single_run_faults() {
+    let err = |on: On, text: &str| Some((on, Fault::err(text)));
+    let cases = vec![
+        Case {
+            names: Some("UIDL"),
+            within: Some(Duration::from_secs(15)),
+            delivered: Some(0),
+            ..case(
+                "stalled_server_times_out_with_75",
+                2,
+                Some((On::Uidl, Fault::Stall(Duration::from_secs(30)))),
+                75,
+            )
+        },
+        Case {
+            args: &["--json"],
+            names_server: true,
+            says: &["IN-USE"],
+            also: |run, _| assert_eq!(run.json()["status"], "temporary"),
+            ..case(
+                "in_use_is_temporary_75",
+                1,
+                err(On::Pass, "[IN-USE] mailbox locked by another session"),
+                75,
+            )
+        },
+        Case {
+            names_server: true,
+            says: &["LOGIN-DELAY"],
+            ..case(
+                "login_delay_is_temporary_75",
+                1,
+                err(On::Pass, "[LOGIN-DELAY] wait 15 minutes between logins"),
+                75,
+            )
+        },
+        Case {
+            names_server: true,
+            says: &["SYS/TEMP"],
+            ..case(
+                "sys_temp_is_temporary_75",
+                1,
+                err(On::Pass, "[SYS/TEMP] storage backend unavailable"),
+                75,
+            )
+        },
+        Case {
+            names: Some("RETR 2"),
+            delivered: Some(1),
+            ..case(
+                "sys_temp_on_retr_is_temporary_75",
+                2,
+                err(On::Retr(2), "[SYS/TEMP] try again later"),
+                75,
+            )
+        },
+        // DESIGN.md: [SYS/TEMP] is 75 whatever command it answers; it is not
+        // a server without UIDL.
+        Case {
+            names: Some("UIDL"),
+            ..case(
+                "sys_temp_on_uidl_is_temporary_75",
+                2,
+                err(On::Uidl, "[SYS/TEMP] index being rebuilt"),
+                75,
+            )
+        },
+        Case {
+            names_server: true,
+            also: |run, _| {
+                assert!(
+                    !run.stderr.contains("secret"),
+                    "password leaked: {}",
+                    run.stderr
+                )
+            },
+            ..case(
+                "auth_code_is_77",
+                1,
+                err(On::Pass, "[AUTH] invalid credentials"),
+                77,
+            )
+        },
+        Case {
+            setup: |b| b.credentials("alice", "another password"),
+            names_server: true,
+            says: &["authentication failed"],
+            also: |_, srv| assert!(sent(&srv.commands(), "PASS secret"), "{:?}", srv.commands()),
+            ..case("wrong_password_is_77", 1, None, 77)
+        },
+        // SYS/PERM must fail, and not as temporary.
+        Case {
+            args: &["--json"],
+            says: &["SYS/PERM"],
+            also: |run, _| assert_eq!(run.json()["status"], "failed"),
+            ..case(
+                "sys_perm_is_not_temporary",
+                1,
+                err(On::Pass, "[SYS/PERM] account disabled"),
+                76,
+            )
+        },
+        // The server hung up in the middle of its reply: it broke the
+        // protocol (76); it was reachable, so not 69.
+        Case {
+            mail: vec![message(1, 400), message(2, 1000), message(3, 400)],
+            names: Some("RETR 2"),
+            delivered: Some(1),
+            nothing_partial: true,
+            no_quit: true,
+            server_keeps_all: true,
+            ..case(
+                "connection_dropped_during_retr_delivers_nothing_partial",
+                0,
+                Some((On::Retr(2), Fault::DropAfter(100))),
+                76,
+            )
+        },
+        Case {
+            names: Some("RETR 1"),
+            delivered: Some(0),
+            no_quit: true,
+            ..case(
+                "malformed_status_line_is_protocol_error_76",
+                2,
+                Some((On::Retr(1), Fault::malformed("YES here is your mail"))),
+                76,
+            )
+        },
+        Case {
+            names: Some("greeting"),
+            also: |run, _| {
+                assert!(
+                    !run.stderr.chars().any(|c| c.is_control() && c != '\n'),
+                    "server bytes reach the terminal unsanitised: {:?}",
+                    run.stderr
+                )
+            },
+            ..case(
+                "binary_garbage_greeting_is_76",
+                1,
+                Some((On::Greeting, Fault::garbage())),
+                76,
+            )
+        },
+        Case {
+            names: Some("RETR 2"),
+            delivered: Some(1),
+            nothing_partial: true,
+            server_keeps_all: true,
+            ..case(
+                "missing_terminator_then_close_is_76_and_nothing_partial",
+                2,
+                Some((On::Retr(2), Fault::NoTerminator { close: true })),
+                76,
+            )
+        },
+        Case {
+            names: Some("RETR 1"),
+            within: Some(Duration::from_secs(15)),
+            delivered: Some(0),
+            nothing_partial: true,
+            ..case(
+                "missing_terminator_then_stall_times_out_75",
+                1,
+                Some((On::Retr(1), Fault::NoTerminator { close: false })),
+                75,
+            )
+        },
+        Case {
+            names: Some("UIDL"),
+            within: Some(Duration::from_secs(15)),
+            also: |run, _| assert_quotes_little(run),
+            ..case(
+                "one_mb_line_in_uidl_is_refused_cleanly",
+                2,
+                Some((On::Uidl, Fault::LongLine(1 << 20))),
+                76,
+            )
+        },
+        Case {
+            names: Some("PASS"),
+            also: |run, _| assert_quotes_little(run),
+            ..case(
+                "one_mb_status_line_is_refused_cleanly",
+                1,
+                Some((On::Pass, Fault::LongLine(1 << 20))),
+                76,
+            )
+        },
+        Case {
+            names: Some("UIDL"),
+            within: Some(Duration::from_secs(30)),
+            ..case(
+                "endless_uidl_listing_is_bounded",
+                1,
+                Some((On::Uidl, Fault::Endless)),
+                ENDLESS_UIDL_CODE,
+            )
+        },
+        // Issue 14, item 8: a reply that trickles in is given up when the
+        // time its size allows has passed, even though no single read times
+        // out: 75, so the next cron run tries again.
+        Case {
+            names: Some("LIST"),
+            within: Some(Duration::from_secs(8)),
+            delivered: Some(0),
+            ..case(
+                "a_listing_that_trickles_past_its_deadline_is_temporary",
+                2,
+                Some((On::List, Fault::Trickle(Duration::from_millis(300)))),
+                75,
+            )
+        },
+        // Item 12: a server that lists 100 octets and streams megabytes is
+        // stopped: 76, nothing delivered, the message stays on the server.
+        Case {
+            setup: |b| b.list_size(1, 100),
+            extra: "retention = \"0d\"",
+            names: Some("RETR 1"),
+            says: &["LIST announced"],
+            delivered: Some(0),
+            nothing_partial: true,
+            also: |_, srv| assert_eq!(srv.mailbox().len(), 1),
+            ..case(
+                "a_message_far_larger_than_listed_is_stopped_and_nothing_delivered",
+                1,
+                Some((On::Retr(1), Fault::LongLine(3 << 20))),
+                76,
+            )
+        },
+        Case {
+            setup: |b| b.uidls(&["good-1", "bad\u{7f}uid"]),
+            extra: "retention = \"0d\"",
+            names: Some("UIDL"),
+            delivered: Some(0),
+            server_keeps_all: true,
+            also: |_, srv| assert!(!sent(&srv.session(0), "RETR 1"), "{:?}", srv.session(0)),
+            ..case(
+                "uidls_with_illegal_characters_are_refused_and_nothing_is_touched",
+                2,
+                None,
+                76,
+            )
+        },
+        Case {
+            setup: |b| b.capa(&["SASL PLAIN", "USER", "UIDL", "RESP-CODES"]),
+            also: |_, srv| {
+                let first = srv.session(0);
+                assert_eq!(sent_verb(&first, "AUTH").len(), 1, "{first:?}");
+                assert!(sent_verb(&first, "USER").is_empty(), "{first:?}");
+            },
+            ..case(
+                "wrong_credentials_are_never_retried_with_another_mechanism",
+                1,
+                err(On::Auth, "[AUTH] authentication failed"),
+                77,
+            )
+        },
+        Case {
+            mail: vec![message(1, 200), message(2, 200)],
+            setup: |b| b.fault(On::Greeting, Fault::Trickle(Duration::from_millis(2))),
+            delivered: Some(2),
+            ..case(
+                "bytes_one_at_a_time_still_work",
+                0,
+                Some((On::Retr(1), Fault::Trickle(Duration::from_millis(1)))),
+                0,
+            )
+        },
+        Case {
+            delivered: Some(2),
+            ..case(
+                "stall_shorter_than_timeout_is_fine",
+                2,
+                Some((On::Retr(1), Fault::Stall(Duration::from_millis(1200)))),
+                0,
+            )
+        },
+    ];
+    run_cases(cases, 2);
+}
+
+/// An error about a 1 MB line quotes only a little of it.
+#[track_caller]
+fn assert_quotes_little(run: &Output) {
+    assert!(
+        run.stderr.len() < 4096,
+        "error quotes too much: {} bytes",
+        run.stderr.len()
+    );
 }
