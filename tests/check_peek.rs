@@ -11,7 +11,9 @@ mod common;
 mod cpf;
 mod fault;
 
-use common::{Account, TestEnv, maildir_files, maildir_messages, require_dovecot, sorted};
+use common::{
+    Account, TestEnv, maildir_files, maildir_messages, require_dovecot, run_rows, sorted,
+};
 use cpf::*;
 use fault::{Fault, FaultServer, On};
 
@@ -387,79 +389,92 @@ fn without_login_delay_runs_may_follow_each_other_at_once() {
     assert_eq!(srv.connections(), 2);
 }
 
-#[test]
-fn expire_shorter_than_retention_forever_warns_on_stderr_but_not_with_quiet() {
-    let srv = FaultServer::builder()
-        .messages(small_mail(1))
-        .capa(&capa_with(&["EXPIRE 5"]))
-        .start();
-    let env = TestEnv::new();
-
-    let out = run_fault(
-        &env,
-        &srv,
-        "retention = \"forever\"",
-        &["fetch", "test"],
-        None,
-    );
-    out.assert_code(0);
-    assert_contains(&out.stderr, "EXPIRE", "stderr");
-    assert_contains(&out.stderr, "5", "stderr");
-    assert!(
-        !out.stdout.contains("EXPIRE"),
-        "warnings go to stderr:\n{}",
-        out.stdout
-    );
-
-    let quiet = run_fault(
-        &env,
-        &srv,
-        "retention = \"forever\"",
-        &["fetch", "test", "-q"],
-        None,
-    );
-    quiet.assert_code(0);
-    assert_eq!(
-        (quiet.stdout.as_str(), quiet.stderr.as_str()),
-        ("", ""),
-        "-q: nothing on success"
-    );
+/// A server announcing `capa` (EXPIRE) and an account keeping mail for
+/// `retention`: whether `fetch` warns on stderr (naming EXPIRE and its days)
+/// and, with `quiet_too`, that `-q` then prints nothing at all.
+struct Expire {
+    name: &'static str,
+    capa: &'static str,
+    retention: &'static str,
+    warns: Option<&'static str>,
+    quiet_too: bool,
 }
 
-#[test]
-fn expire_shorter_than_14d_retention_warns() {
-    let srv = FaultServer::builder()
-        .messages(small_mail(1))
-        .capa(&capa_with(&["EXPIRE 5"]))
-        .start();
-    let env = TestEnv::new();
-    let out = run_fault(&env, &srv, "retention = \"14d\"", &["fetch", "test"], None);
-    out.assert_code(0);
-    assert_contains(&out.stderr, "EXPIRE", "stderr");
-}
-
-#[test]
-fn expire_that_retention_stays_within_gives_no_warning() {
-    for (capa, retention) in [("EXPIRE 5", "3d"), ("EXPIRE NEVER", "forever")] {
+impl Expire {
+    fn run(&self) {
         let srv = FaultServer::builder()
             .messages(small_mail(1))
-            .capa(&capa_with(&[capa]))
+            .capa(&capa_with(&[self.capa]))
             .start();
         let env = TestEnv::new();
-        let out = run_fault(
-            &env,
-            &srv,
-            &format!("retention = \"{retention}\""),
-            &["fetch", "test"],
-            None,
-        );
+        let retention = format!("retention = \"{}\"", self.retention);
+
+        let out = run_fault(&env, &srv, &retention, &["fetch", "test"], None);
         out.assert_code(0);
-        assert!(
-            !out.stderr.contains("EXPIRE"),
-            "{capa} with retention {retention}: no warning expected:\n{}",
-            out.stderr
-        );
+        match self.warns {
+            Some(days) => {
+                assert_contains(&out.stderr, "EXPIRE", "stderr");
+                assert_contains(&out.stderr, days, "stderr");
+                assert!(
+                    !out.stdout.contains("EXPIRE"),
+                    "warnings go to stderr:\n{}",
+                    out.stdout
+                );
+            }
+            None => assert!(
+                !out.stderr.contains("EXPIRE"),
+                "{} with retention {}: no warning expected:\n{}",
+                self.capa,
+                self.retention,
+                out.stderr
+            ),
+        }
+
+        if self.quiet_too {
+            let quiet = run_fault(&env, &srv, &retention, &["fetch", "test", "-q"], None);
+            quiet.assert_code(0);
+            assert_eq!(
+                (quiet.stdout.as_str(), quiet.stderr.as_str()),
+                ("", ""),
+                "-q: nothing on success"
+            );
+        }
     }
+}
+
+#[test]
+fn expire_shorter_than_retention_warns_and_a_retention_within_it_does_not() {
+    let rows = vec![
+        Expire {
+            name: "expire_shorter_than_retention_forever_warns_on_stderr_but_not_with_quiet",
+            capa: "EXPIRE 5",
+            retention: "forever",
+            warns: Some("5"),
+            quiet_too: true,
+        },
+        Expire {
+            name: "expire_shorter_than_14d_retention_warns",
+            capa: "EXPIRE 5",
+            retention: "14d",
+            warns: Some("5"),
+            quiet_too: false,
+        },
+        Expire {
+            name: "expire_that_retention_stays_within_gives_no_warning (3d)",
+            capa: "EXPIRE 5",
+            retention: "3d",
+            warns: None,
+            quiet_too: false,
+        },
+        Expire {
+            name: "expire_that_retention_stays_within_gives_no_warning (never)",
+            capa: "EXPIRE NEVER",
+            retention: "forever",
+            warns: None,
+            quiet_too: false,
+        },
+    ];
+    run_rows(rows, 2, |r| r.name, Expire::run);
 }
 
 // ---------------------------------------------------------------------------

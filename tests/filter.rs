@@ -12,10 +12,10 @@ mod fault;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    Account, Dovecot, Output, TestEnv, maildir_files, maildir_messages, require_dovecot, sorted,
+    Account, Dovecot, TestEnv, maildir_files, maildir_messages, require_dovecot, run_rows, sorted,
 };
 use cpf::*;
 use fault::FaultServer;
@@ -390,104 +390,133 @@ fn filter_is_not_asked_about_messages_already_fetched() {
     assert_eq!(log_lines(&log).len(), 2, "nothing new, nothing asked");
 }
 
-/// Three messages; the filter misbehaves (`bad`) on the one whose subject
-/// is "TRIGGER" and accepts the others.
-fn filter_failure_case(bad: &str, extra: &str, expected_code: i32) -> (Output, Duration) {
-    let dovecot = Dovecot::start().expect("dovecot is installed (checked by the caller)");
-    let alice = dovecot.add_user("alice", "secret");
-    let ok1 = plain(1, "fine");
-    let trigger = plain(2, "TRIGGER");
-    let ok2 = plain(3, "also fine");
-    for m in [&ok1, &trigger, &ok2] {
-        alice.deliver(m);
-    }
-    let filter = format!("if grep -q '^Subject: TRIGGER'; then {bad}; fi; exit 0");
-    let env = dovecot_env(
-        &dovecot,
-        &[(
-            "alice",
-            &alice,
-            &format!("{}\n{extra}", filter_line(&filter)),
-        )],
-    );
-    let started = Instant::now();
-    let out = env.run(&["fetch", "alice", "--json"]);
-    let elapsed = started.elapsed();
-    out.assert_code_with(expected_code, &dovecot);
-    assert_eq!(
-        maildir_messages(&env.maildir("alice")),
-        sorted(vec![ok1.clone(), ok2.clone()]),
-        "the other messages are fetched; the one the filter failed on is not"
-    );
-    assert_eq!(
-        alice.server_messages().len(),
-        3,
-        "the message stays on the server"
-    );
-    assert_contains(&out.stderr, "filter", "stderr");
-    let r = report(&out);
-    assert_eq!(r["fetched"], 2, "{r}");
+/// A filter that misbehaves (`bad`) on the one of three messages whose
+/// subject is "TRIGGER" and accepts the others: that message stays on the
+/// server, the others are fetched, and the run exits `code`; once the filter
+/// is gone the message arrives and the others are not fetched twice.
+struct FilterFailure {
+    name: &'static str,
+    bad: &'static str,
+    /// More account lines (`command_timeout`).
+    extra: &'static str,
+    code: i32,
+    /// The `status` of the `--json` report.
+    status: &'static str,
+    /// Texts stderr must contain besides "filter" (what went wrong).
+    says: &'static [&'static str],
+    /// The run ends within this.
+    within: Option<Duration>,
+}
 
-    // The filter heals: the message arrives, the others are not fetched twice.
-    let healed = Account::new("alice", &dovecot, &alice)
-        .maildir(&env.maildir("alice"))
-        .extra(extra)
-        .toml();
-    env.write_accounts(&[healed]);
-    env.run(&["fetch", "alice"]).assert_code_with(0, &dovecot);
-    assert_eq!(
-        maildir_messages(&env.maildir("alice")),
-        sorted(vec![ok1, trigger, ok2])
-    );
-    (out, elapsed)
+impl FilterFailure {
+    fn run(&self) {
+        let dovecot = Dovecot::start().expect("dovecot is installed (checked by the test)");
+        let alice = dovecot.add_user("alice", "secret");
+        let ok1 = plain(1, "fine");
+        let trigger = plain(2, "TRIGGER");
+        let ok2 = plain(3, "also fine");
+        for m in [&ok1, &trigger, &ok2] {
+            alice.deliver(m);
+        }
+        let filter = format!(
+            "if grep -q '^Subject: TRIGGER'; then {}; fi; exit 0",
+            self.bad
+        );
+        let env = dovecot_env(
+            &dovecot,
+            &[(
+                "alice",
+                &alice,
+                &format!("{}\n{}", filter_line(&filter), self.extra),
+            )],
+        );
+        let out = env.run(&["fetch", "alice", "--json"]);
+        out.assert_code_with(self.code, &dovecot);
+        assert_eq!(
+            maildir_messages(&env.maildir("alice")),
+            sorted(vec![ok1.clone(), ok2.clone()]),
+            "the other messages are fetched; the one the filter failed on is not"
+        );
+        assert_eq!(
+            alice.server_messages().len(),
+            3,
+            "the message stays on the server"
+        );
+        assert_contains(&out.stderr, "filter", "stderr");
+        let r = report(&out);
+        assert_eq!(r["fetched"], 2, "{r}");
+
+        // The filter heals: the message arrives, the others are not fetched twice.
+        let healed = Account::new("alice", &dovecot, &alice)
+            .maildir(&env.maildir("alice"))
+            .extra(self.extra)
+            .toml();
+        env.write_accounts(&[healed]);
+        env.run(&["fetch", "alice"]).assert_code_with(0, &dovecot);
+        assert_eq!(
+            maildir_messages(&env.maildir("alice")),
+            sorted(vec![ok1, trigger, ok2])
+        );
+        assert_eq!(report(&out)["status"], self.status);
+        for text in self.says {
+            assert_contains(&out.stderr, text, "stderr");
+        }
+        if let Some(limit) = self.within {
+            assert!(
+                out.elapsed < limit,
+                "the filter is killed after command_timeout; the run took {:?}",
+                out.elapsed
+            );
+        }
+    }
 }
 
 #[test]
-fn filter_exit_75_leaves_the_message_and_exits_75_after_fetching_the_rest() {
+fn a_failing_filter_leaves_its_message_on_the_server_and_fetches_the_rest() {
     if !common::dovecot_installed() {
         common::cannot_run(common::DOVECOT_MISSING);
         return;
     }
-    let (out, _) = filter_failure_case("exit 75", "", 75);
-    assert_eq!(report(&out)["status"], "temporary");
-}
-
-#[test]
-fn filter_failing_exit_status_leaves_the_message_and_exits_74_after_fetching_the_rest() {
-    if !common::dovecot_installed() {
-        common::cannot_run(common::DOVECOT_MISSING);
-        return;
-    }
-    let (out, _) = filter_failure_case("echo spamd unreachable >&2; exit 3", "", 74);
-    assert_eq!(report(&out)["status"], "failed");
-    assert_contains(
-        &out.stderr,
-        "spamd unreachable",
-        "stderr (the filter's own words)",
-    );
-}
-
-#[test]
-fn filter_killed_by_a_signal_exits_74() {
-    if !common::dovecot_installed() {
-        common::cannot_run(common::DOVECOT_MISSING);
-        return;
-    }
-    filter_failure_case("kill -9 $$", "", 74);
-}
-
-#[test]
-fn filter_past_command_timeout_is_killed_and_exits_74() {
-    if !common::dovecot_installed() {
-        common::cannot_run(common::DOVECOT_MISSING);
-        return;
-    }
-    let (out, elapsed) = filter_failure_case("exec sleep 30", "command_timeout = 2", 74);
-    assert!(
-        elapsed < Duration::from_secs(20),
-        "the filter is killed after command_timeout (2 s); the run took {elapsed:?}"
-    );
-    assert_contains(&out.stderr, "command_timeout", "stderr");
+    let rows = vec![
+        FilterFailure {
+            name: "filter_exit_75_leaves_the_message_and_exits_75_after_fetching_the_rest",
+            bad: "exit 75",
+            extra: "",
+            code: 75,
+            status: "temporary",
+            says: &["exited 75 (temporary failure)"],
+            within: None,
+        },
+        FilterFailure {
+            name: "filter_failing_exit_status_leaves_the_message_and_exits_74_after_fetching_the_rest",
+            bad: "echo spamd unreachable >&2; exit 3",
+            extra: "",
+            code: 74,
+            status: "failed",
+            // The filter's own words, and its exit status.
+            says: &["spamd unreachable", "exit status: 3"],
+            within: None,
+        },
+        FilterFailure {
+            name: "filter_killed_by_a_signal_exits_74",
+            bad: "kill -9 $$",
+            extra: "",
+            code: 74,
+            status: "failed",
+            says: &["signal: 9"],
+            within: None,
+        },
+        FilterFailure {
+            name: "filter_past_command_timeout_is_killed_and_exits_74",
+            bad: "exec sleep 30",
+            extra: "command_timeout = 2",
+            code: 74,
+            status: "failed",
+            says: &["command_timeout"],
+            within: Some(Duration::from_secs(20)),
+        },
+    ];
+    run_rows(rows, 2, |r| r.name, FilterFailure::run);
 }
 
 #[test]

@@ -10,7 +10,9 @@ mod fault;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Output, TestEnv, maildir_files, maildir_messages, maildir_tmp_files, sorted};
+use common::{
+    Output, TestEnv, maildir_files, maildir_messages, maildir_tmp_files, run_rows, sorted,
+};
 use fault::{Builder, Fault, FaultServer, On};
 
 /// A test message: headers, a body with a line that needs dot-stuffing and a
@@ -729,42 +731,6 @@ impl Case {
     }
 }
 
-/// Runs every row, `workers` at a time, and fails naming each failed row.
-fn run_cases(cases: Vec<Case>, workers: usize) {
-    let queue = std::sync::Mutex::new(cases.into_iter());
-    let failures = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                loop {
-                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                    let Some(case) = next else { break };
-                    let result =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case.run()));
-                    if let Err(panic) = result {
-                        let why = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                            .unwrap_or_default();
-                        failures
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(format!("row {}: {why}", case.name));
-                    }
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
-    assert!(
-        failures.is_empty(),
-        "{} row(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
-}
-
 #[test]
 fn single_run_faults() {
     let err = |on: On, text: &str| Some((on, Fault::err(text)));
@@ -1046,7 +1012,7 @@ fn single_run_faults() {
             )
         },
     ];
-    run_cases(cases, 2);
+    run_rows(cases, 2, |c| c.name, Case::run);
 }
 
 /// An error about a 1 MB line quotes only a little of it.

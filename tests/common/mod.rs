@@ -919,6 +919,50 @@ impl Dovecot {
     }
 }
 
+/// Runs every row of a table-driven test, `workers` at a time, each to its
+/// end whatever the others do, then fails naming each row that failed (by
+/// `name`) with its panic message. A row is a case of its own: it builds
+/// its own servers and `TestEnv`.
+pub fn run_rows<R: Send>(
+    rows: Vec<R>,
+    workers: usize,
+    name: impl Fn(&R) -> &str + Sync,
+    run: impl Fn(&R) + Sync,
+) {
+    let queue = std::sync::Mutex::new(rows.into_iter());
+    let failures = std::sync::Mutex::new(Vec::new());
+    thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some(row) = next else { break };
+                    let result =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&row)));
+                    if let Err(panic) = result {
+                        let why = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_default();
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!("row {}: {why}", name(&row)));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        failures.is_empty(),
+        "{} row(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
 /// The `tls_fingerprint` pin of the (first) certificate in a PEM file, as
 /// `popsync probe` prints it: `sha256:AB:CD:...` (SHA-256 of the DER).
 pub fn pem_fingerprint(pem: &Path) -> String {
