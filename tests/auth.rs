@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{
-    Account, Dovecot, Output, TestEnv, User, maildir_messages, require_dovecot, sorted, toml_string,
+    Account, Dovecot, Output, TestEnv, User, assert_mentions, maildir_messages, require_dovecot,
+    sorted, toml_string,
 };
 use fault::{FaultServer, OAUTH_ERROR_JSON};
 use login::*;
@@ -109,7 +110,7 @@ fn unset_auth_picks_scram_sha_256_even_when_apop_and_user_are_offered() {
 
     let out = env.run(&["fetch", "acct", "-v"]);
     out.assert_code_with(0, &dovecot);
-    assert_contains(
+    assert_mentions(
         &out.stderr,
         &format!(
             "logging in to 127.0.0.1:{} as alice with SCRAM-SHA-256",
@@ -134,7 +135,7 @@ fn configured_list_uses_the_first_mechanism_the_server_offers() {
     );
     let out = env.run(&["fetch", "acct", "-v"]);
     out.assert_code_with(0, &dovecot);
-    assert_contains(&out.stderr, "as alice with CRAM-MD5", "stderr (-v)");
+    assert_mentions(&out.stderr, "as alice with CRAM-MD5", "stderr (-v)");
     assert_eq!(dovecot_logins(&dovecot), vec!["CRAM-MD5".to_owned()]);
 }
 
@@ -149,7 +150,7 @@ fn no_mechanism_in_common_is_77_naming_both_lists_and_tries_nothing() {
     out.assert_code_with(77, &dovecot);
     // What popsync would use, and what the server offers.
     for name in ["XOAUTH2", "APOP", "SCRAM-SHA-256", "PLAIN"] {
-        assert_contains(&out.stderr, name, "stderr");
+        assert_mentions(&out.stderr, name, "stderr");
     }
     assert_no_auth_attempt(&dovecot, &out);
     assert!(maildir_messages(&env.maildir("acct")).is_empty());
@@ -299,8 +300,8 @@ fn failing_password_command_is_78(dovecot: &Dovecot, command: &str, extra: &str)
 
     let out = env.run(&["fetch", "acct"]);
     out.assert_code_with(78, dovecot);
-    assert_contains(&out.stderr, command, "stderr");
-    assert_contains(&out.stderr, "password_command", "stderr");
+    assert_mentions(&out.stderr, command, "stderr");
+    assert_mentions(&out.stderr, "password_command", "stderr");
     assert_no_auth_attempt(dovecot, &out);
     assert!(maildir_messages(&env.maildir("acct")).is_empty());
     out
@@ -310,7 +311,7 @@ fn failing_password_command_is_78(dovecot: &Dovecot, command: &str, extra: &str)
 fn failing_password_command_is_78_naming_it() {
     let dovecot = require_dovecot!();
     let out = failing_password_command_is_78(&dovecot, "echo 'vault is sealed' >&2; exit 3", "");
-    assert_contains(
+    assert_mentions(
         &out.stderr,
         "vault is sealed",
         "stderr (the command's own error)",
@@ -333,7 +334,7 @@ fn hanging_password_command_is_78_after_command_timeout() {
         "command_timeout = 1 should end it in about a second, took {:?}",
         started.elapsed()
     );
-    assert_contains(&out.stderr, "command_timeout", "stderr");
+    assert_mentions(&out.stderr, "command_timeout", "stderr");
 }
 
 /// A password command that hangs in a child process (as `pass` waiting for
@@ -355,7 +356,7 @@ fn hanging_password_command_leaves_no_process_behind() {
     env.write_config(&config);
     let out = env.run(&["fetch", "acct"]);
     out.assert_code(78);
-    assert_contains(&out.stderr, &command, "stderr");
+    assert_mentions(&out.stderr, &command, "stderr");
 
     let pid: i32 = fs::read_to_string(&pidfile)
         .expect("the command wrote its child's pid")
@@ -405,7 +406,7 @@ fn config_with_password_readable_by_others_is_78_but_password_command_is_fine() 
 
     let out = env.run(&["fetch", "acct"]);
     out.assert_code_with(78, &dovecot);
-    assert_contains(&out.stderr, &config.to_string_lossy(), "stderr");
+    assert_mentions(&out.stderr, &config.to_string_lossy(), "stderr");
     assert_no_auth_attempt(&dovecot, &out);
 
     // The same file without the password in it may be world-readable.
@@ -637,7 +638,7 @@ fn oauth_two_step_fetches(mechanism: &str, expected_ir: impl Fn(&str) -> String)
     let config = fault_config(env.path(), &srv, &token, &mechanism.to_ascii_lowercase());
     let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct", "-vv"]);
     assert_eq!(code, 0, "stderr:\n{stderr}");
-    assert_contains(&stderr, &format!("with {mechanism}"), "stderr (-v)");
+    assert_mentions(&stderr, &format!("with {mechanism}"), "stderr (-v)");
     assert_no_secret_in_trace(&stderr, &token, mechanism);
     assert_eq!(maildir_messages(&env.path().join("mail")), sorted(mail));
 
@@ -721,7 +722,7 @@ fn oauth_invalid_token_is_77(mechanism: &str, token_len: usize, answer: &str) {
     let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct", "-vv"]);
     assert_eq!(code, 77, "stderr:\n{stderr}");
     assert_no_secret_in_trace(&stderr, &wrong, mechanism);
-    assert_contains(
+    assert_mentions(
         &stderr,
         "invalid_token",
         "stderr (the server's JSON status)",
@@ -783,7 +784,7 @@ fn oauth_is_not_used_unless_named_and_the_error_names_both_lists() {
     let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
     assert_eq!(code, 77, "stderr:\n{stderr}");
     for name in ["SCRAM-SHA-256", "XOAUTH2", "OAUTHBEARER"] {
-        assert_contains(&stderr, name, "stderr");
+        assert_mentions(&stderr, name, "stderr");
     }
     let commands = srv.commands();
     assert!(
@@ -826,7 +827,7 @@ fn scram_server_with_a_wrong_signature_is_refused_with_77() {
         let config = fault_config(env.path(), &srv, PASSWORD, mechanism);
         let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
         assert_eq!(code, 77, "{mechanism}: stderr:\n{stderr}");
-        assert_contains(&stderr, "signature", "stderr");
+        assert_mentions(&stderr, "signature", "stderr");
         let commands = srv.commands();
         let exchange = auth_exchange(&commands);
         // AUTH with client-first, client-final; then no answer to the bad

@@ -12,7 +12,8 @@ mod cpf;
 mod fault;
 
 use common::{
-    Account, TestEnv, maildir_files, maildir_messages, require_dovecot, run_rows, sorted,
+    Account, TestEnv, assert_contains, maildir_files, maildir_messages, require_dovecot, run_rows,
+    sorted,
 };
 use cpf::*;
 use fault::{Fault, FaultServer, On};

@@ -15,8 +15,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use common::{
-    Account, Dovecot, TestEnv, account_toml, maildir_messages, require_dovecot, sample_message,
-    sorted, toml_string,
+    Account, Dovecot, TestEnv, account_toml, assert_mentions, maildir_messages, require_dovecot,
+    sample_message, sorted, toml_string,
 };
 use fault::{Fault, FaultServer, On};
 use ops::*;

@@ -15,7 +15,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::{
-    Account, Dovecot, TestEnv, maildir_files, maildir_messages, require_dovecot, run_rows, sorted,
+    Account, Dovecot, TestEnv, assert_contains, maildir_files, maildir_messages, require_dovecot,
+    run_rows, sorted,
 };
 use cpf::*;
 use fault::FaultServer;

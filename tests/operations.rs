@@ -19,8 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Account, Dovecot, Output, TestEnv, User, account_toml, maildir_messages, require_dovecot,
-    sorted, toml_string,
+    Account, Dovecot, Output, TestEnv, User, account_toml, assert_mentions, maildir_messages,
+    require_dovecot, sorted, toml_string,
 };
 use fault::{Fault, FaultServer, On};
 use ops::*;

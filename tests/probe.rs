@@ -11,8 +11,8 @@ mod common;
 mod fault;
 
 use common::{
-    Account, Dovecot, Output, TestEnv, maildir_messages, pem_fingerprint, require_dovecot,
-    sample_message, sorted, toml_string,
+    Account, Dovecot, Output, TestEnv, assert_contains, maildir_messages, pem_fingerprint,
+    require_dovecot, sample_message, sorted, toml_string,
 };
 use fault::FaultServer;
 
@@ -39,14 +39,6 @@ fn field<'a>(out: &'a Output, key: &str) -> Option<&'a str> {
 fn expect_field<'a>(out: &'a Output, key: &str) -> &'a str {
     field(out, key)
         .unwrap_or_else(|| panic!("probe printed no {key:?} line; stdout:\n{}", out.stdout))
-}
-
-#[track_caller]
-fn assert_contains(haystack: &str, needle: &str, what: &str) {
-    assert!(
-        haystack.contains(needle),
-        "{what} should contain {needle:?}; it was:\n{haystack}"
-    );
 }
 
 /// The pin printed on the `pin with: tls_fingerprint = "..."` line.

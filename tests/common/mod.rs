@@ -919,6 +919,24 @@ impl Dovecot {
     }
 }
 
+/// Fails unless `haystack` contains `needle`, showing `what` it was.
+#[track_caller]
+pub fn assert_contains(haystack: &str, needle: &str, what: &str) {
+    assert!(
+        haystack.contains(needle),
+        "{what} should contain {needle:?}; it was:\n{haystack}"
+    );
+}
+
+/// Like `assert_contains`, ignoring case.
+#[track_caller]
+pub fn assert_mentions(haystack: &str, needle: &str, what: &str) {
+    assert!(
+        haystack.to_lowercase().contains(&needle.to_lowercase()),
+        "{what} should mention {needle:?}; it was:\n{haystack}"
+    );
+}
+
 /// Runs every row of a table-driven test, `workers` at a time, each to its
 /// end whatever the others do, then fails naming each row that failed (by
 /// `name`) with its panic message. A row is a case of its own: it builds

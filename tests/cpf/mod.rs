@@ -128,14 +128,6 @@ pub fn log_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-#[track_caller]
-pub fn assert_contains(haystack: &str, needle: &str, what: &str) {
-    assert!(
-        haystack.contains(needle),
-        "{what} should contain {needle:?}; it was:\n{haystack}"
-    );
-}
-
 /// A plan line `ACTION UIDL SIZE REASON`, split.
 pub fn plan_lines(out: &Output) -> Vec<(String, String, u64, String)> {
     out.stdout

@@ -47,14 +47,6 @@ pub fn with_secret_source(account: &Account, source: &str) -> String {
     out
 }
 
-#[track_caller]
-pub fn assert_contains(haystack: &str, needle: &str, what: &str) {
-    assert!(
-        haystack.to_lowercase().contains(&needle.to_lowercase()),
-        "{what} should mention {needle:?}; it was:\n{haystack}"
-    );
-}
-
 /// The `method=` of every successful login in Dovecot's log.
 pub fn dovecot_logins(dovecot: &Dovecot) -> Vec<String> {
     dovecot

@@ -114,10 +114,3 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
-
-pub fn assert_mentions(text: &str, needle: &str, what: &str) {
-    assert!(
-        text.to_lowercase().contains(&needle.to_lowercase()),
-        "{what} should mention {needle:?}; it was:\n{text}"
-    );
-}
