@@ -656,7 +656,15 @@ fn a_config_others_can_write_is_refused_when_it_names_a_command_or_secret() {
         env.defaults_toml()
     ));
     chmod(&config, 0o620);
-    env.run(&["accounts"]).assert_code(78);
+    let out = env.run(&["accounts"]);
+    out.assert_code(78);
+    assert!(
+        out.stderr.contains(&config.display().to_string())
+            && out.stderr.contains("chmod")
+            && out.stderr.contains("0620"),
+        "the error should name the file, its mode and chmod:\n{}",
+        out.stderr
+    );
     chmod(&config, 0o600);
     env.run(&["accounts"]).assert_code(0);
 }

@@ -269,6 +269,7 @@ fn login_delay_skips_a_run_before_the_delay_is_over_and_says_when_to_retry() {
     );
     check.assert_code(75);
     assert_eq!(srv.connections(), 1, "check honours LOGIN-DELAY too");
+    assert_contains(&check.stderr, "12:15", "stderr (when to retry)");
 
     run_fault(
         &env,

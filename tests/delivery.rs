@@ -671,6 +671,7 @@ fn mda_killed_by_a_signal_exits_74_and_keeps_the_mail_on_the_server() {
     assert_eq!(f.user.server_messages(), sent, "nothing deleted");
     let again = f.env.run(&["fetch", "--all"]);
     again.assert_code_with(74, &f.dovecot);
+    assert_stderr_contains(&again.stderr, "signal");
 }
 
 #[test]

@@ -222,7 +222,9 @@ fn exit_78_invalid_configuration() {
         .toml()
         .replace("password = \"secret\"", "password_command = \"exit 3\"");
     env.write_accounts(&[block]);
-    env.run(&["fetch", "--all"]).assert_code_with(78, &dovecot);
+    let out = env.run(&["fetch", "--all"]);
+    out.assert_code_with(78, &dovecot);
+    assert_mentions(&out.stderr, "password_command", "stderr");
 }
 
 // ---------------------------------------------------------------------------

@@ -535,6 +535,7 @@ fn filter_past_command_timeout_leaves_no_process_of_it_running() {
         None,
     );
     out.assert_code(74);
+    assert_contains(&out.stderr, "command_timeout", "stderr");
     let pid = fs::read_to_string(&pidfile)
         .expect("the filter wrote its child's pid")
         .trim()

@@ -498,7 +498,11 @@ fn a_file_of_the_wrong_kind_is_refused_with_its_line() {
         "mpop",
         &file.to_string_lossy(),
     ]);
-    assert_ne!(out.code, 0, "{out:?}");
+    assert_eq!(out.code, 74, "{out:?}");
+    assert!(
+        out.stderr.contains("is this really a"),
+        "the error says the file may be of another kind:\n{out:?}"
+    );
     assert!(
         out.stderr.contains(&*file.to_string_lossy()) && out.stderr.contains("line 1"),
         "the error names the file and the line:\n{out:?}"

@@ -237,8 +237,8 @@ fn stls_refused_by_the_server_sends_no_password() {
         maildir = toml_string(&env.path().join("mail").to_string_lossy()),
     );
     let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
-    assert_ne!(code, 0, "stderr:\n{stderr}");
-    assert_mentions(&stderr, "STLS", "stderr");
+    assert_eq!(code, 76, "stderr:\n{stderr}");
+    assert_mentions(&stderr, "STLS failed", "stderr");
     let commands = srv.commands();
     assert!(
         commands
