@@ -75,6 +75,16 @@ pub enum Transport {
     Tls(tokio_rustls::client::TlsStream<TcpStream>),
 }
 
+impl std::fmt::Debug for Transport {
+    // The IMAP client wants its stream printable; what matters is which.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Plain(_) => "Transport::Plain",
+            Transport::Tls(_) => "Transport::Tls",
+        })
+    }
+}
+
 impl Transport {
     /// Whether the stream is encrypted (credentials may be sent).
     pub fn is_tls(&self) -> bool {

@@ -7,7 +7,8 @@
 
 use serde::Serialize;
 
-use crate::config::Account;
+use crate::config::{Account, Delivery};
+use crate::deliver::imap::{self, ImapError, probe::ImapReport};
 use crate::exit::ExitCode;
 use crate::login::{self, SetupError};
 use crate::net::{self, NetError, Transport};
@@ -45,6 +46,8 @@ pub struct Report {
     pub pipelining: bool,
     pub login: Option<String>,
     pub capa_after_login: Option<Vec<String>>,
+    /// The IMAP delivery target, when the account has one.
+    pub imap: Option<ImapReport>,
     pub error: Option<String>,
     #[serde(skip)]
     pub code: ExitCode,
@@ -89,6 +92,23 @@ pub async fn probe(account: &Account, login: bool, ui: &Ui) -> Report {
     if let Err(e) = run(account, login, ui, &mut report).await {
         report.code = e.exit_code();
         report.error = Some(e.to_string());
+    }
+    if let Delivery::Imap(spec) = &account.deliver {
+        let mut imap = ImapReport::default();
+        let password = || {
+            spec.secret
+                .resolve(account.command_timeout)
+                .map_err(ImapError::Secret)
+        };
+        let probed = imap::probe::probe(spec, login, password, account.timeout, &mut imap).await;
+        report.imap = Some(imap);
+        // The POP3 side's failure is named first: it is the one to fix first.
+        if let Err(e) = probed
+            && report.error.is_none()
+        {
+            report.code = e.exit_code();
+            report.error = Some(e.to_string());
+        }
     }
     report
 }
@@ -226,6 +246,9 @@ impl Report {
         }
         if let Some(after) = &self.capa_after_login {
             line("capa after login:", &after.join(" | "));
+        }
+        if let Some(imap) = &self.imap {
+            imap.lines(&mut line);
         }
         if let Some(e) = &self.error {
             line("error:", e);

@@ -11,6 +11,7 @@
 //! be trusted with what it holds; `values` and `secret` are the typed values
 //! of single keys.
 
+mod imap;
 mod permissions;
 mod raw;
 mod resolve;
@@ -21,6 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use imap::{ImapAuth, ImapSpec};
 pub use permissions::Exposure;
 pub use secret::{SecretError, SecretSource};
 pub use values::{AuthMech, ByteSize, Fingerprint, Retention, TlsMode};
@@ -87,6 +89,8 @@ pub enum Delivery {
     Mbox(PathBuf),
     /// A shell command run with `/bin/sh -c`, the message on stdin.
     Mda(String),
+    /// APPEND into a mailbox on an IMAP server.
+    Imap(Box<ImapSpec>),
 }
 
 impl Delivery {
@@ -96,6 +100,8 @@ impl Delivery {
             Delivery::Maildir(p) => format!("maildir {}", p.display()),
             Delivery::Mbox(p) => format!("mbox {}", p.display()),
             Delivery::Mda(c) => format!("mda {c}"),
+            // Never the secret.
+            Delivery::Imap(i) => format!("imap {}@{} mailbox {}", i.user, i.server(), i.mailbox),
         }
     }
 }

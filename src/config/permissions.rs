@@ -25,17 +25,23 @@ pub(super) struct Sensitive {
 
 impl Sensitive {
     pub(super) fn of(s: &RawSettings) -> Sensitive {
-        let mda = matches!(
-            s.deliver.as_ref().map(Spanned::get_ref),
-            Some(RawDeliver::Mda(_))
-        );
+        let deliver = s.deliver.as_ref().map(Spanned::get_ref);
+        let mda = matches!(deliver, Some(RawDeliver::Mda(_)));
+        let (imap_password, imap_secret) = match deliver {
+            Some(RawDeliver::Imap(i)) => (
+                i.password.is_some(),
+                i.password.is_some() || i.password_command.is_some() || i.password_file.is_some(),
+            ),
+            _ => (false, false),
+        };
         Sensitive {
-            password: s.password.is_some(),
+            password: s.password.is_some() || imap_password,
             commands_or_secrets: s.password.is_some()
                 || s.password_command.is_some()
                 || s.password_file.is_some()
                 || s.filter.is_some()
-                || mda,
+                || mda
+                || imap_secret,
         }
     }
 

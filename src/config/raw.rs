@@ -7,6 +7,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::imap::RawImap;
 use super::{AuthMech, ByteSize, Fingerprint, Retention, TlsMode};
 
 /// 1-based line number of a byte offset.
@@ -72,4 +73,5 @@ pub(super) enum RawDeliver {
     Maildir(String),
     Mbox(String),
     Mda(String),
+    Imap(Box<RawImap>),
 }

@@ -168,7 +168,7 @@ impl Resolver<'_> {
         let deliver_raw = pick(&a.deliver, &d.deliver).ok_or_else(|| {
             missing(
                 "deliver",
-                "add deliver = { maildir = \"~/Mail/NAME\" } (or mbox = \"...\", or mda = \"procmail\")",
+                "add deliver = { maildir = \"~/Mail/NAME\" } (or mbox = \"...\", mda = \"procmail\", or imap = { host = \"...\", ... })",
             )
         })?;
         let deliver = match deliver_raw.get_ref() {
@@ -180,6 +180,16 @@ impl Resolver<'_> {
                 return Err(self.error(deliver_raw.span(), "deliver", "mda command is empty"));
             }
             RawDeliver::Mda(c) => Delivery::Mda(c.clone()),
+            RawDeliver::Imap(raw) => {
+                let expand = |s: &str, key: &'static str| {
+                    self.expand_str(s, &deliver_raw, key)
+                        .map_err(|e| (key, e.to_string()))
+                };
+                let spec = raw.resolve(expand).map_err(|(key, why)| {
+                    self.error(deliver_raw.span(), &format!("deliver.imap.{key}"), why)
+                })?;
+                Delivery::Imap(Box::new(spec))
+            }
         };
 
         let auth = pick(&a.auth, &d.auth);

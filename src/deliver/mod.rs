@@ -6,6 +6,7 @@
 //! message bytes (LF line ends) as they come off the socket, and `commit` makes
 //! it durable. A sink dropped without `commit` removes what it wrote.
 
+pub mod imap;
 pub mod maildir;
 pub mod mbox;
 pub mod mda;
@@ -63,6 +64,8 @@ pub enum DeliveryError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Imap(Box<imap::ImapError>),
 }
 
 fn stderr_part(s: &str) -> String {
@@ -90,6 +93,7 @@ impl DeliveryError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             DeliveryError::Locked { .. } | DeliveryError::MdaTemporary { .. } => ExitCode::TempFail,
+            DeliveryError::Imap(e) => e.exit_code(),
             _ => ExitCode::IoError,
         }
     }
@@ -103,10 +107,12 @@ impl Delivery {
             Delivery::Maildir(p) => format!("maildir:{}", p.display()),
             Delivery::Mbox(p) => format!("mbox:{}", p.display()),
             Delivery::Mda(c) => format!("mda:{c}"),
+            Delivery::Imap(i) => format!("imap:{}@{}/{}", i.user, i.server(), i.mailbox),
         }
     }
 
-    /// `None` for a record this popsync does not know.
+    /// `None` for a record this popsync does not know, and for an IMAP
+    /// target, which only the config can give (with its secret).
     pub fn from_record(record: &str) -> Option<Delivery> {
         let (kind, rest) = record.split_once(':')?;
         Some(match kind {
@@ -150,6 +156,20 @@ pub(crate) enum FinishedKind {
     Mbox(String),
     /// Already handed over: the MDA exited 0.
     Mda(String),
+    /// Spooled, to be appended at commit.
+    Imap(Box<imap::Spooled>),
+}
+
+impl Finished {
+    /// What the message's pending row should say from now on, before
+    /// `commit` delivers it, if that changed since `prepare_batch` (IMAP:
+    /// how to find the message in the mailbox after a crash).
+    pub fn pending_update(&self) -> Option<String> {
+        match &self.kind {
+            FinishedKind::Imap(s) => Some(s.pending.to_location()),
+            _ => None,
+        }
+    }
 }
 
 /// A delivery target. Deliveries come in batches so that durability costs
@@ -163,6 +183,11 @@ pub trait Target: Send {
     /// deliveries (`Delivery::to_record`), so that the next run can find
     /// them even if the config changed.
     fn delivery(&self) -> Delivery;
+    /// Get ready to deliver, before the first batch (IMAP: connect and log
+    /// in, so that a target that cannot take mail fails before any RETR).
+    fn open(&mut self) -> Result<(), DeliveryError> {
+        Ok(())
+    }
     /// Most messages one batch may hold.
     fn batch_limit(&self) -> usize {
         256

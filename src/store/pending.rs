@@ -56,6 +56,25 @@ impl Store {
         })
     }
 
+    /// Rewrite pending rows' locations in one transaction: a target that
+    /// learns, after the message arrived, how to find it again after a crash
+    /// (IMAP) records that before it delivers.
+    pub fn update_pending(
+        &mut self,
+        account: &str,
+        locations: &[(MessageKey, String)],
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE pending SET location = ?4 WHERE account = ?1 AND uidl = ?2 AND copy = ?3",
+            )?;
+            for (key, location) in locations {
+                stmt.execute(params![account, key.uidl, key.copy, location])?;
+            }
+            Ok(())
+        })
+    }
+
     /// End a batch in one transaction: record the durable deliveries
     /// ((UIDL, copy), size, location) and forget the pending rows of messages
     /// the batch did not get to. Only after this returns may they be DELEted.

@@ -56,6 +56,9 @@ pub(super) async fn fetch_new<S: AsyncRead + AsyncWrite + Unpin>(
         bar: bar.as_ref(),
         to_delete: Vec::new(),
     };
+    if !fetch.is_empty() {
+        crate::command::blocking(|| run.target.open())?;
+    }
     let mut next = 0;
     while next < fetch.len() {
         // On SIGINT/SIGTERM: no new RETRs; the ones already sent are
@@ -260,6 +263,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Fetch<'_, S> {
     ) -> Result<usize, SyncError> {
         let sizes: Vec<u64> = finished.iter().map(|f| f.size).collect();
         let done = finished.len();
+        // What the pending rows must say before the target delivers (an
+        // IMAP APPEND): how to find each message again after a crash.
+        let updates: Vec<_> = batch
+            .iter()
+            .zip(&finished)
+            .filter_map(|(p, f)| f.pending_update().map(|l| (p.key(), l)))
+            .collect();
+        if !updates.is_empty() {
+            crate::command::blocking(|| self.store.update_pending(&self.account.name, &updates))?;
+        }
         let committed = crate::command::blocking(|| self.target.commit(finished));
         for w in self.target.take_warnings() {
             self.opts.ui.warn(&format!("{}: {w}", self.account.name));

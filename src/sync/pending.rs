@@ -3,6 +3,7 @@
 //! pending row) delivers to.
 
 use crate::config::{Account, Delivery};
+use crate::deliver::imap::Imap;
 use crate::deliver::maildir::Maildir;
 use crate::deliver::mbox::Mbox;
 use crate::deliver::mda::Mda;
@@ -29,6 +30,13 @@ pub(super) fn open_target(
             account.command_timeout,
             opts.state_dir.clone(),
         )),
+        Delivery::Imap(spec) => Box::new(Imap::new(
+            (**spec).clone(),
+            account.timeout,
+            account.command_timeout,
+            opts.now,
+            opts.state_dir.clone(),
+        )),
     }
 }
 
@@ -39,6 +47,11 @@ fn target_of_pending(
     account: &Account,
     opts: &RunOptions,
 ) -> Option<Box<dyn Target>> {
+    // An IMAP target needs the config's secret: only the account's own
+    // target can resolve its pending rows.
+    if account.deliver.to_record() == record {
+        return Some(open_target(&account.deliver, account, opts));
+    }
     Some(open_target(&Delivery::from_record(record)?, account, opts))
 }
 
