@@ -4,7 +4,7 @@
 #   bash tests/run.sh
 #
 # Installs what the integration tests need when it is missing (Dovecot's POP3
-# server; Courier's and Cyrus's, unpacked privately by tests/courier/install.sh
+# and IMAP servers; Courier's and Cyrus's, unpacked privately by tests/courier/install.sh
 # and tests/cyrus/install.sh; openssl, the mail tools the delivery tests read mail back with, and
 # fetchmail, getmail and mpop for the import tests),
 # then runs the whole suite. Without root it installs nothing and says what is
@@ -17,6 +17,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 needed=()
 command -v dovecot >/dev/null || [[ -x /usr/sbin/dovecot ]] || needed+=(dovecot-pop3d)
+# Dovecot's IMAP server: the APPEND target of tests/imap_target.rs.
+[[ -x /usr/lib/dovecot/imap || -x /usr/libexec/dovecot/imap ]] || needed+=(dovecot-imapd)
 command -v openssl >/dev/null || needed+=(openssl)
 command -v procmail >/dev/null || needed+=(procmail)
 command -v formail >/dev/null || needed+=(procmail)

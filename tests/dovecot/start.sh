@@ -3,7 +3,7 @@
 #
 # Used by the Rust test harness (tests/common/mod.rs) and by tests/demo.sh.
 #
-#   tests/dovecot/start.sh DIR [--no-stls] [--apop] [--cert KIND] [--owner-pid PID]
+#   tests/dovecot/start.sh DIR [--no-stls] [--apop] [--cert KIND] [--imap] [--owner-pid PID]
 #
 # Creates DIR (if missing) and in it: a private CA (ca.pem, ca.key), a server
 # certificate signed by it (server.pem, server.key; SAN IP:127.0.0.1,
@@ -39,6 +39,9 @@
 #   selfsigned  valid now for IP:127.0.0.1 and DNS:localhost, but self-signed
 #               (not issued by the CA)
 #
+# --imap: also serve IMAP (needs dovecot-imapd; tests/dovecot/imap.conf.sh),
+# and print imap_port=P (STARTTLS unless --no-stls) and imaps_port=S.
+#
 # --owner-pid PID: a detached watchdog stops the server and removes DIR once
 # process PID has gone (a server shared by a whole test binary lives in a
 # static, which Rust never drops).
@@ -57,7 +60,7 @@ die() { echo "start.sh: $*" >&2; exit 1; }
 # shellcheck source=tests/server-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../server-lib.sh"
 
-usage="usage: start.sh DIR [--no-stls] [--apop] [--cert good|expired|wronghost|selfsigned] [--owner-pid PID]"
+usage="usage: start.sh DIR [--no-stls] [--apop] [--cert good|expired|wronghost|selfsigned] [--imap] [--owner-pid PID]"
 [[ $# -ge 1 ]] || die "$usage"
 dir=$1
 shift
@@ -65,10 +68,12 @@ no_stls=false
 apop=false
 cert_kind=""
 owner_pid=""
+imap=false
 while [[ $# -gt 0 ]]; do
     case $1 in
         --no-stls) no_stls=true ;;
         --apop) apop=true ;;
+        --imap) imap=true ;;
         --cert)
             [[ $# -ge 2 ]] || die "--cert needs a KIND; $usage"
             cert_kind=$2
@@ -298,6 +303,7 @@ service anvil {
   }
 }
 CONF
+if $imap; then source "$(dirname "${BASH_SOURCE[0]}")/imap.conf.sh"; fi
 
 cat > "$dir/stop.sh" <<STOP
 #!/usr/bin/env bash
@@ -355,6 +361,7 @@ greets() {
 
 ports=("$pop3_port")
 $no_stls || ports+=("$pop3s_port")
+if $imap; then ports+=("$imap_port" ${imaps_port:+"$imaps_port"}); fi
 deadline=$((SECONDS + 10))
 for port in "${ports[@]}"; do
     check=port_open
@@ -388,4 +395,5 @@ $no_stls || echo "pop3s_port=$pop3s_port"
 echo "ca=$dir/ca.pem"
 echo "pid=$pid"
 echo "stop=$dir/stop.sh"
+if $imap; then cat "$dir/imap-ports"; fi
 [[ -z $cert_kind ]] || echo "cert=$served_cert"
