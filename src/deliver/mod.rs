@@ -69,6 +69,14 @@ pub enum DeliveryError {
     },
     #[error(transparent)]
     Imap(Box<imap::ImapError>),
+    #[error(
+        "a message of {size} bytes is larger than the {limit} bytes that {target} accepts; it stays on the POP3 server"
+    )]
+    TooBig {
+        target: String,
+        size: u64,
+        limit: u64,
+    },
 }
 
 fn stderr_part(s: &str) -> String {
@@ -190,6 +198,11 @@ pub trait Target: Send {
     /// in, so that a target that cannot take mail fails before any RETR).
     fn open(&mut self) -> Result<(), DeliveryError> {
         Ok(())
+    }
+    /// The largest message (octets with CRLF line ends) the target says,
+    /// once open, that it takes: an IMAP server's APPENDLIMIT.
+    fn size_limit(&self) -> Option<u64> {
+        None
     }
     /// Most messages one batch may hold.
     fn batch_limit(&self) -> usize {

@@ -10,7 +10,7 @@ use indicatif::ProgressBar;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::{Account, TlsMode};
-use crate::deliver::{self, Finished, MessageInfo, Prepared, Target};
+use crate::deliver::{self, DeliveryError, Finished, MessageInfo, Prepared, Target};
 use crate::policy::{Action, Plan, Planned};
 use crate::pop3::session::Transaction;
 use crate::report::Tally;
@@ -25,8 +25,18 @@ use super::{RunOptions, SyncError};
 const BATCH_BYTES: u64 = 32 << 20;
 const BATCH_TIME: Duration = Duration::from_secs(2);
 
+/// What fetching left to do afterwards.
+pub(super) struct Fetched {
+    /// Committed messages to DELE because retention is `0d`.
+    pub(super) to_delete: Vec<(u32, MessageKey)>,
+    /// A message the target said beforehand it cannot take (larger than an
+    /// IMAP server's APPENDLIMIT): it stays on the server, the others are
+    /// delivered, and the run reports this once it is over.
+    pub(super) refused: Option<SyncError>,
+}
+
 /// RETR every message the plan fetches, deliver it, and commit it to the
-/// store. Returns the messages to DELE because retention is `0d`.
+/// store.
 pub(super) async fn fetch_new<S: AsyncRead + AsyncWrite + Unpin>(
     account: &Account,
     opts: &RunOptions,
@@ -35,8 +45,39 @@ pub(super) async fn fetch_new<S: AsyncRead + AsyncWrite + Unpin>(
     store: &mut Store,
     target: &mut dyn Target,
     tally: &mut Tally,
-) -> Result<Vec<(u32, MessageKey)>, SyncError> {
-    let fetch = plan.to_fetch();
+) -> Result<Fetched, SyncError> {
+    let mut fetch = plan.to_fetch();
+    let received = received_header(account, opts);
+    let mut refused = None;
+    if !fetch.is_empty() {
+        crate::command::blocking(|| target.open())?;
+        if let Some(limit) = target.size_limit() {
+            // LIST counts CRLF line ends, as the target does.
+            let added = received
+                .as_ref()
+                .map_or(0, |r| (r.len() + r.lines().count()) as u64);
+            fetch.retain(|p| {
+                let size = p.listed.size.saturating_add(added);
+                if size <= limit {
+                    return true;
+                }
+                tally.skipped += 1;
+                opts.ui.verbose(&format!(
+                    "{}: left {} ({size} bytes) on the server: the target takes at most {limit}",
+                    account.name,
+                    sanitize(p.listed.uidl.as_bytes(), 80),
+                ));
+                refused.get_or_insert_with(|| {
+                    SyncError::Delivery(DeliveryError::TooBig {
+                        target: target.delivery().describe(),
+                        size,
+                        limit,
+                    })
+                });
+                false
+            });
+        }
+    }
     let bar = opts.ui.account_bar(
         &account.name,
         fetch.len(),
@@ -46,7 +87,7 @@ pub(super) async fn fetch_new<S: AsyncRead + AsyncWrite + Unpin>(
         account,
         opts,
         ahead: RetrAhead::new(&fetch, session),
-        received: received_header(account, opts),
+        received,
         record: target.delivery().to_record(),
         fetch: &fetch,
         session,
@@ -56,9 +97,6 @@ pub(super) async fn fetch_new<S: AsyncRead + AsyncWrite + Unpin>(
         bar: bar.as_ref(),
         to_delete: Vec::new(),
     };
-    if !fetch.is_empty() {
-        crate::command::blocking(|| run.target.open())?;
-    }
     let mut next = 0;
     while next < fetch.len() {
         // On SIGINT/SIGTERM: no new RETRs; the ones already sent are
@@ -73,7 +111,7 @@ pub(super) async fn fetch_new<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok(to_delete)
+    Ok(Fetched { to_delete, refused })
 }
 
 /// The `Received:` header popsync adds, if configured: the same for every

@@ -97,8 +97,10 @@ async fn deliver_then_delete<S: AsyncRead + AsyncWrite + Unpin>(
     tally: &mut Tally,
 ) -> Result<(), SyncError> {
     report_skipped(account, opts, plan, tally);
-    let mut to_delete =
-        fetch::fetch_new(account, opts, plan, &mut session, store, target, tally).await?;
+    let fetch::Fetched {
+        mut to_delete,
+        refused,
+    } = fetch::fetch_new(account, opts, plan, &mut session, store, target, tally).await?;
     let mut filtered = Vec::new();
     for p in &plan.messages {
         match p.action {
@@ -147,7 +149,7 @@ async fn deliver_then_delete<S: AsyncRead + AsyncWrite + Unpin>(
         plan.keys()
     };
     crate::command::blocking(|| store.prune(&account.name, &on_server))?;
-    Ok(())
+    refused.map_or(Ok(()), Err)
 }
 
 /// Count, and with `-v` name, what the plan leaves on the server unread.

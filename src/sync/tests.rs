@@ -37,6 +37,8 @@ struct Memory {
     log: Log,
     fail_commit: bool,
     next: usize,
+    /// What `size_limit` says (an IMAP server's APPENDLIMIT).
+    limit: Option<u64>,
 }
 
 struct MemorySink {
@@ -68,6 +70,10 @@ impl Sink for MemorySink {
 }
 
 impl Target for Memory {
+    fn size_limit(&self) -> Option<u64> {
+        self.limit
+    }
+
     fn delivery(&self) -> Delivery {
         Delivery::Mda("memory".into())
     }
@@ -133,7 +139,7 @@ enum Server {
 
 const MESSAGES: [&str; 3] = [
     "Subject: one\r\n\r\nfirst\r\n",
-    "Subject: two\r\n\r\nsecond\r\n",
+    "Subject: two\r\n\r\nsecond, the longest\r\n",
     "Subject: three\r\n\r\nthird\r\n",
 ];
 
@@ -224,12 +230,21 @@ async fn run(
     pipelining: bool,
     fail_commit: bool,
 ) -> (Result<(), SyncError>, Vec<String>) {
+    run_with_limit(mode, pipelining, fail_commit, None).await
+}
+
+async fn run_with_limit(
+    mode: Server,
+    pipelining: bool,
+    fail_commit: bool,
+    limit: Option<u64>,
+) -> (Result<(), SyncError>, Vec<String>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let state_dir = dir.path().to_path_buf();
     let config = crate::config::parse_str(
         Path::new("test.toml"),
         "[accounts.acct]\nhost = \"test\"\nuser = \"u\"\npassword = \"p\"\n\
-         retention = \"0d\"\ndeliver = { maildir = \"/nonexistent\" }\n",
+         retention = \"0d\"\nreceived_header = false\ndeliver = { maildir = \"/nonexistent\" }\n",
     )
     .expect("config");
     let account = config.accounts[0].clone();
@@ -278,6 +293,7 @@ async fn run(
         log: log.clone(),
         fail_commit,
         next: 0,
+        limit,
     };
     let mut tally = Tally::default();
     let outcome = deliver_then_delete(
@@ -364,4 +380,27 @@ async fn a_retr_refused_mid_batch_commits_what_came_and_sends_no_quit() {
             "{log:#?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_message_over_the_targets_limit_stays_and_the_others_are_delivered() {
+    // The second message is the longest; the limit lets the others through.
+    let limit = (MESSAGES[1].len() - 1) as u64;
+    assert!(MESSAGES[0].len() as u64 <= limit && MESSAGES[2].len() as u64 <= limit);
+    let (outcome, log) = run_with_limit(Server::Honest, true, false, Some(limit)).await;
+    match &outcome {
+        Err(e @ SyncError::Delivery(DeliveryError::TooBig { size, .. })) => {
+            assert_eq!(*size, MESSAGES[1].len() as u64);
+            assert_eq!(e.exit_code().code(), 74);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!log.iter().any(|e| e == "RETR 2"), "{log:#?}");
+    assert!(log.iter().any(|e| e.starts_with("DELE 1,")), "{log:#?}");
+    assert!(log.iter().any(|e| e.starts_with("DELE 3,")), "{log:#?}");
+    assert!(!log.iter().any(|e| e.starts_with("DELE 2,")), "{log:#?}");
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("QUIT, retrieved but uncommitted: []")
+    );
 }

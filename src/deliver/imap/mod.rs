@@ -172,6 +172,10 @@ impl Target for Imap {
         self.connected().map(|_| ())
     }
 
+    fn size_limit(&self) -> Option<u64> {
+        self.conn.as_ref().and_then(|c| c.caps.appendlimit)
+    }
+
     /// Without MULTIAPPEND each APPEND is a batch of its own, so that a
     /// batch is always committed on the server all or not at all.
     fn batch_limit(&self) -> usize {
