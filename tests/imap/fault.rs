@@ -123,6 +123,8 @@ struct State {
     reached: Vec<Point>,
     released: bool,
     connections: u32,
+    /// Connections whose thread still runs.
+    active: u32,
 }
 
 struct Shared {
@@ -201,6 +203,7 @@ impl Builder {
             reached: Vec::new(),
             released: false,
             connections: 0,
+            active: 0,
         };
         for name in std::iter::once("INBOX".to_owned()).chain(self.mailboxes) {
             state.create(&name);
@@ -312,6 +315,39 @@ impl FaultServer {
     /// How many APPEND commands arrived (whole or not).
     pub fn appends_seen(&self) -> u32 {
         self.shared.lock().appends_seen
+    }
+
+    /// Waits until every connection has ended (true) or `limit` has
+    /// passed: after popsync was killed, whatever it had sent is processed
+    /// before the next run looks at the mailbox.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut state = self.shared.lock();
+        loop {
+            if state.active == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .shared
+                .cond
+                .wait_timeout(state, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Changes (or with None removes) APPENDLIMIT for later connections.
+    pub fn set_append_limit(&self, limit: Option<usize>) {
+        let mut state = self.shared.lock();
+        state.caps.retain(|c| !c.starts_with("APPENDLIMIT="));
+        if let Some(n) = limit {
+            state.caps.push(format!("APPENDLIMIT={n}"));
+        }
+        state.append_limit = limit;
     }
 
     /// How many connections were accepted.
@@ -428,12 +464,19 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
-                shared.lock().connections += 1;
+                {
+                    let mut state = shared.lock();
+                    state.connections += 1;
+                    state.active += 1;
+                }
                 let shared = shared.clone();
                 thread::spawn(move || {
-                    let mut conn = Conn::new(stream, shared);
+                    let mut conn = Conn::new(stream, shared.clone());
                     let _ = conn.serve();
                     let _ = conn.stream.shutdown(Shutdown::Both);
+                    drop(conn);
+                    shared.lock().active -= 1;
+                    shared.cond.notify_all();
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
