@@ -1489,3 +1489,113 @@ fn without_literal_plus_or_multiappend_each_message_is_its_own_synchronising_app
     assert_eq!(out.code, 0, "{}", explain(&out));
     assert_eq!(srv.appends_seen(), 3);
 }
+
+// --- corner cases of recovery and refusals -----------------------------------
+
+#[test]
+fn after_a_kill_an_unreachable_imap_server_fetches_and_deletes_nothing() {
+    let dovecot = require_imap_dovecot!();
+    let srv = FaultServer::builder().start();
+    srv.fault(Trigger::Append(2), Fault::Stall(Point::AfterLiteral));
+    let case = fault_case(
+        dovecot,
+        "k-down",
+        &srv,
+        3,
+        2000,
+        "INBOX",
+        "retention = \"0d\"\n",
+    );
+    let mut child = imap::spawn(
+        &case.env,
+        &["fetch", "--all"],
+        &[("POPSYNC_NOW", NOW)],
+        "killed",
+    );
+    assert!(srv.wait_reached(Point::AfterLiteral, REACH));
+    assert!(imap::kill9(&mut child));
+    srv.clear_faults();
+    srv.release();
+    assert!(srv.wait_idle(Duration::from_secs(10)));
+
+    // The IMAP server is down for the next run: it closes every connection.
+    srv.set_down(true);
+    let out = case.run();
+    assert_eq!(
+        case.left_on_pop3().len(),
+        3,
+        "mail was deleted from the POP3 server while the IMAP server was down\n{}",
+        explain(&out)
+    );
+    assert_eq!(out.code, 75, "{}", explain(&out));
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{}", srv.port())),
+        "stderr does not name the IMAP server\n{}",
+        explain(&out)
+    );
+    srv.set_down(false);
+    assert_clean_run_delivers_each_once(&case, &srv, "INBOX");
+}
+
+#[test]
+fn connection_dropped_after_the_server_stored_the_message_is_75_and_never_a_duplicate() {
+    let dovecot = require_imap_dovecot!();
+    let srv = FaultServer::builder().start();
+    srv.fault(Trigger::Append(2), Fault::DropBeforeOk);
+    let case = fault_case(
+        dovecot,
+        "drop-ok",
+        &srv,
+        3,
+        2000,
+        "INBOX",
+        "retention = \"0d\"\n",
+    );
+    let out = case.run();
+    assert_eq!(out.code, 75, "{}", explain(&out));
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{}", srv.port())),
+        "{}",
+        explain(&out)
+    );
+    // Message 2 is on the IMAP server although popsync never heard so; it
+    // must still be on the POP3 server (not confirmed) and never twice.
+    let id = imap::message_id(&case.sent[1]).unwrap();
+    assert!(
+        case.left_on_pop3()
+            .iter()
+            .any(|m| imap::message_id(m).as_deref() == Some(id.as_str())),
+        "{id} was deleted from the POP3 server although its APPEND was not confirmed"
+    );
+    assert_clean_run_delivers_each_once(&case, &srv, "INBOX");
+}
+
+#[test]
+fn an_append_never_answered_times_out_with_75_and_is_never_a_duplicate() {
+    let dovecot = require_imap_dovecot!();
+    let srv = FaultServer::builder().start();
+    // Stored, but the tagged OK never comes (until the test ends the stall).
+    srv.fault(Trigger::Append(1), Fault::Stall(Point::AfterLiteral));
+    let case = fault_case(
+        dovecot,
+        "timeout",
+        &srv,
+        2,
+        2000,
+        "INBOX",
+        "retention = \"0d\"\ntimeout = 3\n",
+    );
+    let started = std::time::Instant::now();
+    let out = case.run();
+    let took = started.elapsed();
+    assert_eq!(out.code, 75, "{}", explain(&out));
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{}", srv.port())),
+        "{}",
+        explain(&out)
+    );
+    assert!(out.stderr.contains("timeout"), "{}", explain(&out));
+    assert_eq!(case.left_on_pop3().len(), 2);
+    assert_clean_run_delivers_each_once(&case, &srv, "INBOX");
+}
