@@ -89,6 +89,9 @@ pub enum Fault {
     Drop,
     /// Close the connection in the middle of the APPEND's first literal.
     DropMidLiteral,
+    /// Store the APPEND's messages, then close the connection without the
+    /// tagged OK (a server that crashed right after committing).
+    DropBeforeOk,
     /// Stop at `Point` until `release` (or the server is dropped), then go on.
     Stall(Point),
 }
@@ -123,6 +126,10 @@ struct State {
     reached: Vec<Point>,
     released: bool,
     connections: u32,
+    /// Connections whose thread still runs.
+    active: u32,
+    /// Closing every new connection at once, as a server that is down.
+    down: bool,
 }
 
 struct Shared {
@@ -201,6 +208,8 @@ impl Builder {
             reached: Vec::new(),
             released: false,
             connections: 0,
+            active: 0,
+            down: false,
         };
         for name in std::iter::once("INBOX".to_owned()).chain(self.mailboxes) {
             state.create(&name);
@@ -312,6 +321,45 @@ impl FaultServer {
     /// How many APPEND commands arrived (whole or not).
     pub fn appends_seen(&self) -> u32 {
         self.shared.lock().appends_seen
+    }
+
+    /// Waits until every connection has ended (true) or `limit` has
+    /// passed: after popsync was killed, whatever it had sent is processed
+    /// before the next run looks at the mailbox.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut state = self.shared.lock();
+        loop {
+            if state.active == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .shared
+                .cond
+                .wait_timeout(state, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// While `down`, every new connection is closed at once, before the
+    /// greeting (not counted in `connections`).
+    pub fn set_down(&self, down: bool) {
+        self.shared.lock().down = down;
+    }
+
+    /// Changes (or with None removes) APPENDLIMIT for later connections.
+    pub fn set_append_limit(&self, limit: Option<usize>) {
+        let mut state = self.shared.lock();
+        state.caps.retain(|c| !c.starts_with("APPENDLIMIT="));
+        if let Some(n) = limit {
+            state.caps.push(format!("APPENDLIMIT={n}"));
+        }
+        state.append_limit = limit;
     }
 
     /// How many connections were accepted.
@@ -428,12 +476,23 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
-                shared.lock().connections += 1;
+                if shared.lock().down {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    continue;
+                }
+                {
+                    let mut state = shared.lock();
+                    state.connections += 1;
+                    state.active += 1;
+                }
                 let shared = shared.clone();
                 thread::spawn(move || {
-                    let mut conn = Conn::new(stream, shared);
+                    let mut conn = Conn::new(stream, shared.clone());
                     let _ = conn.serve();
                     let _ = conn.stream.shutdown(Shutdown::Both);
+                    drop(conn);
+                    shared.lock().active -= 1;
+                    shared.cond.notify_all();
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -674,7 +733,9 @@ impl Conn {
     }
 
     fn record(&self, line: String) {
-        self.shared.lock().commands.push(line);
+        if !line.is_empty() {
+            self.shared.lock().commands.push(line);
+        }
     }
 
     fn serve(&mut self) -> io::Result<()> {
@@ -759,7 +820,9 @@ impl Conn {
                 self.send(&format!("{tag} NO {text}\r\n"))?;
                 return Ok(Flow::Go);
             }
-            Some(Fault::Drop | Fault::DropMidLiteral) => return Ok(Flow::Close),
+            Some(Fault::Drop | Fault::DropMidLiteral | Fault::DropBeforeOk) => {
+                return Ok(Flow::Close);
+            }
             Some(Fault::Stall(point)) => self.stall(point),
             None => {}
         }
@@ -1126,6 +1189,8 @@ impl Conn {
             Some(Fault::Stall(Point::AfterAppendLine)) => {
                 self.record(shown_line.clone());
                 self.stall(Point::AfterAppendLine);
+                // Recorded; whatever follows is not recorded again.
+                shown_line = String::new();
             }
             Some(Fault::Drop) => {
                 self.record(shown_line);
@@ -1191,7 +1256,7 @@ impl Conn {
                     self.record(shown_line);
                     return Ok(Flow::Close);
                 }
-                self.record(shown_line.clone());
+                self.record(std::mem::take(&mut shown_line));
                 self.stall(Point::MidLiteral);
                 // The client was probably killed meanwhile; if not, go on.
                 let Some(tail) = self.read_bytes(size - half)? else {
@@ -1217,13 +1282,7 @@ impl Conn {
             line = next;
         }
         parts.push(Part::Text(line));
-        let stalled_before = matches!(
-            fault,
-            Some(Fault::Stall(Point::AfterAppendLine | Point::MidLiteral))
-        );
-        if !stalled_before {
-            self.record(shown_line);
-        }
+        self.record(shown_line);
 
         // tag APPEND mailbox 1*( [flags] [date-time] literal )
         let toks = tokenize(&parts);
@@ -1311,6 +1370,9 @@ impl Conn {
         };
         if fault == Some(Fault::Stall(Point::AfterLiteral)) {
             self.stall(Point::AfterLiteral);
+        }
+        if fault == Some(Fault::DropBeforeOk) {
+            return Ok(Flow::Close);
         }
         let code = if caps_uidplus {
             let set = if uids.len() == 1 {

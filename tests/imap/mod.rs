@@ -215,11 +215,27 @@ impl MailUser {
         common::deliver_into_maildir(&self.maildir, self.owner, raw);
     }
 
-    /// What is in the user's INBOX now (LF line ends), by file name.
+    /// What is in the user's INBOX now (LF line ends), by file name. A
+    /// file Dovecot removes meanwhile (a POP3 DELE being committed) is
+    /// left out.
     pub fn server_messages(&self) -> Vec<Vec<u8>> {
-        common::maildir_files(&self.maildir)
-            .into_iter()
-            .map(|f| f.bytes)
+        let mut files = Vec::new();
+        for sub in ["new", "cur"] {
+            let Ok(dir) = fs::read_dir(self.maildir.join(sub)) else {
+                continue;
+            };
+            for entry in dir.flatten() {
+                files.push(entry.path());
+            }
+        }
+        files.sort_by_key(|p| p.file_name().map(|n| n.to_owned()));
+        files
+            .iter()
+            .filter_map(|p| match fs::read(p) {
+                Ok(bytes) => Some(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => panic!("read {}: {e}", p.display()),
+            })
             .collect()
     }
 
@@ -552,13 +568,15 @@ pub fn epoch(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> i64 {
 
 /// Spawns `popsync --config DIR/config.toml ARGS...` with stdout and stderr
 /// into DIR/NAME.stdout and .stderr, for tests that kill it.
-pub fn spawn(env: &TestEnv, args: &[&str], name: &str) -> Child {
+/// `envs` are extra environment variables (e.g. `POPSYNC_NOW`).
+pub fn spawn(env: &TestEnv, args: &[&str], envs: &[(&str, &str)], name: &str) -> Child {
     let stdout = fs::File::create(env.path().join(format!("{name}.stdout"))).expect("stdout file");
     let stderr = fs::File::create(env.path().join(format!("{name}.stderr"))).expect("stderr file");
     env.command()
         .arg("--config")
         .arg(env.config_path())
         .args(args)
+        .envs(envs.iter().copied())
         .stdout(stdout)
         .stderr(stderr)
         .spawn()
