@@ -69,8 +69,9 @@ pub enum DeliveryError {
     },
     #[error(transparent)]
     Imap(Box<imap::ImapError>),
+    /// Over the limit the target announced (only IMAP's APPENDLIMIT does).
     #[error(
-        "a message of {size} bytes is larger than the {limit} bytes that {target} accepts; it stays on the POP3 server"
+        "a message of {size} bytes is larger than the {limit} bytes that {target} accepts (APPENDLIMIT); it stays on the POP3 server, and the other messages are delivered"
     )]
     TooBig {
         target: String,
