@@ -671,7 +671,8 @@ fn a_config_others_can_write_is_refused_when_it_names_a_command_or_secret() {
 
 /// Issue 14 item 15. A config owned by another user (not root) that names
 /// a command: that user decides what popsync runs as us. Refused with 78,
-/// saying chown. Needs root (to give the file away); skipped otherwise.
+/// saying chown. Needs root (to give the file away); without it the test
+/// fails, or skips under POPSYNC_TEST_SKIP_SERVERS=1 (`common::cannot_run`).
 #[test]
 fn a_config_owned_by_another_user_is_refused() {
     if !is_root() {

@@ -287,108 +287,140 @@ fn login_delay_skips_a_run_before_the_delay_is_over_and_says_when_to_retry() {
     );
 }
 
-#[test]
-fn login_delay_counts_the_login_of_check_too() {
-    // README: "A server that announces LOGIN-DELAY is not logged into more
-    // often than it allows": a check logs in as much as a fetch does.
-    let srv = FaultServer::builder()
-        .messages(small_mail(1))
-        .capa(&capa_with(&["LOGIN-DELAY 900"]))
-        .start();
-    let env = TestEnv::new();
-    run_fault(
-        &env,
-        &srv,
-        "",
-        &["fetch", "test"],
-        Some("2026-03-01T12:00:00Z"),
-    )
-    .assert_code(0);
-    run_fault(
-        &env,
-        &srv,
-        "",
-        &["check", "test"],
-        Some("2026-03-01T12:15:00Z"),
-    )
-    .assert_code(1);
-    assert_eq!(srv.connections(), 2, "the delay was over: check logs in");
+/// One run of a `LoginDelay` row: `args` at `at` (`POPSYNC_NOW`), then
+/// how many logins the server has seen in all, the exit code, and what
+/// stderr says (when to retry).
+struct Step {
+    args: &'static [&'static str],
+    at: &'static str,
+    connections: Option<usize>,
+    code: i32,
+    says: &'static [&'static str],
+}
 
-    let out = run_fault(
-        &env,
-        &srv,
-        "",
-        &["fetch", "test"],
-        Some("2026-03-01T12:20:00Z"),
-    );
-    assert_eq!(
-        srv.connections(),
-        2,
-        "5 minutes after check's login popsync must not log in again (LOGIN-DELAY 900)\n\
-         exit {}\nstderr:\n{}",
-        out.code,
-        out.stderr
-    );
-    out.assert_code(75);
-    assert_contains(&out.stderr, "12:30", "stderr (when to retry)");
+/// Runs one after another against one server that announces
+/// `LOGIN-DELAY 900` (or nothing, with `login_delay: false`).
+struct LoginDelay {
+    name: &'static str,
+    login_delay: bool,
+    steps: Vec<Step>,
+}
+
+impl LoginDelay {
+    fn run(&self) {
+        let capa = if self.login_delay {
+            capa_with(&["LOGIN-DELAY 900"])
+        } else {
+            capa_with(&[])
+        };
+        let srv = FaultServer::builder()
+            .messages(small_mail(1))
+            .capa(&capa)
+            .start();
+        let env = TestEnv::new();
+        for step in &self.steps {
+            let out = run_fault(&env, &srv, "", step.args, Some(step.at));
+            if let Some(n) = step.connections {
+                assert_eq!(
+                    srv.connections(),
+                    n,
+                    "{:?} at {}: logins so far (LOGIN-DELAY 900: {})\n\
+                     exit {}\nstdout:\n{}\nstderr:\n{}",
+                    step.args,
+                    step.at,
+                    self.login_delay,
+                    out.code,
+                    out.stdout,
+                    out.stderr
+                );
+            }
+            out.assert_code(step.code);
+            for text in step.says {
+                assert_contains(&out.stderr, text, "stderr (when to retry)");
+            }
+        }
+    }
 }
 
 #[test]
-fn peek_honours_login_delay() {
-    let srv = FaultServer::builder()
-        .messages(small_mail(1))
-        .capa(&capa_with(&["LOGIN-DELAY 900"]))
-        .start();
-    let env = TestEnv::new();
-    run_fault(
-        &env,
-        &srv,
-        "",
-        &["fetch", "test"],
-        Some("2026-03-01T12:00:00Z"),
-    )
-    .assert_code(0);
-    let out = run_fault(
-        &env,
-        &srv,
-        "",
-        &["peek", "test"],
-        Some("2026-03-01T12:05:00Z"),
-    );
-    assert_eq!(
-        srv.connections(),
-        1,
-        "peek 5 minutes after a login logs in again despite LOGIN-DELAY 900\n\
-         exit {}\nstdout:\n{}\nstderr:\n{}",
-        out.code,
-        out.stdout,
-        out.stderr
-    );
-    out.assert_code(75);
-    assert_contains(&out.stderr, "12:15", "stderr (when to retry)");
-}
-
-#[test]
-fn without_login_delay_runs_may_follow_each_other_at_once() {
-    let srv = FaultServer::builder().messages(small_mail(1)).start();
-    let env = TestEnv::new();
-    run_fault(
-        &env,
-        &srv,
-        "",
-        &["fetch", "test"],
-        Some("2026-03-01T12:00:00Z"),
-    )
-    .assert_code(0);
-    run_fault(
-        &env,
-        &srv,
-        "",
-        &["fetch", "test"],
-        Some("2026-03-01T12:00:01Z"),
-    )
-    .assert_code(0);
-    assert_eq!(srv.connections(), 2);
+fn login_delay_is_honoured_by_every_command_that_logs_in() {
+    let fetch: &[&str] = &["fetch", "test"];
+    let rows = vec![
+        // README: "A server that announces LOGIN-DELAY is not logged into
+        // more often than it allows": a check logs in as much as a fetch
+        // does.
+        LoginDelay {
+            name: "login_delay_counts_the_login_of_check_too",
+            login_delay: true,
+            steps: vec![
+                Step {
+                    args: fetch,
+                    at: "2026-03-01T12:00:00Z",
+                    connections: None,
+                    code: 0,
+                    says: &[],
+                },
+                // The delay was over: check logs in.
+                Step {
+                    args: &["check", "test"],
+                    at: "2026-03-01T12:15:00Z",
+                    connections: Some(2),
+                    code: 1,
+                    says: &[],
+                },
+                // 5 minutes after check's login popsync must not log in again.
+                Step {
+                    args: fetch,
+                    at: "2026-03-01T12:20:00Z",
+                    connections: Some(2),
+                    code: 75,
+                    says: &["12:30"],
+                },
+            ],
+        },
+        // peek 5 minutes after a login does not log in again.
+        LoginDelay {
+            name: "peek_honours_login_delay",
+            login_delay: true,
+            steps: vec![
+                Step {
+                    args: fetch,
+                    at: "2026-03-01T12:00:00Z",
+                    connections: None,
+                    code: 0,
+                    says: &[],
+                },
+                Step {
+                    args: &["peek", "test"],
+                    at: "2026-03-01T12:05:00Z",
+                    connections: Some(1),
+                    code: 75,
+                    says: &["12:15"],
+                },
+            ],
+        },
+        LoginDelay {
+            name: "without_login_delay_runs_may_follow_each_other_at_once",
+            login_delay: false,
+            steps: vec![
+                Step {
+                    args: fetch,
+                    at: "2026-03-01T12:00:00Z",
+                    connections: None,
+                    code: 0,
+                    says: &[],
+                },
+                Step {
+                    args: fetch,
+                    at: "2026-03-01T12:00:01Z",
+                    connections: Some(2),
+                    code: 0,
+                    says: &[],
+                },
+            ],
+        },
+    ];
+    run_rows(rows, 2, |r| r.name, LoginDelay::run);
 }
 
 /// A server announcing `capa` (EXPIRE) and an account keeping mail for

@@ -1,5 +1,6 @@
 //! A full disk under the delivery target: a small tmpfs (mounted by the
-//! test, which needs root; skipped with a note otherwise, unless CI=true)
+//! test, which needs root; without it the test fails, or skips with a note
+//! under POPSYNC_TEST_SKIP_SERVERS=1: `common::cannot_run`)
 //! holds the Maildir or the mbox. popsync must exit 74 naming the path and
 //! the full disk, leave only whole messages behind, delete nothing that was
 //! not delivered (retention "0d"), and deliver the rest exactly once when

@@ -7,8 +7,9 @@
 //! file) are reported as ignored.
 //!
 //! The tools are installed with apt-get when missing and running as root.
-//! Otherwise the tests are skipped with a note, except under CI=true, where a
-//! missing tool is a failure. The contract is /work/shared/DESIGN.md
+//! Otherwise a missing tool fails the test, unless POPSYNC_TEST_SKIP_SERVERS=1
+//! asks to skip it (never under CI=true; `common::cannot_run`). The
+//! contract is /work/shared/DESIGN.md
 //! ("Seen-store": `seen import`).
 
 mod common;

@@ -14,6 +14,7 @@ fn shell_quote(s: &str) -> String {
 /// Run popsync under a pseudo-terminal; returns everything the terminal saw.
 fn run_on_a_terminal(env: &TestEnv, args: &[&str]) -> Option<String> {
     if Command::new("script").arg("--version").output().is_err() {
+        common::cannot_run("util-linux `script` not installed");
         return None;
     }
     let mut line = format!(
@@ -62,7 +63,6 @@ fn a_terminal_gets_a_progress_bar_with_messages_and_bytes() {
         return;
     };
     let Some(screen) = run_on_a_terminal(&env, &["fetch", "--all"]) else {
-        common::cannot_run("util-linux `script` not installed");
         return;
     };
     assert!(

@@ -42,11 +42,12 @@ mod conn;
 mod sasl;
 mod tls;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common::{Output, TestEnv, maildir_messages, maildir_tmp_files};
 use conn::accept_loop;
 use tls::TestTls;
 
@@ -838,4 +839,82 @@ impl crate::common::TestEnv {
         let env: Vec<(&str, &str)> = now.map(|t| ("POPSYNC_NOW", t)).into_iter().collect();
         self.run_config_with_env(&self.fault_config(srv, timeout_secs, extra), args, &env)
     }
+}
+
+// ---------------------------------------------------------------------------
+// Runs of `fetch` against a fault server, and what they left
+// ---------------------------------------------------------------------------
+
+/// A test message: headers, a body with a line that needs dot-stuffing and a
+/// `From ` line, padded with text to about `size` octets; LF line ends.
+pub fn message(i: usize, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: sender{i}@example.org\nTo: alice@example.org\nSubject: message {i}\n\
+         Message-ID: <{i}@fault.test>\n\nHello {i}.\n.a line starting with a dot\n\
+         From the start of a line\n..\n"
+    )
+    .into_bytes();
+    let mut n = 0;
+    while m.len() < size {
+        n += 1;
+        m.extend_from_slice(format!("filler line {n} of message {i}\n").as_bytes());
+    }
+    m
+}
+
+/// `n` test messages of growing size.
+pub fn messages(n: usize) -> Vec<Vec<u8>> {
+    (1..=n).map(|i| message(i, 300 + 40 * i)).collect()
+}
+
+/// The timeout of the account `fetch` runs: short, so stalls end soon.
+pub const FETCH_TIMEOUT_SECS: u64 = 2;
+
+/// `fetch test ARGS` against `srv` with `extra` account lines
+/// (`TestEnv::fault_config`).
+pub fn fetch(env: &TestEnv, srv: &FaultServer, extra: &str, args: &[&str]) -> Output {
+    fetch_at(env, srv, extra, args, None)
+}
+
+/// `fetch` with `POPSYNC_NOW` set to `now` if given.
+pub fn fetch_at(
+    env: &TestEnv,
+    srv: &FaultServer,
+    extra: &str,
+    args: &[&str],
+    now: Option<&str>,
+) -> Output {
+    let mut all = vec!["fetch", ACCOUNT];
+    all.extend_from_slice(args);
+    env.run_fault(srv, FETCH_TIMEOUT_SECS, extra, &all, now)
+}
+
+/// The account's Maildir.
+pub fn maildir(env: &TestEnv) -> PathBuf {
+    env.maildir(ACCOUNT)
+}
+
+/// The messages in new/ and cur/, sorted (so equal lists mean "each
+/// exactly once").
+pub fn delivered(env: &TestEnv) -> Vec<Vec<u8>> {
+    maildir_messages(&maildir(env))
+}
+
+/// Files left in tmp/ (a partial delivery would be one).
+pub fn tmp_files(env: &TestEnv) -> Vec<String> {
+    maildir_tmp_files(&maildir(env))
+}
+
+/// Was `line` sent, exactly?
+pub fn sent(commands: &[String], line: &str) -> bool {
+    commands.iter().any(|c| c == line)
+}
+
+/// The commands of `verb` that were sent.
+pub fn sent_verb(commands: &[String], verb: &str) -> Vec<String> {
+    commands
+        .iter()
+        .filter(|c| c.split(' ').next() == Some(verb))
+        .cloned()
+        .collect()
 }
