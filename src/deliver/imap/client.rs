@@ -330,6 +330,9 @@ impl Conn {
         flags: &[String],
         messages: &mut [Spooled],
     ) -> Result<Option<(u32, Vec<u32>)>, ImapError> {
+        if messages.is_empty() {
+            return Ok(None);
+        }
         let server = self.server.clone();
         let total: u64 = messages.iter().map(|m| m.crlf_size).sum();
         if let Some(limit) = self.caps.appendlimit

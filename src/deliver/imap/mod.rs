@@ -69,6 +69,9 @@ pub struct Imap {
     spool_dir: PathBuf,
     conn: Option<Conn>,
     state: Option<MailboxState>,
+    /// The last APPEND came without APPENDUID, so UIDNEXT is not known
+    /// until the mailbox is examined again.
+    uidnext_stale: bool,
     next: u64,
     warnings: Vec<String>,
 }
@@ -90,22 +93,9 @@ impl Imap {
             spool_dir,
             conn: None,
             state: None,
+            uidnext_stale: false,
             next: 0,
             warnings: Vec::new(),
-        }
-    }
-
-    /// Run network I/O from the (blocking) target methods, which `sync`
-    /// calls through `command::blocking` on the multi-thread runtime.
-    fn block_on<T>(&self, f: impl Future<Output = T>) -> Result<T, DeliveryError> {
-        match Handle::try_current() {
-            Ok(h) => Ok(h.block_on(f)),
-            Err(_) => Err(ImapError::Protocol {
-                server: self.spec.server(),
-                during: "before connecting".into(),
-                text: "no async runtime (an internal error)".into(),
-            }
-            .into()),
         }
     }
 
@@ -118,7 +108,7 @@ impl Imap {
                 .resolve(self.command_timeout)
                 .map_err(ImapError::Secret)?;
             let (spec, timeout) = (self.spec.clone(), self.timeout);
-            let (conn, state) = self.block_on(async move {
+            let (conn, state) = block_on(&spec.server(), async move {
                 let mut conn = Conn::open(&spec, &password, timeout).await?;
                 let state = conn.examine(&spec.mailbox, spec.create).await?;
                 Ok::<_, ImapError>((conn, state))
@@ -148,6 +138,20 @@ impl Imap {
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
                 .collect::<String>()
         )
+    }
+}
+
+/// Run network I/O from the (blocking) target methods, which `sync` calls
+/// through `command::blocking` on the multi-thread runtime.
+fn block_on<T>(server: &str, f: impl Future<Output = T>) -> Result<T, DeliveryError> {
+    match Handle::try_current() {
+        Ok(h) => Ok(h.block_on(f)),
+        Err(_) => Err(ImapError::Protocol {
+            server: server.to_owned(),
+            during: "outside the async runtime".into(),
+            text: "an internal error".into(),
+        }
+        .into()),
     }
 }
 
@@ -186,6 +190,20 @@ impl Target for Imap {
     }
 
     fn prepare_batch(&mut self, n: usize) -> Result<Vec<Prepared>, DeliveryError> {
+        if self.uidnext_stale {
+            // A pending row's UIDNEXT must be past every message appended
+            // before it, or a search after a crash could find an earlier
+            // message with the same Message-ID or size.
+            let (mailbox, create, server) = (
+                self.spec.mailbox.clone(),
+                self.spec.create,
+                self.spec.server(),
+            );
+            let (conn, _) = self.connected()?;
+            let fresh = block_on(&server, conn.examine(&mailbox, create))??;
+            self.state = Some(fresh);
+            self.uidnext_stale = false;
+        }
         let (_, state) = self.connected()?;
         Ok((0..n)
             .map(|_| Prepared {
@@ -234,30 +252,17 @@ impl Target for Imap {
             }
         }
         let (mailbox, flags) = (self.spec.mailbox.clone(), self.spec.flags.clone());
-        let base = format!(
-            "imap://{}@{}/{}",
-            self.spec.user,
-            self.spec.server(),
-            self.spec.mailbox
-        );
+        let server = self.spec.server();
+        let base = format!("imap://{}@{server}/{mailbox}", self.spec.user);
         let (conn, _) = self.connected()?;
-        let appended = {
-            let f = conn.append(&mailbox, &flags, &mut spooled);
-            match Handle::try_current() {
-                Ok(h) => h.block_on(f)?,
-                Err(_) => {
-                    return Err(DeliveryError::Imap(Box::new(ImapError::Protocol {
-                        server: String::new(),
-                        during: "APPEND".into(),
-                        text: "no async runtime (an internal error)".into(),
-                    })));
-                }
-            }
-        };
+        let appended = block_on(&server, conn.append(&mailbox, &flags, &mut spooled))??;
         // The mailbox grew: later batches' UIDNEXT is past these.
-        if let Some(state) = self.state.as_mut() {
-            let last = appended.as_ref().and_then(|(_, uids)| uids.last().copied());
-            state.uidnext = last.map_or(state.uidnext, |u| u.saturating_add(1).max(state.uidnext));
+        let last = appended
+            .as_ref()
+            .and_then(|(_, uids)| uids.iter().max().copied());
+        match (self.state.as_mut(), last) {
+            (Some(state), Some(u)) => state.uidnext = u.saturating_add(1).max(state.uidnext),
+            _ => self.uidnext_stale = true,
         }
         Ok(spooled
             .iter()
@@ -311,11 +316,7 @@ impl Target for Imap {
             ));
             return Ok(None);
         };
-        let f = conn.search(&query);
-        let found = match Handle::try_current() {
-            Ok(h) => h.block_on(f)?,
-            Err(_) => return Ok(None),
-        };
+        let found = block_on(&server, conn.search(&query))??;
         let base = format!("imap://{}@{}/{}", self.spec.user, server, self.spec.mailbox);
         Ok(found.last().map(|uid| {
             format!(
