@@ -23,9 +23,8 @@ use std::thread;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Account, TestEnv, maildir_messages, require_dovecot_with, sorted, toml_string};
-use fault::{FaultServer, plain_account_config, popsync, popsync_env};
-use tempfile::TempDir;
+use common::{Account, Output, TestEnv, maildir_messages, require_dovecot, sorted, toml_string};
+use fault::{FaultServer, plain_account_config};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -90,30 +89,27 @@ fn config_with_secret(dir: &Path, srv: &FaultServer, maildir: &Path, secret_line
 /// delivered all three messages twice.
 #[test]
 fn an_empty_listing_keeps_the_seen_store_so_returning_mail_is_not_fetched_again() {
-    let dir = TempDir::new().unwrap();
-    let maildir = dir.path().join("Mail");
+    let env = TestEnv::new();
+    let maildir = env.path().join("Mail");
     let bodies: Vec<Vec<u8>> = (1..=3).map(mail).collect();
     let full = FaultServer::builder().messages(bodies.clone()).start();
     let empty = FaultServer::builder().start();
 
-    let (code, _, stderr) = popsync(
-        dir.path(),
-        &plain_account_config(dir.path(), "acct", &full, &maildir, 10, ""),
+    let Output { code, stderr, .. } = env.run_config(
+        &plain_account_config(env.path(), "acct", &full, &maildir, 10, ""),
         &["fetch", "--all"],
     );
     assert_eq!(code, 0, "first fetch: {stderr}");
     assert_eq!(maildir_messages(&maildir), sorted(bodies.clone()));
 
-    let (code, _, stderr) = popsync(
-        dir.path(),
-        &plain_account_config(dir.path(), "acct", &empty, &maildir, 10, ""),
+    let Output { code, stderr, .. } = env.run_config(
+        &plain_account_config(env.path(), "acct", &empty, &maildir, 10, ""),
         &["fetch", "--all"],
     );
     assert_eq!(code, 0, "fetch of an empty mailbox: {stderr}");
 
-    let (code, _, stderr) = popsync(
-        dir.path(),
-        &plain_account_config(dir.path(), "acct", &full, &maildir, 10, ""),
+    let Output { code, stderr, .. } = env.run_config(
+        &plain_account_config(env.path(), "acct", &full, &maildir, 10, ""),
         &["fetch", "--all"],
     );
     assert_eq!(code, 0, "third fetch: {stderr}");
@@ -131,8 +127,8 @@ fn an_empty_listing_keeps_the_seen_store_so_returning_mail_is_not_fetched_again(
 /// new mail with new UIDLs afterwards is new mail, not a UIDL reset.
 #[test]
 fn after_mail_popsync_would_delete_is_gone_new_mail_is_not_taken_for_a_uidl_reset() {
-    let dir = TempDir::new().unwrap();
-    let maildir = dir.path().join("Mail");
+    let env = TestEnv::new();
+    let maildir = env.path().join("Mail");
     let first: Vec<Vec<u8>> = (1..=10).map(mail).collect();
     let second: Vec<Vec<u8>> = (11..=20).map(mail).collect();
     let full = FaultServer::builder().messages(first.clone()).start();
@@ -140,18 +136,17 @@ fn after_mail_popsync_would_delete_is_gone_new_mail_is_not_taken_for_a_uidl_rese
     let renewed = FaultServer::builder().messages(second.clone()).start();
     let zero = "retention = \"0d\"";
     let run = |srv: &FaultServer, extra: &str| {
-        popsync(
-            dir.path(),
-            &plain_account_config(dir.path(), "acct", srv, &maildir, 10, extra),
+        env.run_config(
+            &plain_account_config(env.path(), "acct", srv, &maildir, 10, extra),
             &["fetch", "--all"],
         )
     };
 
-    let (code, _, stderr) = run(&full, "");
+    let Output { code, stderr, .. } = run(&full, "");
     assert_eq!(code, 0, "first fetch: {stderr}");
-    let (code, _, stderr) = run(&empty, zero);
+    let Output { code, stderr, .. } = run(&empty, zero);
     assert_eq!(code, 0, "fetch of the emptied mailbox: {stderr}");
-    let (code, _, stderr) = run(&renewed, zero);
+    let Output { code, stderr, .. } = run(&renewed, zero);
     assert_eq!(code, 0, "new mail after the old went: {stderr}");
     let mut all = first;
     all.extend(second);
@@ -169,27 +164,32 @@ fn after_mail_popsync_would_delete_is_gone_new_mail_is_not_taken_for_a_uidl_rese
 /// Old code deleted it without downloading it: the mail was lost.
 #[test]
 fn a_reused_uidl_of_a_deleted_message_is_fetched_not_deleted_unread() {
-    let dir = TempDir::new().unwrap();
-    let maildir = dir.path().join("Mail");
+    let env = TestEnv::new();
+    let maildir = env.path().join("Mail");
     let srv = FaultServer::builder()
         .messages(vec![mail(1)])
         .uidls(&["u1"])
         .start();
-    let config = plain_account_config(dir.path(), "acct", &srv, &maildir, 10, "retention = \"0d\"");
+    let config = plain_account_config(env.path(), "acct", &srv, &maildir, 10, "retention = \"0d\"");
 
-    let (code, _, stderr) = popsync(dir.path(), &config, &["fetch", "--all"]);
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "--all"]);
     assert_eq!(code, 0, "first fetch: {stderr}");
     assert!(srv.mailbox().is_empty(), "0d deletes after delivery");
 
     srv.add_message(&mail(2), "u1");
-    let (code, stdout, stderr) = popsync(dir.path(), &config, &["fetch", "--all", "--dry-run"]);
+    let Output {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = env.run_config(&config, &["fetch", "--all", "--dry-run"]);
     assert_eq!(code, 0, "dry run: {stderr}");
     assert!(
         stdout.starts_with("fetch u1 "),
         "the new message under a reused UIDL should be fetched, the plan says:\n{stdout}"
     );
 
-    let (code, _, stderr) = popsync(dir.path(), &config, &["fetch", "--all"]);
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "--all"]);
     assert_eq!(code, 0, "second fetch: {stderr}");
     assert_eq!(
         maildir_messages(&maildir),
@@ -206,15 +206,15 @@ fn a_reused_uidl_of_a_deleted_message_is_fetched_not_deleted_unread() {
 /// arrived (after first deleting it unread, see the test above).
 #[test]
 fn a_reused_uidl_counts_retention_from_its_own_download() {
-    let dir = TempDir::new().unwrap();
-    let maildir = dir.path().join("Mail");
+    let env = TestEnv::new();
+    let maildir = env.path().join("Mail");
     let srv = FaultServer::builder()
         .messages(vec![mail(1)])
         .uidls(&["u1"])
         .start();
-    let zero = plain_account_config(dir.path(), "acct", &srv, &maildir, 10, "retention = \"0d\"");
+    let zero = plain_account_config(env.path(), "acct", &srv, &maildir, 10, "retention = \"0d\"");
     let fourteen = plain_account_config(
-        dir.path(),
+        env.path(),
         "acct",
         &srv,
         &maildir,
@@ -222,25 +222,20 @@ fn a_reused_uidl_counts_retention_from_its_own_download() {
         "retention = \"14d\"",
     );
     let run = |config: &str, now: &str| {
-        popsync_env(
-            dir.path(),
-            config,
-            &["fetch", "--all"],
-            &[("POPSYNC_NOW", now)],
-        )
+        env.run_config_with_env(config, &["fetch", "--all"], &[("POPSYNC_NOW", now)])
     };
 
-    let (code, _, stderr) = run(&zero, "2026-01-01T00:00:00Z");
+    let Output { code, stderr, .. } = run(&zero, "2026-01-01T00:00:00Z");
     assert_eq!(code, 0, "{stderr}");
     assert!(srv.mailbox().is_empty());
 
     srv.add_message(&mail(2), "u1");
-    let (code, _, stderr) = run(&fourteen, "2026-02-01T00:00:00Z");
+    let Output { code, stderr, .. } = run(&fourteen, "2026-02-01T00:00:00Z");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(maildir_messages(&maildir), sorted(vec![mail(1), mail(2)]));
     assert_eq!(srv.mailbox(), vec![mail(2)], "14d keeps it for now");
 
-    let (code, _, stderr) = run(&fourteen, "2026-02-02T00:00:00Z");
+    let Output { code, stderr, .. } = run(&fourteen, "2026-02-02T00:00:00Z");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         srv.mailbox(),
@@ -248,7 +243,7 @@ fn a_reused_uidl_counts_retention_from_its_own_download() {
         "downloaded one day ago, retention 14d: it must stay on the server"
     );
 
-    let (code, _, stderr) = run(&fourteen, "2026-02-16T00:00:00Z");
+    let Output { code, stderr, .. } = run(&fourteen, "2026-02-16T00:00:00Z");
     assert_eq!(code, 0, "{stderr}");
     assert!(
         srv.mailbox().is_empty(),
@@ -267,8 +262,8 @@ fn a_reused_uidl_counts_retention_from_its_own_download() {
 #[test]
 fn a_huge_login_delay_is_clamped_and_later_runs_do_not_panic() {
     for delay in ["100000000000000", "9000000000000000000"] {
-        let dir = TempDir::new().unwrap();
-        let maildir = dir.path().join("Mail");
+        let env = TestEnv::new();
+        let maildir = env.path().join("Mail");
         let login_delay = format!("LOGIN-DELAY {delay}");
         let srv = FaultServer::builder()
             .messages(vec![mail(1)])
@@ -281,20 +276,15 @@ fn a_huge_login_delay_is_clamped_and_later_runs_do_not_panic() {
                 &login_delay,
             ])
             .start();
-        let config = plain_account_config(dir.path(), "acct", &srv, &maildir, 10, "");
+        let config = plain_account_config(env.path(), "acct", &srv, &maildir, 10, "");
         let run = |now: &str| {
-            popsync_env(
-                dir.path(),
-                &config,
-                &["fetch", "--all"],
-                &[("POPSYNC_NOW", now)],
-            )
+            env.run_config_with_env(&config, &["fetch", "--all"], &[("POPSYNC_NOW", now)])
         };
 
-        let (code, _, stderr) = run("2026-03-01T00:00:00Z");
+        let Output { code, stderr, .. } = run("2026-03-01T00:00:00Z");
         assert_eq!(code, 0, "LOGIN-DELAY {delay}, first run: {stderr}");
 
-        let (code, _, stderr) = run("2026-03-01T01:00:00Z");
+        let Output { code, stderr, .. } = run("2026-03-01T01:00:00Z");
         assert_eq!(
             code, 75,
             "LOGIN-DELAY {delay}, an hour later: expected 75 (skipped), got {code}: {stderr}"
@@ -304,7 +294,7 @@ fn a_huge_login_delay_is_clamped_and_later_runs_do_not_panic() {
             "LOGIN-DELAY {delay}: {stderr}"
         );
 
-        let (code, _, stderr) = run("2026-03-03T00:00:00Z");
+        let Output { code, stderr, .. } = run("2026-03-03T00:00:00Z");
         assert_eq!(code, 0, "LOGIN-DELAY {delay}, two days later: {stderr}");
         assert_eq!(srv.connections(), 2, "the skipped run must not log in");
     }
@@ -395,15 +385,20 @@ fn hostile_certificate_server() -> u16 {
 #[test]
 fn probe_sanitises_the_certificate_subject_and_issuer() {
     let port = hostile_certificate_server();
-    let dir = TempDir::new().unwrap();
+    let env = TestEnv::new();
     let config = format!(
         "[defaults]\nstate_dir = {}\n\n[accounts.acct]\nhost = \"127.0.0.1\"\nport = {port}\n\
          tls = \"implicit\"\nuser = \"alice\"\npassword = \"secret\"\n\
          deliver = {{ maildir = {} }}\n",
-        toml_string(&dir.path().join("state").to_string_lossy()),
-        toml_string(&dir.path().join("Mail").to_string_lossy()),
+        toml_string(&env.path().join("state").to_string_lossy()),
+        toml_string(&env.path().join("Mail").to_string_lossy()),
     );
-    let (code, stdout, stderr) = popsync(dir.path(), &config, &["probe", "acct"]);
+    let Output {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = env.run_config(&config, &["probe", "acct"]);
     assert_eq!(
         code, 77,
         "an untrusted certificate is 77:\n{stdout}\n{stderr}"
@@ -420,32 +415,44 @@ fn probe_sanitises_the_certificate_subject_and_issuer() {
 /// the server offers as it spelled them.
 #[test]
 fn no_common_mechanism_error_sanitises_the_offered_mechanisms() {
-    let dir = TempDir::new().unwrap();
-    let maildir = dir.path().join("Mail");
+    let env = TestEnv::new();
+    let maildir = env.path().join("Mail");
     let sasl = format!("SASL X-EVIL{HOSTILE}");
     let srv = FaultServer::builder()
         .messages(vec![mail(1)])
         .capa(&["UIDL", &sasl])
         .start();
     let config = plain_account_config(
-        dir.path(),
+        env.path(),
         "acct",
         &srv,
         &maildir,
         10,
         "auth = [\"cram-md5\"]",
     );
-    let (code, stdout, stderr) = popsync(dir.path(), &config, &["fetch", "--all"]);
+    let Output {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = env.run_config(&config, &["fetch", "--all"]);
     assert_eq!(code, 77, "{stderr}");
     assert!(
         stderr.contains("no login mechanism in common") && stderr.contains("X-EVIL"),
         "{stderr}"
     );
     assert_clean(&stderr, "fetch's stderr");
-    let (_, stdout_json, _) = popsync(dir.path(), &config, &["fetch", "--all", "--json"]);
+    let Output {
+        stdout: stdout_json,
+        ..
+    } = env.run_config(&config, &["fetch", "--all", "--json"]);
     assert_clean(&stdout, "fetch's stdout");
     assert_clean(&stdout_json, "fetch --json");
-    let (_, probe_out, probe_err) = popsync(dir.path(), &config, &["probe", "acct"]);
+    let Output {
+        stdout: probe_out,
+        stderr: probe_err,
+        ..
+    } = env.run_config(&config, &["probe", "acct"]);
     assert_clean(&probe_out, "probe's stdout");
     assert_clean(&probe_err, "probe's stderr");
 }
@@ -513,15 +520,20 @@ fn scram_error_server(error: &'static str) -> u16 {
 fn scram_server_error_is_sanitised() {
     const ERROR: &str = "invalid-proof\x1b]0;owned\x07\x1b[2J\u{202e}";
     let port = scram_error_server(ERROR);
-    let dir = TempDir::new().unwrap();
+    let env = TestEnv::new();
     let config = format!(
         "[defaults]\nstate_dir = {}\ntimeout = 10\n\n[accounts.acct]\nhost = \"127.0.0.1\"\n\
          port = {port}\ntls = \"none\"\nallow_plaintext = true\nuser = \"alice\"\n\
          password = \"secret\"\nauth = [\"scram-sha-256\"]\ndeliver = {{ maildir = {} }}\n",
-        toml_string(&dir.path().join("state").to_string_lossy()),
-        toml_string(&dir.path().join("Mail").to_string_lossy()),
+        toml_string(&env.path().join("state").to_string_lossy()),
+        toml_string(&env.path().join("Mail").to_string_lossy()),
     );
-    let (code, stdout, stderr) = popsync(dir.path(), &config, &["fetch", "--all"]);
+    let Output {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = env.run_config(&config, &["fetch", "--all"]);
     assert_eq!(code, 77, "{stderr}");
     assert!(
         stderr.contains("rejected SCRAM") && stderr.contains("invalid-proof"),
@@ -542,7 +554,7 @@ fn scram_server_error_is_sanitised() {
 /// Old code logged in with APOP over STLS.
 #[test]
 fn apop_is_not_used_after_stls() {
-    let dovecot = require_dovecot_with!("--apop");
+    let dovecot = require_dovecot!("--apop");
     let alice = dovecot.add_user("alice", "secret-apop");
     alice.deliver(&mail(1));
 
@@ -644,7 +656,15 @@ fn a_config_others_can_write_is_refused_when_it_names_a_command_or_secret() {
         env.defaults_toml()
     ));
     chmod(&config, 0o620);
-    env.run(&["accounts"]).assert_code(78);
+    let out = env.run(&["accounts"]);
+    out.assert_code(78);
+    assert!(
+        out.stderr.contains(&config.display().to_string())
+            && out.stderr.contains("chmod")
+            && out.stderr.contains("0620"),
+        "the error should name the file, its mode and chmod:\n{}",
+        out.stderr
+    );
     chmod(&config, 0o600);
     env.run(&["accounts"]).assert_code(0);
 }
@@ -655,7 +675,7 @@ fn a_config_others_can_write_is_refused_when_it_names_a_command_or_secret() {
 #[test]
 fn a_config_owned_by_another_user_is_refused() {
     if !is_root() {
-        eprintln!("skipped: needs root to chown a file to another user");
+        common::cannot_run("needs root to chown a file to another user");
         return;
     }
     let env = TestEnv::new();
@@ -680,13 +700,13 @@ fn a_config_owned_by_another_user_is_refused() {
 /// whatever its mode and logged in.
 #[test]
 fn a_password_file_others_can_read_or_write_is_refused() {
-    let dir = TempDir::new().unwrap();
-    let maildir = dir.path().join("Mail");
+    let env = TestEnv::new();
+    let maildir = env.path().join("Mail");
     let srv = FaultServer::builder().messages(vec![mail(1)]).start();
-    let pw = dir.path().join("pw");
+    let pw = env.path().join("pw");
     fs::write(&pw, "secret\n").unwrap();
     let config = config_with_secret(
-        dir.path(),
+        env.path(),
         &srv,
         &maildir,
         &format!("password_file = {}", toml_string(&pw.to_string_lossy())),
@@ -707,7 +727,7 @@ fn a_password_file_others_can_read_or_write_is_refused() {
             std::os::unix::fs::chown(&pw, Some(uid), None).expect("chown");
         }
         let what = format!("mode {mode:04o}, owner {owner:?}");
-        let (code, _, stderr) = popsync(dir.path(), &config, &["fetch", "--all"]);
+        let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "--all"]);
         assert_eq!(code, 78, "password_file {what}: {stderr}");
         assert!(
             stderr.contains("password_file")
@@ -726,7 +746,7 @@ fn a_password_file_others_can_read_or_write_is_refused() {
         std::os::unix::fs::chown(&pw, Some(0), None).expect("chown back");
     }
     chmod(&pw, 0o600);
-    let (code, _, stderr) = popsync(dir.path(), &config, &["fetch", "--all"]);
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "--all"]);
     assert_eq!(code, 0, "a private password_file works: {stderr}");
     assert_eq!(maildir_messages(&maildir), vec![mail(1)]);
 }

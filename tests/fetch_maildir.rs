@@ -490,7 +490,7 @@ fn maildir_name_check_accepts_spec_names_only() {
 
 #[test]
 fn starttls_not_offered_exits_77_without_sending_the_password() {
-    let dovecot = common::require_dovecot_without_stls!();
+    let dovecot = common::require_dovecot!("--no-stls");
     let alice = dovecot.add_user("alice", "secret");
     let sent = deliver_samples(&alice, 1, 2);
     let env = TestEnv::new();

@@ -7,13 +7,13 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 
-use common::{TestEnv, maildir_messages, require_dovecot, require_dovecot_without_stls};
+use common::{TestEnv, maildir_messages, require_dovecot};
 
 #[test]
 fn dovecot_serves_delivered_messages_over_pop3s_and_stls() {
     let dovecot = require_dovecot!();
     if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("skipped: python3 not installed (needed by tests/dovecot/selfcheck.py)");
+        common::cannot_run("python3 not installed (needed by tests/dovecot/selfcheck.py)");
         return;
     }
     // selfcheck.py adds its own user, delivers a message with nasty lines and
@@ -52,7 +52,7 @@ fn dropping_dovecot_stops_the_server() {
 
 #[test]
 fn server_without_stls_has_no_pop3s_port() {
-    let dovecot = require_dovecot_without_stls!();
+    let dovecot = require_dovecot!("--no-stls");
     assert!(TcpStream::connect(("127.0.0.1", dovecot.pop3_port())).is_ok());
     let conf = std::fs::read_to_string(dovecot.dir().join("dovecot.conf")).expect("conf");
     assert!(conf.contains("ssl = no"));

@@ -16,7 +16,7 @@ use common::servers::PopServer;
 /// server log unless it exits 0. Returns its stdout.
 fn python(script: &str, args: &[&str], server: &dyn PopServer) -> Option<String> {
     if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("skipped: python3 not installed");
+        common::cannot_run("python3 not installed");
         return None;
     }
     let out = Command::new("python3")
@@ -287,17 +287,21 @@ fn watchdogs_for(dir: &Path) -> Vec<u32> {
 #[test]
 fn the_shared_courier_serves_every_test_and_has_a_watchdog() {
     let Some(courier) = Courier::shared() else {
-        eprintln!(
-            "skipped: courier not usable ({})",
-            common::courier::unusable_reason().unwrap_or_default()
-        );
         return;
     };
     let again = Courier::shared().expect("shared once, shared always");
     assert!(std::ptr::eq(courier, again));
     assert_eq!(courier.kind(), "courier");
-    // (A watchdog forking `sleep` may briefly show up twice.)
-    assert!(!watchdogs_for(courier.dir()).is_empty(), "no watchdog");
+    // (A watchdog forking `sleep` may briefly show up twice.) start.sh may
+    // have printed its output before the background watchdog's bash is
+    // exec'd, so give it a moment to appear.
+    let watchdog_up = (0..30).any(|i| {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        !watchdogs_for(courier.dir()).is_empty()
+    });
+    assert!(watchdog_up, "no watchdog");
 
     let mailbox = courier.add_mailbox("shared1", "secret");
     let other = courier.add_mailbox("shared2", "secret");

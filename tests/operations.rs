@@ -1,8 +1,8 @@
 //! How popsync behaves as an operator sees it, through the real binary:
 //! overlapping runs and the per-account lock, `--jobs` and how the exit codes
-//! of several accounts merge, SIGINT/SIGTERM in the middle of a fetch, every
-//! exit code once, what is printed where (`-q`, default, `-v`, `--json`),
-//! `popsync accounts`, and `seen list` / `seen forget`.
+//! of several accounts merge, and SIGINT/SIGTERM in the middle of a fetch.
+//! Every exit code once, what is printed where, `accounts` and `seen` are
+//! `exit_codes_and_output.rs`.
 //!
 //! Most tests run against a throwaway Dovecot (`tests/common`); the ones that
 //! need a server to misbehave on cue (a stall, `[IN-USE]`, a malformed reply)
@@ -11,210 +11,19 @@
 
 mod common;
 mod fault;
+mod ops;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Account, Dovecot, Output, TestEnv, User, account_toml, maildir_messages, require_dovecot,
-    sample_message, sorted, toml_string,
+    Account, Dovecot, Output, TestEnv, User, account_toml, assert_mentions, maildir_messages,
+    require_dovecot, sorted, toml_string,
 };
 use fault::{Fault, FaultServer, On};
-
-// ---------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------
-
-/// How long a background run may take before the test kills it and fails.
-const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// A `popsync` run started in the background (for signals and overlaps).
-struct Running {
-    child: Child,
-    stdout: thread::JoinHandle<Vec<u8>>,
-    stderr: thread::JoinHandle<Vec<u8>>,
-}
-
-/// `popsync --config DIR/config.toml ARGS...` in the background, with the
-/// environment `TestEnv::run` uses.
-fn start(env: &TestEnv, args: &[&str]) -> Running {
-    let mut cmd = env.command();
-    cmd.arg("--config").arg(env.config_path()).args(args);
-    let mut child = cmd.spawn().expect("spawn popsync");
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    Running {
-        child,
-        stdout: thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = out.read_to_end(&mut buf);
-            buf
-        }),
-        stderr: thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = err.read_to_end(&mut buf);
-            buf
-        }),
-    }
-}
-
-impl Running {
-    /// Sends `signal` (e.g. `libc::SIGINT`) to the process.
-    fn signal(&self, signal: i32) {
-        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
-        // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
-    }
-
-    /// Has the process exited already (without reaping it)?
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().expect("wait for popsync").is_some()
-    }
-
-    /// Waits for the exit (killing it after `BACKGROUND_TIMEOUT`, a failure).
-    fn finish(mut self) -> Output {
-        let deadline = Instant::now() + BACKGROUND_TIMEOUT;
-        let (status, timed_out) = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for popsync") {
-                break (status, false);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                break (self.child.wait().expect("wait for killed popsync"), true);
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
-        use std::os::unix::process::ExitStatusExt;
-        let output = Output {
-            code: status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-            stdout: String::from_utf8_lossy(&self.stdout.join().expect("stdout reader"))
-                .into_owned(),
-            stderr: String::from_utf8_lossy(&self.stderr.join().expect("stderr reader"))
-                .into_owned(),
-        };
-        assert!(
-            !timed_out,
-            "popsync did not finish within {BACKGROUND_TIMEOUT:?}\n{output:?}"
-        );
-        output
-    }
-}
-
-/// How many files `maildir`/new and cur hold (cheap: names only).
-fn maildir_count(maildir: &Path) -> usize {
-    ["new", "cur"]
-        .iter()
-        .map(|sub| fs::read_dir(maildir.join(sub)).map_or(0, |d| d.count()))
-        .sum()
-}
-
-/// Polls until at least `n` deliveries into `maildir` have started (files in
-/// tmp/, new/ and cur/); false if `run` ended first or `limit` passed.
-fn wait_for_deliveries(run: &mut Running, maildir: &Path, n: usize, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        let started =
-            maildir_count(maildir) + fs::read_dir(maildir.join("tmp")).map_or(0, |d| d.count());
-        if started >= n {
-            return true;
-        }
-        if run.exited() {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-    false
-}
-
-/// Delivers `n` sample messages numbered from `first`, each with
-/// `body_lines` extra lines, and returns them.
-fn deliver(user: &User, first: usize, n: usize, body_lines: usize) -> Vec<Vec<u8>> {
-    (first..first + n)
-        .map(|i| {
-            let m = sample_message(i, body_lines);
-            user.deliver(&m);
-            m
-        })
-        .collect()
-}
-
-/// An account block for a scripted server: plain TCP (the fault server has
-/// no STLS), user alice / secret, delivery into `maildir`, a short timeout.
-fn fault_account(name: &str, srv: &FaultServer, maildir: &Path, extra: &str) -> String {
-    format!(
-        "[accounts.{name}]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
-         allow_plaintext = true\nuser = \"alice\"\npassword = \"secret\"\n\
-         deliver = {{ maildir = {maildir} }}\nreceived_header = false\ntimeout = 10\n{extra}\n",
-        port = srv.port(),
-        maildir = toml_string(&maildir.to_string_lossy()),
-    )
-}
-
-/// A small LF message for the scripted server.
-fn fault_message(i: usize) -> Vec<u8> {
-    format!(
-        "From: sender{i}@example.org\nTo: alice@example.org\nSubject: message {i}\n\
-         Message-ID: <{i}@ops.test>\n\nHello {i}.\n.a dot line\nFrom the start\n"
-    )
-    .into_bytes()
-}
-
-/// The `--json` objects on stdout, by account name.
-fn json_by_account(out: &Output) -> std::collections::BTreeMap<String, serde_json::Value> {
-    out.stdout
-        .lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("stdout line is not JSON: {line:?}: {e}\n{out:?}"));
-            let name = v["account"]
-                .as_str()
-                .unwrap_or_else(|| panic!("no \"account\" in {line}"))
-                .to_owned();
-            (name, v)
-        })
-        .collect()
-}
-
-/// The UIDLs `popsync seen list ACCOUNT` prints (first field of each line),
-/// with the location (last field).
-fn seen_list(env: &TestEnv, account: &str) -> Vec<(String, String)> {
-    let out = env.run(&["seen", "list", account]);
-    out.assert_code(0);
-    out.stdout
-        .lines()
-        .map(|l| {
-            let uidl = l.split(' ').next().unwrap_or_default().to_owned();
-            let location = l.rsplit(' ').next().unwrap_or_default().to_owned();
-            (uidl, location)
-        })
-        .collect()
-}
-
-/// A port on 127.0.0.1 that nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn assert_mentions(text: &str, needle: &str, what: &str) {
-    assert!(
-        text.to_lowercase().contains(&needle.to_lowercase()),
-        "{what} should mention {needle:?}; it was:\n{text}"
-    );
-}
+use ops::*;
 
 // ---------------------------------------------------------------------------
 // Overlapping runs: the per-account lock
@@ -238,7 +47,7 @@ fn second_run_on_a_busy_account_exits_75_at_once_and_the_first_completes() {
         fault_account("slow", &srv, &maildir, "")
     ));
 
-    let mut first = start(&env, &["fetch", "slow"]);
+    let mut first = env.spawn(&["fetch", "slow"]);
     assert!(
         wait_for_deliveries(&mut first, &maildir, 2, Duration::from_secs(20)),
         "the first run should fetch message 1 and then wait for message 2"
@@ -255,7 +64,7 @@ fn second_run_on_a_busy_account_exits_75_at_once_and_the_first_completes() {
     assert_mentions(&second.stderr, "lock", "the second run's stderr");
     assert_mentions(&second.stderr, "slow", "the second run's stderr");
 
-    let first = first.finish();
+    let first = first.finish_within(BACKGROUND_TIMEOUT);
     first.assert_code(0);
     assert_eq!(
         maildir_messages(&maildir),
@@ -282,9 +91,12 @@ fn concurrent_full_runs_never_deliver_a_message_twice() {
     let mut sent = Vec::new();
     for round in 0..3 {
         sent.extend(deliver(&alice, round * 100 + 1, 100, 5));
-        let a = start(&env, &["fetch", "--all"]);
-        let b = start(&env, &["fetch", "alice"]);
-        let (a, b) = (a.finish(), b.finish());
+        let a = env.spawn(&["fetch", "--all"]);
+        let b = env.spawn(&["fetch", "alice"]);
+        let (a, b) = (
+            a.finish_within(BACKGROUND_TIMEOUT),
+            b.finish_within(BACKGROUND_TIMEOUT),
+        );
         for out in [&a, &b] {
             assert!(
                 out.code == 0 || out.code == 75,
@@ -526,20 +338,20 @@ fn fetch_and_signal(
         &maildir,
         &format!("retention = {}", toml_string(retention)),
     )]);
-    let mut run = start(&env, &["fetch", "--all"]);
+    let mut run = env.spawn(&["fetch", "--all"]);
     // Deliveries start in tmp/ and are moved into new/ when a batch is
     // committed; signal as soon as five have started, well before the end.
     assert!(
         wait_for_deliveries(&mut run, &maildir, 5, Duration::from_secs(30)),
         "popsync should be delivering messages; it ended or stalled:\n{:?}",
-        run.finish()
+        run.finish_within(BACKGROUND_TIMEOUT)
     );
     run.signal(signal);
     if twice {
         thread::sleep(Duration::from_millis(20));
         run.signal(signal);
     }
-    let out = run.finish();
+    let out = run.finish_within(BACKGROUND_TIMEOUT);
     (env, sent, out)
 }
 
@@ -633,14 +445,14 @@ fn sigterm_while_a_retr_stalls_delivers_what_was_asked_for_then_deletes_and_quit
         fault_account("stalled", &srv, &maildir, "retention = \"0d\"")
     ));
 
-    let mut run = start(&env, &["fetch", "--all"]);
+    let mut run = env.spawn(&["fetch", "--all"]);
     assert!(
         wait_for_deliveries(&mut run, &maildir, 10, Duration::from_secs(20)),
         "popsync should be waiting for message 10"
     );
     thread::sleep(Duration::from_millis(200));
     run.signal(libc::SIGTERM);
-    let out = run.finish();
+    let out = run.finish_within(BACKGROUND_TIMEOUT);
     out.assert_code(143);
 
     let commands = srv.commands();
@@ -703,541 +515,4 @@ fn a_second_sigint_exits_at_once_and_nothing_is_delivered_twice() {
         "after an abrupt stop the next run finishes the job: each message exactly once"
     );
     assert!(alice.server_messages().is_empty());
-}
-
-// ---------------------------------------------------------------------------
-// Exit codes, each once through the binary.
-//
-// 70 (internal error) is not tested: it is reachable only through a bug (a
-// panicked account task, a runtime that cannot start), and a test that could
-// provoke it would be testing the bug.
-// ---------------------------------------------------------------------------
-
-#[test]
-fn exit_0_after_a_sync_and_for_check_with_new_mail() {
-    let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
-    deliver(&alice, 1, 2, 3);
-    let env = TestEnv::new();
-    env.write_accounts(&[account_toml(
-        "alice",
-        &dovecot,
-        &alice,
-        "implicit",
-        &env.maildir("alice"),
-        "",
-    )]);
-    let check = env.run(&["check", "--all"]);
-    check.assert_code_with(0, &dovecot);
-    assert_mentions(&check.stdout, "alice: 2 new", "check's stdout");
-    env.run(&["fetch", "--all"]).assert_code_with(0, &dovecot);
-    // Nothing new is still success for fetch.
-    env.run(&["fetch", "--all"]).assert_code_with(0, &dovecot);
-}
-
-#[test]
-fn exit_1_check_without_new_mail() {
-    let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
-    deliver(&alice, 1, 1, 3);
-    let env = TestEnv::new();
-    env.write_accounts(&[account_toml(
-        "alice",
-        &dovecot,
-        &alice,
-        "implicit",
-        &env.maildir("alice"),
-        "",
-    )]);
-    env.run(&["fetch", "--all"]).assert_code_with(0, &dovecot);
-    let out = env.run(&["check", "alice"]);
-    out.assert_code_with(1, &dovecot);
-    assert_mentions(&out.stdout, "alice: 0 new", "check's stdout");
-}
-
-#[test]
-fn exit_64_usage_errors() {
-    let env = TestEnv::new();
-    env.write_config(&format!(
-        "{}\n[accounts.a]\nhost = \"127.0.0.1\"\nuser = \"u\"\npassword = \"p\"\n\
-         deliver = {{ maildir = \"/tmp/unused\" }}\n",
-        env.defaults_toml()
-    ));
-    for args in [
-        &["fetch"][..],
-        &["fetch", "--all", "--jobs", "0"],
-        &["fetch", "a", "--all"],
-        &["fetch", "--no-such-option", "--all"],
-        &["fetch", "no-such-account"],
-    ] {
-        let out = env.run(args);
-        assert_eq!(out.code, 64, "popsync {args:?}: {out:?}");
-        assert!(
-            !out.stderr.trim().is_empty(),
-            "popsync {args:?} must say why"
-        );
-    }
-}
-
-#[test]
-fn exit_66_config_file_not_found() {
-    let env = TestEnv::new();
-    let missing = env.path().join("no-such-config.toml");
-    let mut cmd = env.command();
-    cmd.arg("--config").arg(&missing).args(["fetch", "--all"]);
-    let out = cmd.output().expect("run popsync");
-    assert_eq!(out.status.code(), Some(66), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_mentions(&stderr, &missing.to_string_lossy(), "stderr");
-
-    // The default location (XDG_CONFIG_HOME) missing is 66 too.
-    let out = env
-        .command()
-        .args(["fetch", "--all"])
-        .output()
-        .expect("run popsync");
-    assert_eq!(out.status.code(), Some(66), "{out:?}");
-}
-
-#[test]
-fn exit_69_connection_refused() {
-    let env = TestEnv::new();
-    let port = closed_port();
-    env.write_config(&format!(
-        "{}\n[accounts.nowhere]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"implicit\"\n\
-         user = \"u\"\npassword = \"p\"\ndeliver = {{ maildir = {} }}\ntimeout = 5\n",
-        env.defaults_toml(),
-        toml_string(&env.maildir("nowhere").to_string_lossy())
-    ));
-    let out = env.run(&["fetch", "--all"]);
-    out.assert_code(69);
-    assert_mentions(&out.stderr, &format!("127.0.0.1:{port}"), "stderr");
-}
-
-#[test]
-fn exit_74_unwritable_maildir() {
-    let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
-    let sent = deliver(&alice, 1, 2, 3);
-    let env = TestEnv::new();
-    let target = if is_root() {
-        // root writes through any mode bits: use a path under a regular file.
-        let file = env.path().join("a-file");
-        fs::write(&file, "not a directory\n").expect("write a-file");
-        file.join("Maildir")
-    } else {
-        use std::os::unix::fs::PermissionsExt;
-        let parent = env.path().join("locked");
-        fs::create_dir(&parent).expect("mkdir locked");
-        fs::set_permissions(&parent, fs::Permissions::from_mode(0o500)).expect("chmod 0500");
-        parent.join("Maildir")
-    };
-    env.write_accounts(&[account_toml(
-        "alice",
-        &dovecot,
-        &alice,
-        "implicit",
-        &target,
-        "retention = \"0d\"",
-    )]);
-    let out = env.run(&["fetch", "--all"]);
-    out.assert_code_with(74, &dovecot);
-    assert_mentions(&out.stderr, "Maildir", "stderr");
-    assert_eq!(
-        sorted(alice.server_messages()),
-        sorted(sent),
-        "nothing may be deleted when delivery failed"
-    );
-}
-
-#[test]
-fn exit_76_malformed_server_reply() {
-    let srv = FaultServer::builder()
-        .messages(vec![fault_message(1)])
-        .fault(
-            On::Greeting,
-            Fault::malformed("HELLO I am not a POP3 server"),
-        )
-        .start();
-    let env = TestEnv::new();
-    env.write_config(&format!(
-        "{}\n{}",
-        env.defaults_toml(),
-        fault_account("odd", &srv, &env.maildir("odd"), "")
-    ));
-    let out = env.run(&["fetch", "--all"]);
-    out.assert_code(76);
-    assert_mentions(&out.stderr, &srv.addr(), "stderr");
-}
-
-#[test]
-fn exit_77_wrong_password() {
-    let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
-    deliver(&alice, 1, 1, 3);
-    let env = TestEnv::new();
-    env.write_accounts(&[Account::new("alice", &dovecot, &alice)
-        .password("wrong")
-        .maildir(&env.maildir("alice"))
-        .toml()]);
-    let out = env.run(&["fetch", "--all"]);
-    out.assert_code_with(77, &dovecot);
-    assert!(!out.stderr.contains("wrong\n"), "{}", out.stderr);
-}
-
-#[test]
-fn exit_78_invalid_configuration() {
-    let env = TestEnv::new();
-    let config = env.write_config(&format!(
-        "{}\n[accounts.a]\nhost = \"127.0.0.1\"\ntls = \"sometimes\"\nuser = \"u\"\n\
-         password = \"p\"\ndeliver = {{ maildir = \"/tmp/unused\" }}\n",
-        env.defaults_toml()
-    ));
-    let out = env.run(&["fetch", "--all"]);
-    out.assert_code(78);
-    assert_mentions(&out.stderr, &config.to_string_lossy(), "stderr");
-    assert_mentions(&out.stderr, "tls", "stderr");
-
-    // A secret that cannot be obtained is 78 too.
-    let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
-    let block = Account::new("alice", &dovecot, &alice)
-        .maildir(&env.maildir("alice"))
-        .toml()
-        .replace("password = \"secret\"", "password_command = \"exit 3\"");
-    env.write_accounts(&[block]);
-    env.run(&["fetch", "--all"]).assert_code_with(78, &dovecot);
-}
-
-// ---------------------------------------------------------------------------
-// What is printed where
-// ---------------------------------------------------------------------------
-
-/// Two accounts on one Dovecot with `n` messages each.
-fn two_accounts(dovecot: &Dovecot, env: &TestEnv, n: usize) -> Vec<Vec<u8>> {
-    let alice = dovecot.add_user("alice", "secret-a");
-    let bob = dovecot.add_user("bob", "secret-b");
-    let mut sent = deliver(&alice, 1, n, 3);
-    sent.extend(deliver(&bob, 101, n, 3));
-    env.write_accounts(&[
-        account_toml(
-            "alice",
-            dovecot,
-            &alice,
-            "implicit",
-            &env.maildir("alice"),
-            "",
-        ),
-        account_toml("bob", dovecot, &bob, "implicit", &env.maildir("bob"), ""),
-    ]);
-    sent
-}
-
-#[test]
-fn quiet_prints_nothing_on_success_and_still_prints_errors() {
-    let dovecot = require_dovecot!();
-    let env = TestEnv::new();
-    two_accounts(&dovecot, &env, 3);
-
-    let out = env.run(&["-q", "fetch", "--all"]);
-    out.assert_code_with(0, &dovecot);
-    assert_eq!(out.stdout, "", "-q: nothing on stdout");
-    assert_eq!(out.stderr, "", "-q: nothing on stderr");
-    assert_eq!(maildir_count(&env.maildir("alice")), 3);
-
-    // Nothing new, still silent.
-    let out = env.run(&["fetch", "--all", "-q"]);
-    out.assert_code_with(0, &dovecot);
-    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""));
-
-    // An error is printed even with -q.
-    let carol = dovecot.add_user("carol", "secret-c");
-    env.write_accounts(&[Account::new("carol", &dovecot, &carol)
-        .password("wrong")
-        .maildir(&env.maildir("carol"))
-        .toml()]);
-    let out = env.run(&["fetch", "--all", "-q"]);
-    out.assert_code_with(77, &dovecot);
-    assert_eq!(out.stdout, "");
-    assert_mentions(&out.stderr, "carol", "-q stderr on error");
-}
-
-#[test]
-fn default_output_is_one_summary_line_per_account_on_stderr() {
-    let dovecot = require_dovecot!();
-    let env = TestEnv::new();
-    two_accounts(&dovecot, &env, 3);
-
-    let out = env.run(&["fetch", "--all"]);
-    out.assert_code_with(0, &dovecot);
-    assert_eq!(out.stdout, "", "a fetch prints nothing on stdout");
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        2,
-        "one summary line per account:\n{}",
-        out.stderr
-    );
-    let names: BTreeSet<&str> = lines
-        .iter()
-        .map(|l| l.split(':').next().unwrap_or_default())
-        .collect();
-    assert_eq!(names, BTreeSet::from(["alice", "bob"]), "{}", out.stderr);
-    for line in &lines {
-        assert!(
-            line.contains('3'),
-            "the summary counts the 3 messages: {line}"
-        );
-    }
-}
-
-#[test]
-fn verbose_adds_one_line_per_message() {
-    let dovecot = require_dovecot!();
-    let env = TestEnv::new();
-    two_accounts(&dovecot, &env, 3);
-
-    let out = env.run(&["fetch", "--all", "-v"]);
-    out.assert_code_with(0, &dovecot);
-    assert_eq!(out.stdout, "", "-v output goes to stderr");
-    for account in ["alice", "bob"] {
-        for (uidl, _) in seen_list(&env, account) {
-            assert!(
-                out.stderr
-                    .lines()
-                    .any(|l| l.contains(&uidl) && l.contains(account)),
-                "-v should print a line for {account}'s message {uidl}:\n{}",
-                out.stderr
-            );
-        }
-    }
-    assert!(
-        out.stderr.lines().count() >= 6 + 2,
-        "six message lines and two summaries at least:\n{}",
-        out.stderr
-    );
-}
-
-#[test]
-fn json_reports_each_account_with_exactly_the_designed_fields() {
-    let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
-    let small = deliver(&alice, 1, 3, 3);
-    let big = sample_message(4, 400); // about 22 KB, over max_size
-    alice.deliver(&big);
-    let env = TestEnv::new();
-    env.write_accounts(&[
-        account_toml(
-            "alice",
-            &dovecot,
-            &alice,
-            "implicit",
-            &env.maildir("alice"),
-            "retention = \"0d\"\nmax_size = \"10KB\"",
-        ),
-        Account::new("broken", &dovecot, &alice)
-            .password("wrong")
-            .maildir(&env.maildir("broken"))
-            .toml(),
-    ]);
-
-    let out = env.run(&["fetch", "--all", "--json"]);
-    out.assert_code_with(77, &dovecot);
-    assert_eq!(
-        out.stdout.lines().count(),
-        2,
-        "one object per account:\n{}",
-        out.stdout
-    );
-    let reports = json_by_account(&out);
-    let fields: BTreeSet<&str> = [
-        "account",
-        "status",
-        "new",
-        "fetched",
-        "bytes",
-        "deleted",
-        "skipped",
-        "error",
-        "elapsed_ms",
-    ]
-    .into();
-    for (name, v) in &reports {
-        let keys: BTreeSet<&str> = v
-            .as_object()
-            .expect("a JSON object")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(keys, fields, "{name}: exactly the DESIGN.md fields");
-        assert!(v["elapsed_ms"].is_u64(), "{name}: elapsed_ms is a number");
-    }
-    let a = &reports["alice"];
-    let bytes: usize = small.iter().map(Vec::len).sum();
-    assert_eq!(a["status"], "ok");
-    assert_eq!(a["new"], 4, "new counts skipped messages too");
-    assert_eq!(a["fetched"], 3);
-    assert_eq!(a["bytes"], bytes);
-    assert_eq!(a["deleted"], 3, "retention 0d deletes the three fetched");
-    assert_eq!(a["skipped"], 1, "the big one is over max_size");
-    assert!(a["error"].is_null());
-    let b = &reports["broken"];
-    assert_eq!(b["status"], "failed");
-    assert_eq!(b["fetched"], 0);
-    assert!(b["error"].as_str().is_some_and(|e| !e.is_empty()), "{b}");
-
-    // Only the big message is left, and nothing new to fetch next time.
-    assert_eq!(alice.server_messages(), vec![big]);
-}
-
-#[test]
-fn global_options_work_after_the_subcommand() {
-    let dovecot = require_dovecot!();
-    let env = TestEnv::new();
-    two_accounts(&dovecot, &env, 2);
-    let config = env.config_path();
-
-    // `popsync fetch --all --config X -q`
-    let out = env
-        .command()
-        .args(["fetch", "--all", "--config"])
-        .arg(&config)
-        .arg("-q")
-        .output()
-        .expect("run popsync");
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
-    assert_eq!(maildir_count(&env.maildir("alice")), 2);
-
-    // `popsync check --all --json --config X`
-    let out = env
-        .command()
-        .args(["check", "--all", "--json", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run popsync");
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().count(), 2, "{stdout}");
-    for line in stdout.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
-        assert_eq!(v["new"], 0);
-    }
-
-    // `popsync accounts --config X -v`
-    let out = env
-        .command()
-        .args(["accounts", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run popsync");
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("bob"));
-}
-
-// ---------------------------------------------------------------------------
-// popsync accounts
-// ---------------------------------------------------------------------------
-
-#[test]
-fn accounts_lists_every_account_and_never_the_password() {
-    let env = TestEnv::new();
-    let password = "Pa55-w0rd-that-must-not-leak";
-    // The command's output (the secret) is "cmd-out-42-x"; the command text,
-    // which says where the secret comes from, may be shown.
-    let command_secret = "cmd-out-42-x";
-    env.write_config(&format!(
-        "{}\n[accounts.work]\nhost = \"pop.example.com\"\nuser = \"me@example.com\"\n\
-         password = \"{password}\"\ndeliver = {{ maildir = \"/tmp/work-mail\" }}\n\
-         retention = \"14d\"\n\n\
-         [accounts.home]\nhost = \"mail.example.net\"\ntls = \"starttls\"\nuser = \"me\"\n\
-         password = \"{password}\"\ndeliver = {{ mbox = \"/tmp/home.mbox\" }}\n\n\
-         [accounts.cmd]\nhost = \"pop.example.org\"\nuser = \"u\"\n\
-         password_command = \"echo cmd-out-$((6*7))-x\"\n\
-         deliver = {{ mda = \"procmail -f %F\" }}\n",
-        env.defaults_toml()
-    ));
-    for args in [
-        &["accounts"][..],
-        &["accounts", "--json"],
-        &["--json", "-v", "accounts"],
-    ] {
-        let out = env.run(args);
-        out.assert_code(0);
-        for secret in [password, command_secret] {
-            assert!(
-                !out.stdout.contains(secret) && !out.stderr.contains(secret),
-                "popsync {args:?} printed a secret:\n{out:?}"
-            );
-        }
-        for needle in [
-            "work",
-            "home",
-            "pop.example.com",
-            "mail.example.net",
-            "me@example.com",
-        ] {
-            assert!(
-                out.stdout.contains(needle),
-                "popsync {args:?}: {needle}\n{out:?}"
-            );
-        }
-        assert_eq!(
-            out.stdout.lines().count(),
-            3,
-            "one line per account:\n{}",
-            out.stdout
-        );
-    }
-    let out = env.run(&["accounts", "--json"]);
-    for line in out.stdout.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
-        assert!(v.get("password").is_none(), "{line}");
-    }
-}
-
-// ---------------------------------------------------------------------------
-// seen list / seen forget
-// ---------------------------------------------------------------------------
-
-#[test]
-fn seen_forget_makes_the_next_fetch_download_exactly_that_message_again() {
-    let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
-    let sent = deliver(&alice, 1, 5, 3);
-    let env = TestEnv::new();
-    let maildir = env.maildir("alice");
-    env.write_accounts(&[account_toml(
-        "alice", &dovecot, &alice, "implicit", &maildir, "",
-    )]);
-    env.run(&["fetch", "--all"]).assert_code_with(0, &dovecot);
-
-    let seen = seen_list(&env, "alice");
-    assert_eq!(seen.len(), 5, "seen list shows one line per message");
-    let uidls: BTreeSet<&String> = seen.iter().map(|(u, _)| u).collect();
-    assert_eq!(uidls.len(), 5, "distinct UIDLs: {seen:?}");
-    let (forgotten, location) = &seen[2];
-    let again = fs::read(PathBuf::from(location))
-        .unwrap_or_else(|e| panic!("seen list's location {location}: {e}"));
-
-    let out = env.run(&["seen", "forget", "alice", forgotten]);
-    out.assert_code(0);
-    let seen_after: Vec<String> = seen_list(&env, "alice")
-        .into_iter()
-        .map(|(u, _)| u)
-        .collect();
-    assert_eq!(seen_after.len(), 4);
-    assert!(!seen_after.contains(forgotten));
-
-    let out = env.run(&["fetch", "--all", "--json"]);
-    out.assert_code_with(0, &dovecot);
-    assert_eq!(json_by_account(&out)["alice"]["fetched"], 1, "{out:?}");
-    let mut expected = sent;
-    expected.push(again);
-    assert_eq!(
-        maildir_messages(&maildir),
-        sorted(expected),
-        "exactly the forgotten message is downloaded again"
-    );
-    assert_eq!(seen_list(&env, "alice").len(), 5);
 }

@@ -23,7 +23,7 @@ mod fault;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{maildir_messages, sorted};
+use common::{Output, TestEnv, maildir_messages, sorted};
 use fault::{Fault, FaultServer, On};
 
 /// popsync's `timeout` in these tests: a client that waits for a reply the
@@ -144,10 +144,10 @@ fn transcripts(srv: &FaultServer) -> String {
 fn serves_everything(mode: Mode, name: &str) {
     let mech = mechanism(name);
     let srv = server(mode, &mech).start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let maildir = dir.path().join("mail");
+    let env = TestEnv::new();
+    let maildir = env.path().join("mail");
     let config = fault::account_config(
-        dir.path(),
+        env.path(),
         "acct",
         &srv,
         &maildir,
@@ -156,7 +156,12 @@ fn serves_everything(mode: Mode, name: &str) {
         &format!("auth = [\"{}\"]\nretention = \"0d\"", mech.auth),
     );
     let run = |args: &[&str], expected: i32| -> String {
-        let (code, stdout, stderr) = fault::popsync(dir.path(), &config, args);
+        let Output {
+            code,
+            stdout,
+            stderr,
+            ..
+        } = env.run_config(&config, args);
         assert_eq!(
             code,
             expected,
@@ -273,11 +278,16 @@ fn an_err_to_a_pipelined_retr_ends_the_session_and_the_next_run_delivers_the_res
         .fault(On::Retr(2), Fault::err("message is gone"))
         .times(1)
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let maildir = dir.path().join("mail");
-    let cfg = config(dir.path(), &srv, "retention = \"0d\"");
+    let env = TestEnv::new();
+    let maildir = env.path().join("mail");
+    let cfg = config(env.path(), &srv, "retention = \"0d\"");
 
-    let (code, stdout, stderr) = fault::popsync(dir.path(), &cfg, &["fetch", "acct"]);
+    let Output {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = env.run_config(&cfg, &["fetch", "acct"]);
     let first = srv.session(0);
     assert_eq!(code, 76, "stdout:\n{stdout}\nstderr:\n{stderr}\n{first:?}");
     assert!(
@@ -310,7 +320,12 @@ fn an_err_to_a_pipelined_retr_ends_the_session_and_the_next_run_delivers_the_res
         srv.pipelining_breaches()
     );
 
-    let (code, stdout, stderr) = fault::popsync(dir.path(), &cfg, &["fetch", "acct"]);
+    let Output {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = env.run_config(&cfg, &["fetch", "acct"]);
     let second = srv.session(1);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}\n{second:?}");
     assert_eq!(
@@ -338,16 +353,16 @@ fn a_strict_server_answering_a_pipelined_retr_with_err_is_76_and_loses_nothing()
         .fault(On::Retr(3), Fault::err(fault::PIPELINED_ERR))
         .times(1)
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let maildir = dir.path().join("mail");
-    let cfg = config(dir.path(), &srv, "retention = \"forever\"");
-    let (code, _, stderr) = fault::popsync(dir.path(), &cfg, &["fetch", "acct"]);
+    let env = TestEnv::new();
+    let maildir = env.path().join("mail");
+    let cfg = config(env.path(), &srv, "retention = \"forever\"");
+    let Output { code, stderr, .. } = env.run_config(&cfg, &["fetch", "acct"]);
     assert_eq!(code, 76, "{stderr}\n{:?}", srv.session(0));
     assert!(!srv.session(0).iter().any(|c| c == "QUIT"));
     let first = maildir_messages(&maildir);
     assert!(!first.contains(&five()[2]), "message 3 was refused");
 
-    let (code, _, stderr) = fault::popsync(dir.path(), &cfg, &["fetch", "acct"]);
+    let Output { code, stderr, .. } = env.run_config(&cfg, &["fetch", "acct"]);
     assert_eq!(code, 0, "{stderr}\n{:?}", srv.session(1));
     assert_eq!(
         maildir_messages(&maildir),
@@ -368,15 +383,12 @@ fn utf8_is_sent_before_login_and_its_reply_waited_for() {
         .login_handoff()
         .fault(On::Utf8, Fault::Stall(HOLD))
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, _, stderr) = fault::popsync(
-        dir.path(),
-        &config(dir.path(), &srv, ""),
-        &["fetch", "acct"],
-    );
+    let env = TestEnv::new();
+    let Output { code, stderr, .. } =
+        env.run_config(&config(env.path(), &srv, ""), &["fetch", "acct"]);
     let session = srv.session(0);
     assert_eq!(code, 0, "{stderr}\n{:?}", srv.transcript(0));
-    assert_eq!(maildir_messages(&dir.path().join("mail")), sorted(mail()));
+    assert_eq!(maildir_messages(&env.path().join("mail")), sorted(mail()));
     let utf8 = session
         .iter()
         .position(|c| c == "UTF8")
@@ -398,12 +410,9 @@ fn utf8_is_sent_before_login_and_its_reply_waited_for() {
 #[test]
 fn utf8_is_not_sent_unless_offered() {
     let srv = FaultServer::builder().messages(mail()).start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, _, stderr) = fault::popsync(
-        dir.path(),
-        &config(dir.path(), &srv, ""),
-        &["fetch", "acct"],
-    );
+    let env = TestEnv::new();
+    let Output { code, stderr, .. } =
+        env.run_config(&config(env.path(), &srv, ""), &["fetch", "acct"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         !srv.commands().iter().any(|c| c == "UTF8"),

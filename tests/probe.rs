@@ -11,8 +11,8 @@ mod common;
 mod fault;
 
 use common::{
-    Account, Dovecot, Output, TestEnv, maildir_messages, pem_fingerprint, require_dovecot,
-    require_dovecot_with, sample_message, sorted, toml_string,
+    Account, Dovecot, Output, TestEnv, assert_contains, maildir_messages, pem_fingerprint,
+    require_dovecot, sample_message, sorted, toml_string,
 };
 use fault::FaultServer;
 
@@ -39,14 +39,6 @@ fn field<'a>(out: &'a Output, key: &str) -> Option<&'a str> {
 fn expect_field<'a>(out: &'a Output, key: &str) -> &'a str {
     field(out, key)
         .unwrap_or_else(|| panic!("probe printed no {key:?} line; stdout:\n{}", out.stdout))
-}
-
-#[track_caller]
-fn assert_contains(haystack: &str, needle: &str, what: &str) {
-    assert!(
-        haystack.contains(needle),
-        "{what} should contain {needle:?}; it was:\n{haystack}"
-    );
 }
 
 /// The pin printed on the `pin with: tls_fingerprint = "..."` line.
@@ -218,7 +210,7 @@ fn probe_shows_an_untrusted_certificate_with_a_pin_line_and_exits_77() {
 
 #[test]
 fn probe_shows_an_expired_certificate_and_says_so() {
-    let dovecot = require_dovecot_with!("--cert", "expired");
+    let dovecot = require_dovecot!("--cert", "expired");
     let alice = dovecot.add_user("alice", PASSWORD);
     let env = env_with(Account::new("acct", &dovecot, &alice));
     let out = env.run(&["probe", "acct"]);
@@ -335,7 +327,7 @@ fn probe_json_of_an_untrusted_certificate_has_the_error_and_the_certificate() {
 
 #[test]
 fn fingerprint_printed_by_probe_pins_the_certificate_for_fetch() {
-    let dovecot = require_dovecot_with!("--cert", "selfsigned");
+    let dovecot = require_dovecot!("--cert", "selfsigned");
     let alice = dovecot.add_user("alice", PASSWORD);
     let sent: Vec<Vec<u8>> = (1..=2)
         .map(|i| {
@@ -381,24 +373,19 @@ fn probe_shows_login_delay_expire_and_no_pipelining() {
         ])
         .tls()
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
+    let env = TestEnv::new();
     let config = format!(
         "[defaults]\nstate_dir = {state}\ntimeout = 5\n\n[accounts.acct]\n\
          host = \"127.0.0.1\"\nport = {port}\ntls = \"implicit\"\nca_file = {ca}\n\
          user = \"alice\"\npassword = \"secret\"\n\
          deliver = {{ maildir = {maildir} }}\n",
-        state = toml_string(&dir.path().join("state").to_string_lossy()),
+        state = toml_string(&env.path().join("state").to_string_lossy()),
         port = srv.port(),
         ca = toml_string(&srv.ca_pem_path().to_string_lossy()),
-        maildir = toml_string(&dir.path().join("mail").to_string_lossy()),
+        maildir = toml_string(&env.path().join("mail").to_string_lossy()),
     );
-    let (code, stdout, stderr) = fault::popsync(dir.path(), &config, &["probe", "acct"]);
-    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let out = Output {
-        code,
-        stdout,
-        stderr,
-    };
+    let out = env.run_config(&config, &["probe", "acct"]);
+    out.assert_code(0);
     assert_eq!(expect_field(&out, "login-delay"), "900 s");
     assert_eq!(expect_field(&out, "expire"), "30 days");
     assert_eq!(expect_field(&out, "pipelining"), "no");
@@ -416,7 +403,12 @@ fn probe_shows_login_delay_expire_and_no_pipelining() {
         "{commands:?}"
     );
 
-    let (code, stdout, stderr) = fault::popsync(dir.path(), &config, &["probe", "acct", "--json"]);
+    let Output {
+        code,
+        stdout,
+        stderr,
+        ..
+    } = env.run_config(&config, &["probe", "acct", "--json"]);
     assert_eq!(code, 0, "stderr:\n{stderr}");
     let j: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
     assert_eq!(j["login_delay"], 900, "{j}");

@@ -62,7 +62,7 @@ fn a_terminal_gets_a_progress_bar_with_messages_and_bytes() {
         return;
     };
     let Some(screen) = run_on_a_terminal(&env, &["fetch", "--all"]) else {
-        eprintln!("skipped: util-linux `script` not installed");
+        common::cannot_run("util-linux `script` not installed");
         return;
     };
     assert!(

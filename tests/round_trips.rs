@@ -18,7 +18,7 @@ mod fault;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{maildir_messages, sorted};
+use common::{Output, TestEnv, maildir_messages, sorted};
 use fault::{Fault, FaultServer, On};
 
 /// How long a reply is held back so that whatever a client pipelines behind
@@ -45,9 +45,10 @@ fn config(dir: &Path, srv: &FaultServer, extra: &str) -> String {
 }
 
 /// `popsync fetch acct`: (exit code, stderr), with the Maildir's messages.
-fn fetch(dir: &Path, srv: &FaultServer, extra: &str) -> (i32, String, Vec<Vec<u8>>) {
-    let (code, _, stderr) = fault::popsync(dir, &config(dir, srv, extra), &["fetch", "acct"]);
-    (code, stderr, maildir_messages(&dir.join("mail")))
+fn fetch(env: &TestEnv, srv: &FaultServer, extra: &str) -> (i32, String, Vec<Vec<u8>>) {
+    let Output { code, stderr, .. } =
+        env.run_config(&config(env.path(), srv, extra), &["fetch", "acct"]);
+    (code, stderr, maildir_messages(&env.path().join("mail")))
 }
 
 fn position(commands: &[String], prefix: &str) -> Option<usize> {
@@ -67,8 +68,8 @@ fn nothing_is_sent_before_a_late_greeting() {
         .messages(mail())
         .greeting_delay(HOLD)
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "");
     assert_eq!(code, 0, "{stderr}\n{:?}", srv.transcript(0));
     assert_eq!(delivered, sorted(mail()));
     assert!(
@@ -85,8 +86,8 @@ fn a_server_refusing_at_the_greeting_is_still_reported_as_such() {
         .messages(mail())
         .fault(On::Greeting, Fault::err("[SYS/TEMP] too many connections"))
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "");
     assert_eq!(code, 75, "{stderr}");
     assert!(stderr.contains("too many connections"), "{stderr}");
     assert!(delivered.is_empty());
@@ -99,8 +100,8 @@ fn with_pipelining_after_login_stat_uidl_and_list_go_out_together() {
         .messages(mail())
         .fault(On::Uidl, Fault::Stall(HOLD))
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(delivered, sorted(mail()));
     let transcript = srv.transcript(0);
@@ -136,8 +137,8 @@ fn with_pipelining_the_retrs_go_out_in_a_window() {
         .messages(four())
         .fault(On::Retr(1), Fault::Stall(HOLD))
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "retention = \"forever\"");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "retention = \"forever\"");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(delivered, sorted(four()));
     let ahead = srv.ahead(0);
@@ -158,8 +159,8 @@ fn with_pipelining_the_deles_go_out_together() {
         .fault(On::Dele, Fault::Stall(HOLD))
         .times(1)
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "retention = \"0d\"");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "retention = \"0d\"");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(delivered, sorted(four()));
     assert!(srv.mailbox().is_empty());
@@ -184,8 +185,8 @@ fn pipelining_listed_only_before_login_is_not_used() {
         .fault(On::Dele, Fault::Stall(HOLD))
         .times(1)
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "retention = \"0d\"");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "retention = \"0d\"");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(delivered, sorted(four()));
     assert!(srv.mailbox().is_empty());
@@ -206,8 +207,8 @@ fn pipelining_listed_only_after_login_is_used() {
         .messages(mail())
         .fault(On::Uidl, Fault::Stall(HOLD))
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(delivered, sorted(mail()));
     assert!(
@@ -235,8 +236,8 @@ fn without_pipelining_no_command_is_ever_ahead_of_a_reply() {
         .fault(On::Dele, Fault::Stall(HOLD))
         .times(1)
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "retention = \"0d\"");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "retention = \"0d\"");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(delivered, sorted(mail()));
     assert!(srv.mailbox().is_empty());
@@ -294,18 +295,18 @@ fn no_mechanism_sends_anything_before_the_greeting_or_ahead_of_a_login_reply() {
             .fault(On::User, Fault::Stall(HOLD))
             .fault(login_reply, Fault::Stall(HOLD))
             .start();
-        let dir = tempfile::tempdir().expect("temp dir");
+        let env = TestEnv::new();
         let cfg = fault::account_config(
-            dir.path(),
+            env.path(),
             "acct",
             &srv,
-            &dir.path().join("mail"),
+            &env.path().join("mail"),
             2,
             password,
             &format!("auth = [\"{auth}\"]"),
         );
-        let (code, _, stderr) = fault::popsync(dir.path(), &cfg, &["fetch", "acct"]);
-        let delivered = maildir_messages(&dir.path().join("mail"));
+        let Output { code, stderr, .. } = env.run_config(&cfg, &["fetch", "acct"]);
+        let delivered = maildir_messages(&env.path().join("mail"));
         let session = srv.session(0);
         let label = format!("{auth} ({command:?})");
         if code != 0 || delivered != sorted(mail()) {
@@ -340,8 +341,8 @@ fn a_refused_plain_falls_back_to_user_pass_on_the_same_connection() {
         .messages(mail())
         .fault(On::Auth, Fault::err("mechanism temporarily unavailable"))
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "auth = [\"plain\", \"user\"]");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "auth = [\"plain\", \"user\"]");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(delivered, sorted(mail()));
     let session = srv.session(0);
@@ -362,8 +363,8 @@ fn a_wrong_password_is_77_and_nothing_follows_the_login() {
         .credentials("alice", "another password")
         .messages(mail())
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "auth = [\"plain\", \"user\"]");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "auth = [\"plain\", \"user\"]");
     assert_eq!(code, 77, "{stderr}");
     assert!(stderr.contains(&srv.addr()), "{stderr}");
     assert!(delivered.is_empty());
@@ -389,8 +390,8 @@ fn a_scram_server_that_cannot_prove_itself_never_sees_a_mailbox_command() {
         .messages(mail())
         .scram_bad_signature()
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "auth = [\"scram-sha-256\"]");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "auth = [\"scram-sha-256\"]");
     assert_eq!(code, 77, "{stderr}");
     assert!(delivered.is_empty());
     let session = srv.session(0);
@@ -414,8 +415,8 @@ fn with_nothing_to_delete_the_reply_to_quit_is_not_waited_for() {
         .messages(mail())
         .fault(On::Quit, Fault::Stall(Duration::from_secs(4)))
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "retention = \"forever\"");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "retention = \"forever\"");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(delivered, sorted(mail()));
     assert_eq!(srv.commands().last().map(String::as_str), Some("QUIT"));
@@ -433,13 +434,13 @@ fn with_deletions_the_reply_to_quit_is_waited_for() {
         .fault(On::Quit, Fault::Stall(Duration::from_secs(4)))
         .times(1)
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "retention = \"0d\"");
-    assert_ne!(code, 0, "{stderr}");
-    assert!(stderr.contains("QUIT"), "{stderr}");
+    let env = TestEnv::new();
+    let (code, stderr, delivered) = fetch(&env, &srv, "retention = \"0d\"");
+    assert_eq!(code, 75, "{stderr}");
+    assert!(stderr.contains("no reply to QUIT within"), "{stderr}");
     assert_eq!(delivered, sorted(mail()));
 
-    let (code, stderr, delivered) = fetch(dir.path(), &srv, "retention = \"0d\"");
+    let (code, stderr, delivered) = fetch(&env, &srv, "retention = \"0d\"");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(delivered, sorted(mail()), "each message once");
     assert!(srv.mailbox().is_empty());

@@ -46,7 +46,8 @@ macro_rules! matrix {
                 fn $scenario() {
                     match super::$server() {
                         Some(server) => super::$scenario(server),
-                        None => eprintln!(concat!("skipped: ", stringify!($server), " not installed")),
+                        // `cannot_run` failed the test or said "skipped".
+                        None => {}
                     }
                 }
             )*
@@ -413,7 +414,6 @@ fn check_peek_probe_and_dry_run_change_nothing(server: &dyn PopServer) {
 #[test]
 fn cyrus_popminpoll_refusals_are_temporary() {
     let Some(cyrus) = common::cyrus::Cyrus::start(&["--popminpoll", "1"]) else {
-        eprintln!("skipped: cyrus not installed");
         return;
     };
     let mb = mailbox(&cyrus);
@@ -450,7 +450,6 @@ fn cyrus_popminpoll_refusals_are_temporary() {
 #[test]
 fn courier_login_delay_is_honoured() {
     let Some(courier) = courier() else {
-        eprintln!("skipped: courier not installed");
         return;
     };
     let mb = mailbox(courier);

@@ -1,10 +1,13 @@
-//! Delivery targets: where a downloaded message is written durably.
+//! Delivery targets: where a downloaded message is put durably: a Maildir, an
+//! mbox, an MDA, or an IMAP mailbox.
 //!
 //! One small sync trait, so `sync` can stream a message into any target without
-//! knowing which: `prepare` names the delivery before anything is written (that
-//! name goes into the store's pending row), `start` opens it, the sink takes the
-//! message bytes (LF line ends) as they come off the socket, and `commit` makes
-//! it durable. A sink dropped without `commit` removes what it wrote.
+//! knowing which: `open` gets the target ready (IMAP: log in), `prepare_batch`
+//! names the deliveries before anything is written (those names go into the
+//! store's pending rows), `start` opens each, the sink takes the message bytes
+//! (LF line ends) as they come off the socket, and `commit` makes the batch
+//! durable. A sink dropped without `commit` removes what it wrote; `recover`
+//! tells, after a crash, whether a pending delivery landed.
 
 pub mod imap;
 pub mod maildir;

@@ -28,28 +28,18 @@ use std::sync::OnceLock;
 
 use super::servers::{Mailbox, PopServer};
 
-/// How often `start` retries when a port it picked was taken by a
-/// concurrently starting server in the meantime.
-const START_ATTEMPTS: usize = 3;
-
 /// How much of the log `log()` shows (the end of it).
 const LOG_TAIL: usize = 32 * 1024;
 
 /// Starts a non-shared Courier with `tests/courier/start.sh` options, or
-/// skips the calling test (prints why and returns) when it is not installed
-/// (or this is not root) and `CI` is not "true".
+/// returns from the calling test when it is not usable here and
+/// `cannot_run` allowed the test to skip.
 #[allow(unused_macros)]
 macro_rules! require_courier {
     ($($arg:expr),* $(,)?) => {
         match $crate::common::courier::Courier::start(&[$($arg),*]) {
             Some(courier) => courier,
-            None => {
-                eprintln!(
-                    "skipped: courier not usable ({})",
-                    $crate::common::courier::unusable_reason().unwrap_or_default()
-                );
-                return;
-            }
+            None => return,
         }
     };
 }
@@ -58,10 +48,6 @@ pub(crate) use require_courier;
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
 }
 
 /// Where install.sh unpacked courier-pop and courier-base.
@@ -141,9 +127,13 @@ pub struct Courier {
 
 impl Courier {
     /// Starts a server with `tests/courier/start.sh` options. `None` means
-    /// "not installed or not root, skip the test" (never returned in CI);
-    /// any start failure panics.
+    /// "not installed or not root", and `cannot_run` allowed the test to
+    /// skip; any start failure panics.
     pub fn start(args: &[&str]) -> Option<Courier> {
+        if let Some(reason) = unusable_reason() {
+            super::cannot_run(&format!("courier not usable: {reason}"));
+            return None;
+        }
         Self::start_in_tempdir(args, false)
     }
 
@@ -152,6 +142,10 @@ impl Courier {
     /// process: the watchdog stops it (and removes its directory) when the
     /// binary exits.
     pub fn shared() -> Option<&'static Courier> {
+        if let Some(reason) = unusable_reason() {
+            super::cannot_run(&format!("courier not usable: {reason}"));
+            return None;
+        }
         static SHARED: OnceLock<Option<Courier>> = OnceLock::new();
         SHARED
             .get_or_init(|| Self::start_in_tempdir(&["--cleanup"], true))
@@ -159,12 +153,6 @@ impl Courier {
     }
 
     fn start_in_tempdir(args: &[&str], shared: bool) -> Option<Courier> {
-        if let Some(reason) = unusable_reason() {
-            if in_ci() {
-                panic!("Courier is not usable, and CI=true: {reason}");
-            }
-            return None;
-        }
         // Always with a watchdog: a test binary killed before it dropped
         // the server must not leave it running.
         let pid = std::process::id().to_string();
@@ -172,51 +160,19 @@ impl Courier {
         if !args.contains(&"--owner-pid") {
             all_args.extend(["--owner-pid", &pid]);
         }
-        let script = manifest_dir().join("tests/courier/start.sh");
-        let mut last_error = String::new();
-        for _ in 0..START_ATTEMPTS {
-            let dir = tempfile::Builder::new()
-                .prefix("popsync-co.")
-                .tempdir_in("/tmp")
-                .expect("create a temp dir for Courier under /tmp");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg(dir.path())
-                .args(&all_args)
-                .env_remove("POP3_PORT")
-                .env_remove("POP3S_PORT")
-                .stdin(Stdio::null())
-                .output()
-                .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            if out.status.success() {
-                let tempdir = if shared {
-                    // The watchdog removes it (--cleanup); a static is
-                    // never dropped.
-                    let _ = dir.keep();
-                    None
-                } else {
-                    Some(dir)
-                };
-                return Some(Self::from_start_output(tempdir, &stdout));
-            }
-            last_error = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-            // Another server may have bound a port between start.sh picking
-            // it and Courier binding it; anything else is a real failure.
-            if !stderr.contains("Address already in use") {
-                break;
-            }
-        }
-        panic!("tests/courier/start.sh failed: {last_error}");
+        let (dir, stdout) = super::servers::run_start_script("courier", "co", &all_args);
+        let tempdir = if shared {
+            // The watchdog removes it (--cleanup); a static is never dropped.
+            let _ = dir.keep();
+            None
+        } else {
+            Some(dir)
+        };
+        Some(Self::from_start_output(tempdir, &stdout))
     }
 
     fn from_start_output(tempdir: Option<tempfile::TempDir>, stdout: &str) -> Courier {
-        let field = |key: &str| {
-            stdout
-                .lines()
-                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-        };
+        let field = |key: &str| super::servers::start_field(stdout, key);
         let stop = field("stop").map(PathBuf::from);
         let parsed = (|| {
             Some((

@@ -27,28 +27,21 @@ use std::time::Duration;
 
 use super::servers::{Mailbox, PopServer};
 
-/// How often `start` retries when a port it picked was taken by a
-/// concurrently starting server in the meantime.
-const START_ATTEMPTS: usize = 3;
-
 /// Read and write timeout of the harness's own POP3 connections.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How much of each log file `log()` shows (the end of it).
 const LOG_TAIL: usize = 32 * 1024;
 
-/// Starts a non-shared Cyrus with `tests/cyrus/start.sh` options, or skips
-/// the calling test (prints "skipped: cyrus not installed" and returns) when
-/// it is not installed and `CI` is not "true".
+/// Starts a non-shared Cyrus with `tests/cyrus/start.sh` options, or
+/// returns from the calling test when it is not installed and `cannot_run`
+/// allowed the test to skip.
 #[allow(unused_macros)]
 macro_rules! require_cyrus {
     ($($arg:expr),* $(,)?) => {
         match $crate::common::cyrus::Cyrus::start(&[$($arg),*]) {
             Some(cyrus) => cyrus,
-            None => {
-                eprintln!("skipped: cyrus not installed (run tests/cyrus/install.sh as root)");
-                return;
-            }
+            None => return,
         }
     };
 }
@@ -59,8 +52,13 @@ fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
+/// Why a test that needs Cyrus cannot run without it.
+fn cyrus_missing() -> String {
+    format!(
+        "cyrus is not installed: run `bash tests/cyrus/install.sh` as root (it apt-installs \
+         sasl2-bin and the libraries, and unpacks cyrus-common and cyrus-pop3d into {})",
+        cyrus_root().display()
+    )
 }
 
 /// Where install.sh unpacked the packages (start.sh reads `CYRUS_ROOT` too).
@@ -101,9 +99,13 @@ pub struct Cyrus {
 
 impl Cyrus {
     /// Starts a server with `tests/cyrus/start.sh` options (`--popminpoll N`,
-    /// `--owner-pid PID`). `None` means "not installed, skip the test"
-    /// (never returned in CI); any start failure panics.
+    /// `--owner-pid PID`). `None` means "not installed", and `cannot_run`
+    /// allowed the test to skip; any start failure panics.
     pub fn start(args: &[&str]) -> Option<Cyrus> {
+        if !cyrus_installed() {
+            super::cannot_run(&cyrus_missing());
+            return None;
+        }
         Self::start_in_tempdir(args, false)
     }
 
@@ -111,6 +113,10 @@ impl Cyrus {
     /// its own mailbox). Started on first use with `--owner-pid` of this
     /// process: the watchdog stops it when the binary exits.
     pub fn shared() -> Option<&'static Cyrus> {
+        if !cyrus_installed() {
+            super::cannot_run(&cyrus_missing());
+            return None;
+        }
         static SHARED: OnceLock<Option<Cyrus>> = OnceLock::new();
         SHARED
             .get_or_init(|| {
@@ -121,61 +127,19 @@ impl Cyrus {
     }
 
     fn start_in_tempdir(args: &[&str], shared: bool) -> Option<Cyrus> {
-        if !cyrus_installed() {
-            if in_ci() {
-                panic!(
-                    "Cyrus is not installed, and CI=true: run `bash tests/cyrus/install.sh` \
-                     as root (it apt-installs sasl2-bin and the libraries, and unpacks \
-                     cyrus-common and cyrus-pop3d into {})",
-                    cyrus_root().display()
-                );
-            }
-            return None;
-        }
-        let script = manifest_dir().join("tests/cyrus/start.sh");
-        let mut last_error = String::new();
-        for _ in 0..START_ATTEMPTS {
-            // Under /tmp, not $TMPDIR: the LMTP socket path must stay short.
-            let dir = tempfile::Builder::new()
-                .prefix("popsync-cy.")
-                .tempdir_in("/tmp")
-                .expect("create a temp dir for Cyrus under /tmp");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg(dir.path())
-                .args(args)
-                .env_remove("POP3_PORT")
-                .env_remove("POP3S_PORT")
-                .stdin(Stdio::null())
-                .output()
-                .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            if out.status.success() {
-                let tempdir = if shared {
-                    // The watchdog removes it (--cleanup); a static is
-                    // never dropped.
-                    let _ = dir.keep();
-                    None
-                } else {
-                    Some(dir)
-                };
-                return Some(Self::from_start_output(tempdir, &stdout));
-            }
-            last_error = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-            if !stderr.contains("Address already in use") {
-                break;
-            }
-        }
-        panic!("tests/cyrus/start.sh failed: {last_error}");
+        let (dir, stdout) = super::servers::run_start_script("cyrus", "cy", args);
+        let tempdir = if shared {
+            // The watchdog removes it (--cleanup); a static is never dropped.
+            let _ = dir.keep();
+            None
+        } else {
+            Some(dir)
+        };
+        Some(Self::from_start_output(tempdir, &stdout))
     }
 
     fn from_start_output(tempdir: Option<tempfile::TempDir>, stdout: &str) -> Cyrus {
-        let field = |key: &str| {
-            stdout
-                .lines()
-                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-        };
+        let field = |key: &str| super::servers::start_field(stdout, key);
         let stop = field("stop").map(PathBuf::from);
         let parsed = (|| {
             Some((

@@ -33,50 +33,51 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How long one `popsync` run may take before the harness kills it.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How often `Dovecot::start` retries when a port it picked was taken by a
-/// concurrently starting test in the meantime.
-const START_ATTEMPTS: usize = 3;
-
-/// Starts a throwaway Dovecot, or skips the calling test (prints
-/// "skipped: dovecot not installed" and returns) when Dovecot is missing and
-/// `CI` is not "true". In CI a missing Dovecot is a failure (panic).
+/// Starts a throwaway Dovecot with `tests/dovecot/start.sh` options (none,
+/// or e.g. `"--no-stls"`, `"--apop"`, `"--cert", "expired"`), or, when
+/// Dovecot is missing and `POPSYNC_TEST_SKIP_SERVERS=1` asks for it, returns
+/// from the calling test after `cannot_run` said "skipped". Otherwise a
+/// missing Dovecot fails the test.
 #[allow(unused_macros)]
 macro_rules! require_dovecot {
-    () => {
-        match $crate::common::Dovecot::start() {
+    ($($arg:expr),* $(,)?) => {
+        match $crate::common::Dovecot::start_with_options(&[$($arg),*]) {
             Some(dovecot) => dovecot,
-            None => {
-                eprintln!("skipped: dovecot not installed");
-                return;
-            }
+            None => return,
         }
     };
 }
 #[allow(unused_imports)]
 pub(crate) use require_dovecot;
 
-/// Like `require_dovecot!` but the server offers no TLS at all: the plain port
-/// does not advertise STLS and there is no POP3S port.
-#[allow(unused_macros)]
-macro_rules! require_dovecot_without_stls {
-    () => {
-        match $crate::common::Dovecot::start_without_stls() {
-            Some(dovecot) => dovecot,
-            None => {
-                eprintln!("skipped: dovecot not installed");
-                return;
-            }
-        }
-    };
+/// The environment variable that lets a test that cannot run here (a server,
+/// a tool or root missing) skip instead of failing: `1` to skip.
+pub const SKIP_VAR: &str = "POPSYNC_TEST_SKIP_SERVERS";
+
+/// The one rule for a test that cannot run here because `why` (a server, a
+/// tool or root is missing): it fails (a panic naming `why`), unless
+/// `POPSYNC_TEST_SKIP_SERVERS=1` asks to skip; then this prints
+/// "skipped: WHY" and the caller returns without asserting anything. Under
+/// `CI=true` it always fails.
+#[track_caller]
+pub fn cannot_run(why: &str) {
+    if in_ci() {
+        panic!("{why}; CI=true, where every test must run (tests/run.sh installs what they need)");
+    }
+    if std::env::var(SKIP_VAR).as_deref() != Ok("1") {
+        panic!(
+            "{why}; this test cannot run here. `bash tests/run.sh` installs the servers \
+             and tools it needs; set {SKIP_VAR}=1 to skip it instead"
+        );
+    }
+    eprintln!("skipped: {why}");
 }
-#[allow(unused_imports)]
-pub(crate) use require_dovecot_without_stls;
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
 }
 
@@ -88,6 +89,9 @@ pub fn dovecot_installed() -> bool {
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
         .any(|dir| dir.join("dovecot").is_file())
 }
+
+/// Why a test that needs Dovecot cannot run without it.
+pub const DOVECOT_MISSING: &str = "dovecot is not installed (Debian/Ubuntu: apt-get install dovecot-pop3d; tests/run.sh installs it)";
 
 /// A private Dovecot POP3 server on 127.0.0.1, stopped (and waited for) when
 /// dropped, also when the test panics.
@@ -104,65 +108,22 @@ pub struct Dovecot {
 
 impl Dovecot {
     /// Starts a server with a plain port (offering STLS) and a POP3S port.
-    /// `None` means "not installed, skip the test" (never returned in CI).
+    /// `None`: not installed, and `cannot_run` allowed the test to skip.
     pub fn start() -> Option<Dovecot> {
         Self::start_with(&[])
     }
 
-    /// Starts a server without any TLS: its plain port does not offer STLS,
-    /// and `pop3s_port()` panics.
-    pub fn start_without_stls() -> Option<Dovecot> {
-        Self::start_with(&["--no-stls"])
-    }
-
     fn start_with(args: &[&str]) -> Option<Dovecot> {
         if !dovecot_installed() {
-            if in_ci() {
-                panic!(
-                    "dovecot is not installed, and CI=true: the integration tests need it \
-                     (Debian/Ubuntu: apt-get install dovecot-pop3d; .ci/run installs it)"
-                );
-            }
+            cannot_run(DOVECOT_MISSING);
             return None;
         }
-        let script = manifest_dir().join("tests/dovecot/start.sh");
-        let mut last_error = String::new();
-        for _ in 0..START_ATTEMPTS {
-            // Under /tmp, not $TMPDIR: Dovecot's unix sockets need a short path.
-            let dir = tempfile::Builder::new()
-                .prefix("popsync-dc.")
-                .tempdir_in("/tmp")
-                .expect("create a temp dir for Dovecot under /tmp");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg(dir.path())
-                .args(args)
-                .env_remove("POP3_PORT")
-                .env_remove("POP3S_PORT")
-                .stdin(Stdio::null())
-                .output()
-                .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            if out.status.success() {
-                return Some(Self::from_start_output(dir, &stdout));
-            }
-            last_error = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-            // Another test may have bound a port between start.sh picking it
-            // and Dovecot binding it; anything else is a real failure.
-            if !stderr.contains("Address already in use") {
-                break;
-            }
-        }
-        panic!("tests/dovecot/start.sh failed: {last_error}");
+        let (dir, stdout) = servers::run_start_script("dovecot", "dc", args);
+        Some(Self::from_start_output(dir, &stdout))
     }
 
     fn from_start_output(dir: tempfile::TempDir, stdout: &str) -> Dovecot {
-        let field = |key: &str| {
-            stdout
-                .lines()
-                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-        };
+        let field = |key: &str| servers::start_field(stdout, key);
         let parsed = (|| {
             Some((
                 field("pop3_port")?.parse::<u16>().ok()?,
@@ -641,13 +602,15 @@ impl Account {
     }
 }
 
-/// What one run of the binary did. A run killed by a signal has code
-/// 128 + signal, as a shell reports it.
+/// What one run of the binary did, whatever server it ran against. A run
+/// killed by a signal has code 128 + signal, as a shell reports it.
 #[derive(Debug, Clone)]
 pub struct Output {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+    /// From spawning the binary until it exited.
+    pub elapsed: Duration,
 }
 
 impl Output {
@@ -659,6 +622,7 @@ impl Output {
     }
 
     /// Panics, showing stdout and stderr, unless the exit code is `expected`.
+    #[track_caller]
     pub fn assert_code(&self, expected: i32) -> &Output {
         assert_eq!(
             self.code,
@@ -671,6 +635,7 @@ impl Output {
     }
 
     /// Like `assert_code`, and also shows the Dovecot log on failure.
+    #[track_caller]
     pub fn assert_code_with(&self, expected: i32, dovecot: &Dovecot) -> &Output {
         assert_eq!(
             self.code,
@@ -682,9 +647,33 @@ impl Output {
         );
         self
     }
+
+    /// stderr names the server (`host:port`) and the command, as DESIGN.md
+    /// promise 4 says.
+    #[track_caller]
+    pub fn assert_names(&self, server: &str, command: &str) -> &Output {
+        assert!(
+            self.stderr.contains(server) && self.stderr.contains(command),
+            "stderr should name {server} and {command}:\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// The `--json` object of the first (or only) account.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        let line = self.stdout.lines().next().unwrap_or_else(|| {
+            panic!("no JSON on stdout; stderr:\n{}", self.stderr);
+        });
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+    }
 }
 
-/// A private directory to run the real `popsync` binary in: its config at
+/// The one harness around the binary: a private directory to run the real
+/// `popsync` in, against a Dovecot, another real server
+/// (`servers::PopServer`) or the fault server (`tests/fault/`, which adds
+/// `fault_config` and `run_fault`): its config at
 /// DIR/config.toml, `HOME` = DIR/home, `XDG_CONFIG_HOME` = DIR/home/.config,
 /// `XDG_STATE_HOME` = DIR/home/.local/state, and (via `defaults_toml`) the
 /// seen-store in DIR/state.
@@ -767,6 +756,17 @@ impl TestEnv {
         self.run_with_env(args, &[])
     }
 
+    /// Writes `toml` as DIR/config.toml (`write_config`), then `run`.
+    pub fn run_config(&self, toml: &str, args: &[&str]) -> Output {
+        self.run_config_with_env(toml, args, &[])
+    }
+
+    /// `run_config` with extra environment variables.
+    pub fn run_config_with_env(&self, toml: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.write_config(toml);
+        self.run_with_env(args, env)
+    }
+
     /// `run` with extra environment variables (e.g. `POPSYNC_NOW`).
     pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = self.command();
@@ -777,6 +777,14 @@ impl TestEnv {
         run_with_timeout(cmd, RUN_TIMEOUT)
     }
 
+    /// `popsync --config DIR/config.toml ARGS...` started in the background
+    /// with the environment of `run` (for signals and overlapping runs).
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        let mut cmd = self.command();
+        cmd.arg("--config").arg(self.config_path()).args(args);
+        Running::spawn(cmd)
+    }
+
     /// The binary with the environment `run` uses and no arguments.
     pub fn command(&self) -> Command {
         let home = self.path().join("home");
@@ -785,6 +793,8 @@ impl TestEnv {
             .env("HOME", &home)
             .env("XDG_CONFIG_HOME", home.join(".config"))
             .env("XDG_STATE_HOME", home.join(".local/state"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("XDG_CACHE_HOME", home.join(".cache"))
             .env_remove("POPSYNC_CONFIG")
             .env_remove("POPSYNC_NOW")
             .env_remove("RUST_LOG")
@@ -795,37 +805,86 @@ impl TestEnv {
     }
 }
 
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
-    let stdout = reader(&mut child, true);
-    let stderr = reader(&mut child, false);
-    let deadline = Instant::now() + timeout;
-    let (status, timed_out) = loop {
-        if let Some(status) = child.try_wait().expect("wait for popsync") {
-            break (status, false);
+fn run_with_timeout(cmd: Command, timeout: Duration) -> Output {
+    Running::spawn(cmd).finish_within(timeout)
+}
+
+/// A run of the binary that has been started and not yet waited for: `run`
+/// waits at once; `TestEnv::spawn` leaves the test free to signal it or to
+/// start another run meanwhile.
+pub struct Running {
+    child: Child,
+    started: Instant,
+    stdout: thread::JoinHandle<Vec<u8>>,
+    stderr: thread::JoinHandle<Vec<u8>>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+        let stdout = reader(&mut child, true);
+        let stderr = reader(&mut child, false);
+        Running {
+            child,
+            started,
+            stdout,
+            stderr,
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            break (child.wait().expect("wait for killed popsync"), true);
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let output = Output {
-        code: status.code().unwrap_or_else(|| {
-            use std::os::unix::process::ExitStatusExt;
-            128 + status.signal().unwrap_or(0)
-        }),
-        stdout: String::from_utf8_lossy(&stdout.join().expect("stdout reader")).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr.join().expect("stderr reader")).into_owned(),
-    };
-    assert!(
-        !timed_out,
-        "popsync did not finish within {timeout:?} and was killed\n{}",
-        output.describe()
-    );
-    output
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGINT`) to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
+        // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Has the process exited already (without reaping it)?
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("wait for popsync").is_some()
+    }
+
+    /// Waits for the exit; a run still going after `timeout` is killed and
+    /// the test fails (a panic showing what it printed).
+    pub fn finish_within(mut self, timeout: Duration) -> Output {
+        let deadline = self.started + timeout;
+        let (status, timed_out) = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for popsync") {
+                break (status, false);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                break (self.child.wait().expect("wait for killed popsync"), true);
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let elapsed = self.started.elapsed();
+        let output = Output {
+            code: status.code().unwrap_or_else(|| {
+                use std::os::unix::process::ExitStatusExt;
+                128 + status.signal().unwrap_or(0)
+            }),
+            stdout: String::from_utf8_lossy(&self.stdout.join().expect("stdout reader"))
+                .into_owned(),
+            stderr: String::from_utf8_lossy(&self.stderr.join().expect("stderr reader"))
+                .into_owned(),
+            elapsed,
+        };
+        assert!(
+            !timed_out,
+            "popsync did not finish within {timeout:?} and was killed\n{}",
+            output.describe()
+        );
+        output
+    }
 }
 
 fn reader(child: &mut Child, stdout: bool) -> thread::JoinHandle<Vec<u8>> {
@@ -841,27 +900,10 @@ fn reader(child: &mut Child, stdout: bool) -> thread::JoinHandle<Vec<u8>> {
     })
 }
 
-/// Like `require_dovecot!` but with options for `tests/dovecot/start.sh`,
-/// e.g. `require_dovecot_with!("--cert", "expired")` or
-/// `require_dovecot_with!("--apop")`.
-#[allow(unused_macros)]
-macro_rules! require_dovecot_with {
-    ($($arg:expr),* $(,)?) => {
-        match $crate::common::Dovecot::start_with_options(&[$($arg),*]) {
-            Some(dovecot) => dovecot,
-            None => {
-                eprintln!("skipped: dovecot not installed");
-                return;
-            }
-        }
-    };
-}
-#[allow(unused_imports)]
-pub(crate) use require_dovecot_with;
-
 impl Dovecot {
     /// Starts a server with extra `tests/dovecot/start.sh` options
-    /// (`--no-stls`, `--apop`, `--cert KIND`). `None`: not installed.
+    /// (`--no-stls`: no TLS at all, and `pop3s_port()` panics; `--apop`;
+    /// `--cert KIND`). `None`: as `start`.
     pub fn start_with_options(args: &[&str]) -> Option<Dovecot> {
         Self::start_with(args)
     }
@@ -875,6 +917,68 @@ impl Dovecot {
             .map(PathBuf::from)
             .expect("dovecot.conf has no ssl_cert (started with --no-stls?)")
     }
+}
+
+/// Fails unless `haystack` contains `needle`, showing `what` it was.
+#[track_caller]
+pub fn assert_contains(haystack: &str, needle: &str, what: &str) {
+    assert!(
+        haystack.contains(needle),
+        "{what} should contain {needle:?}; it was:\n{haystack}"
+    );
+}
+
+/// Like `assert_contains`, ignoring case.
+#[track_caller]
+pub fn assert_mentions(haystack: &str, needle: &str, what: &str) {
+    assert!(
+        haystack.to_lowercase().contains(&needle.to_lowercase()),
+        "{what} should mention {needle:?}; it was:\n{haystack}"
+    );
+}
+
+/// Runs every row of a table-driven test, `workers` at a time, each to its
+/// end whatever the others do, then fails naming each row that failed (by
+/// `name`) with its panic message. A row is a case of its own: it builds
+/// its own servers and `TestEnv`.
+pub fn run_rows<R: Send>(
+    rows: Vec<R>,
+    workers: usize,
+    name: impl Fn(&R) -> &str + Sync,
+    run: impl Fn(&R) + Sync,
+) {
+    let queue = std::sync::Mutex::new(rows.into_iter());
+    let failures = std::sync::Mutex::new(Vec::new());
+    thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some(row) = next else { break };
+                    let result =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&row)));
+                    if let Err(panic) = result {
+                        let why = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_default();
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!("row {}: {why}", name(&row)));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        failures.is_empty(),
+        "{} row(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 /// The `tls_fingerprint` pin of the (first) certificate in a PEM file, as

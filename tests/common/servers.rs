@@ -7,7 +7,58 @@
 //! stops it once the owning process (this test binary) is gone, since Rust
 //! never drops statics.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// How often a start script is run again when a port it picked was taken by
+/// a concurrently starting server in the meantime.
+const START_ATTEMPTS: usize = 3;
+
+/// Runs `tests/SERVER/start.sh DIR ARGS...` in a new directory under /tmp
+/// (not $TMPDIR: unix socket paths in it must stay short) named
+/// `popsync-PREFIX.*`, trying again when a port was taken between the
+/// script picking it and the server binding it; any other failure panics
+/// with the script's output. Returns the directory and the script's stdout
+/// (`key=value` lines, read with `start_field`).
+pub fn run_start_script(server: &str, prefix: &str, args: &[&str]) -> (tempfile::TempDir, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(server)
+        .join("start.sh");
+    let mut last_error = String::new();
+    for _ in 0..START_ATTEMPTS {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("popsync-{prefix}."))
+            .tempdir_in("/tmp")
+            .unwrap_or_else(|e| panic!("create a temp dir for {server} under /tmp: {e}"));
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(dir.path())
+            .args(args)
+            .env_remove("POP3_PORT")
+            .env_remove("POP3S_PORT")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            return (dir, stdout);
+        }
+        last_error = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+        if !stderr.contains("Address already in use") {
+            break;
+        }
+    }
+    panic!("tests/{server}/start.sh failed: {last_error}");
+}
+
+/// The value of `key=value` in a start script's output.
+pub fn start_field<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+}
 
 /// One running POP3 server on 127.0.0.1.
 pub trait PopServer: Send + Sync {
@@ -51,8 +102,12 @@ pub trait Mailbox: Send + Sync {
 
 impl super::Dovecot {
     /// The Dovecot of this test binary, started on first use; `None`: not
-    /// installed, skip (never in CI).
+    /// installed, and `cannot_run` allowed the test to skip.
     pub fn shared() -> Option<&'static super::Dovecot> {
+        if !super::dovecot_installed() {
+            super::cannot_run(super::DOVECOT_MISSING);
+            return None;
+        }
         static SHARED: std::sync::OnceLock<Option<super::Dovecot>> = std::sync::OnceLock::new();
         SHARED
             .get_or_init(|| {

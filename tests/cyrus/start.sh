@@ -74,6 +74,8 @@
 set -euo pipefail
 
 die() { echo "start.sh: $*" >&2; exit 1; }
+# shellcheck source=tests/server-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../server-lib.sh"
 
 usage="usage: start.sh DIR [--owner-pid PID [--cleanup]] [--popminpoll MINUTES]"
 [[ $# -ge 1 ]] || die "$usage"
@@ -141,47 +143,10 @@ fi
 cyrus_group=$(id -gn "$cyrus_user")
 
 # --- certificates ------------------------------------------------------------
-if [[ ! -s $dir/server.pem ]]; then
-    (
-        cd "$dir"
-        openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-            -keyout ca.key -out ca.pem -days 3650 -subj "/CN=popsync test CA" \
-            -addext "basicConstraints=critical,CA:TRUE" \
-            -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-            -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
-        cat > server.ext <<EXT
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1,DNS:localhost
-EXT
-        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-            -out server.pem -days 825 -extfile server.ext 2>/dev/null
-        rm -f server.csr server.ext ca.srl
-        chmod 0600 ca.key
-        chmod 0644 ca.pem server.pem
-        chmod 0600 server.key
-    ) || die "openssl failed to create the certificates"
-fi
+make_test_certificates "$dir"
 
 # --- ports -------------------------------------------------------------------
-port_in_use() {
-    local hex
-    hex=$(printf ':%04X ' "$1")
-    grep -qs -- "$hex" /proc/net/tcp /proc/net/tcp6
-}
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
-        port_in_use "$port" || break
-    done
-    echo "$port"
-}
-pop3_port=${POP3_PORT:-$(free_port)}
-pop3s_port=${POP3S_PORT:-$(free_port)}
-while [[ -z ${POP3S_PORT:-} && $pop3s_port == "$pop3_port" ]]; do pop3s_port=$(free_port); done
+pick_ports
 reader_port=$(free_port)
 while [[ $reader_port == "$pop3_port" || $reader_port == "$pop3s_port" ]]; do reader_port=$(free_port); done
 

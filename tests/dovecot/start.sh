@@ -57,6 +57,8 @@
 set -euo pipefail
 
 die() { echo "start.sh: $*" >&2; exit 1; }
+# shellcheck source=tests/server-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../server-lib.sh"
 
 usage="usage: start.sh DIR [--no-stls] [--apop] [--cert good|expired|wronghost|selfsigned] [--imap] [--owner-pid PID]"
 [[ $# -ge 1 ]] || die "$usage"
@@ -133,31 +135,7 @@ mail_uid=$(id -u "$mail_user")
 mail_gid=$(id -g "$mail_user")
 
 # --- certificates ------------------------------------------------------------
-# A private CA and a server certificate it signed. ECDSA P-256 keys are quick
-# to generate and accepted by rustls and Python's ssl module alike.
-if [[ ! -s $dir/server.pem ]]; then
-    (
-        cd "$dir"
-        openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-            -keyout ca.key -out ca.pem -days 3650 -subj "/CN=popsync test CA" \
-            -addext "basicConstraints=critical,CA:TRUE" \
-            -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-            -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
-        cat > server.ext <<EXT
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1,DNS:localhost
-EXT
-        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-            -out server.pem -days 825 -extfile server.ext 2>/dev/null
-        rm -f server.csr server.ext ca.srl
-        chmod 0600 ca.key
-        chmod 0644 ca.pem server.pem
-        chmod 0600 server.key   # read by the master process (root or the invoking user)
-    ) || die "openssl failed to create the certificates"
-fi
+make_test_certificates "$dir"
 
 # An alternative server certificate (--cert KIND), made next to the good one.
 served_cert=$dir/server.pem
@@ -232,25 +210,7 @@ CNF
 fi
 
 # --- ports -------------------------------------------------------------------
-# A random port below the kernel's ephemeral range that no socket uses now.
-# Two servers starting at once may still pick the same port; the loser fails
-# with "Address already in use" and its caller retries (tests/common does).
-port_in_use() {
-    local hex
-    hex=$(printf ':%04X ' "$1")
-    grep -qs -- "$hex" /proc/net/tcp /proc/net/tcp6
-}
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
-        port_in_use "$port" || break
-    done
-    echo "$port"
-}
-pop3_port=${POP3_PORT:-$(free_port)}
-pop3s_port=${POP3S_PORT:-$(free_port)}
-while [[ -z ${POP3S_PORT:-} && $pop3s_port == "$pop3_port" ]]; do pop3s_port=$(free_port); done
+pick_ports
 
 # --- configuration -----------------------------------------------------------
 mkdir -p "$base_dir" "$dir/lib" "$dir/home"

@@ -16,10 +16,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::common::{Account, Dovecot, TestEnv, User, toml_string};
 
-pub fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
 /// Is `tool` an executable on PATH?
 pub fn have_tool(tool: &str) -> bool {
     Command::new("sh")
@@ -29,20 +25,17 @@ pub fn have_tool(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Skips the calling test (prints a note and returns) when `tool` is not
-/// installed, unless `CI` is "true": there a missing tool is a failure
-/// (tests/run.sh installs procmail, formail and python3).
+/// Returns from the calling test when `tool` is not installed and
+/// `common::cannot_run` allowed it to skip; otherwise a missing tool fails
+/// the test (tests/run.sh installs procmail, formail and python3).
 #[allow(unused_macros)]
 macro_rules! require_tool {
     ($tool:expr) => {
         if !$crate::mailcheck::have_tool($tool) {
-            if $crate::mailcheck::in_ci() {
-                panic!(
-                    "{} is not installed, and CI=true (tests/run.sh installs it)",
-                    $tool
-                );
-            }
-            eprintln!("skipped: {} not installed", $tool);
+            $crate::common::cannot_run(&format!(
+                "{} is not installed (tests/run.sh installs it)",
+                $tool
+            ));
             return;
         }
     };
@@ -338,7 +331,8 @@ pub struct Tmpfs {
 impl Tmpfs {
     /// Mounts a tmpfs of `size` (as mount(8) takes it: "2m") on `dir`
     /// (created). `None` when mounting is not possible here (not root, no
-    /// CAP_SYS_ADMIN) and CI is not "true"; in CI that is a failure.
+    /// CAP_SYS_ADMIN) and `common::cannot_run` allowed the test to skip;
+    /// otherwise that is a failure.
     pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
         fs::create_dir_all(dir).expect("create the mount point");
         let out = Command::new("mount")
@@ -357,10 +351,10 @@ impl Tmpfs {
                     Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
                     Err(e) => e.to_string(),
                 };
-                if in_ci() {
-                    panic!("cannot mount a tmpfs on {} (CI=true): {why}", dir.display());
-                }
-                eprintln!("skipped: cannot mount a tmpfs (needs root): {why}");
+                crate::common::cannot_run(&format!(
+                    "cannot mount a tmpfs on {} (needs root): {why}",
+                    dir.display()
+                ));
                 None
             }
         }

@@ -632,6 +632,55 @@ mod tests {
         assert_eq!(server_text("plain words"), "plain words");
     }
 
+    /// The error a tagged reply to APPEND means, parsed as the client will.
+    fn refusal_of(line: &[u8]) -> ImapError {
+        let Ok((
+            _,
+            Response::Done {
+                status, outcome, ..
+            },
+        )) = imap_proto::Response::parse(line)
+        else {
+            panic!("not a tagged reply: {line:?}");
+        };
+        refusal(
+            "imap.example:993",
+            "INBOX",
+            &status,
+            &outcome.code,
+            outcome.information.as_deref(),
+        )
+    }
+
+    #[test]
+    fn append_refusals_keep_their_codes_and_exit_74_or_76() {
+        for (line, exit, words) in [
+            (
+                &b"A1 NO [OVERQUOTA] Quota exceeded\r\n"[..],
+                74,
+                "[OVERQUOTA] Quota exceeded",
+            ),
+            (b"A1 NO [LIMIT] Too many\r\n", 74, "[LIMIT] Too many"),
+            (b"A1 NO [TOOBIG] too big\r\n", 74, "[TOOBIG] too big"),
+            (
+                b"A1 NO [TRYCREATE] Mailbox doesn't exist\r\n",
+                74,
+                "create = true",
+            ),
+            (b"A1 BAD Invalid arguments\r\n", 76, "Invalid arguments"),
+        ] {
+            let e = refusal_of(line);
+            assert_eq!(e.exit_code() as i32, exit, "{e}");
+            let text = e.to_string();
+            assert!(text.contains(words), "{text}");
+            assert!(text.contains("imap.example:993"), "{text}");
+        }
+        assert!(matches!(
+            refusal_of(b"A1 NO [TRYCREATE] x\r\n"),
+            ImapError::MailboxMissing { .. }
+        ));
+    }
+
     #[test]
     fn mailbox_names_are_quoted() {
         assert_eq!(quote("INBOX"), "\"INBOX\"");

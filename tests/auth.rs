@@ -1,15 +1,16 @@
-//! Logging in and securing the connection, through the real `popsync`
-//! binary: every login mechanism against a real Dovecot (and the OAuth and
-//! SCRAM corner cases against the scripted server of `tests/fault/`), where
-//! the password comes from, and what TLS accepts and refuses. What a user
+//! Logging in, through the real `popsync` binary: every login mechanism
+//! against a real Dovecot (and the OAuth and SCRAM corner cases against the
+//! scripted server of `tests/fault/`), a wrong password, where the password
+//! comes from, a password with CR or LF, and what `-vv` shows. What a user
 //! would check: the exit code, the error text, what arrived in the Maildir,
 //! and what the server saw (Dovecot's log, the fault server's record).
 //! The contract is /work/shared/DESIGN.md: promise 3 (credentials never in
-//! clear text, certificates verified), the exit codes (77 refused, 78 bad
-//! config or unobtainable secret), `auth`, `password*`, `tls*` config keys.
+//! clear text), the exit codes (77 refused, 78 bad config or unobtainable
+//! secret), the `auth` and `password*` config keys. TLS is `tls.rs`.
 
 mod common;
 mod fault;
+mod login;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -19,187 +20,11 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{
-    Account, Dovecot, Output, TestEnv, User, maildir_messages, pem_fingerprint, require_dovecot,
-    require_dovecot_with, require_dovecot_without_stls, sample_message, sorted, toml_string,
+    Account, Dovecot, Output, TestEnv, User, assert_mentions, maildir_messages, require_dovecot,
+    sorted, toml_string,
 };
 use fault::{FaultServer, OAUTH_ERROR_JSON};
-
-/// A password with a space and shell/TOML-special characters; distinctive
-/// enough to search for in logs.
-const PASSWORD: &str = "Tr0ub4dor&3 horse'staple";
-
-// --- helpers -------------------------------------------------------------
-
-/// Puts `n` sample messages on the server for `user`; returns them.
-fn deliver_samples(user: &User, n: usize) -> Vec<Vec<u8>> {
-    (1..=n)
-        .map(|i| {
-            let m = sample_message(i, 2);
-            user.deliver(&m);
-            m
-        })
-        .collect()
-}
-
-/// A TestEnv with one account "acct" built by `account` (delivery into
-/// DIR/mail/acct is added here).
-fn env_with(account: Account) -> TestEnv {
-    let env = TestEnv::new();
-    let maildir = env.maildir("acct");
-    env.write_accounts(&[account.maildir(&maildir).toml()]);
-    env
-}
-
-/// The account's TOML with its `password = ...` line replaced by `source`
-/// (e.g. `password_file = "..."`), so that exactly one secret source is set.
-fn with_secret_source(account: &Account, source: &str) -> String {
-    let mut out = String::new();
-    for line in account.toml().lines() {
-        if line.starts_with("password = ") {
-            out.push_str(source);
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
-
-#[track_caller]
-fn assert_contains(haystack: &str, needle: &str, what: &str) {
-    assert!(
-        haystack.to_lowercase().contains(&needle.to_lowercase()),
-        "{what} should mention {needle:?}; it was:\n{haystack}"
-    );
-}
-
-/// The `method=` of every successful login in Dovecot's log.
-fn dovecot_logins(dovecot: &Dovecot) -> Vec<String> {
-    dovecot
-        .log()
-        .lines()
-        .filter(|l| l.contains(": Login: "))
-        .filter_map(|l| {
-            let rest = &l[l.find("method=")? + "method=".len()..];
-            Some(rest.split(',').next()?.to_owned())
-        })
-        .collect()
-}
-
-/// The `method=` of every successful login of user `name`.
-fn dovecot_logins_of(dovecot: &Dovecot, name: &str) -> Vec<String> {
-    let tag = format!("user=<{name}>");
-    dovecot
-        .log()
-        .lines()
-        .filter(|l| l.contains(": Login: ") && l.contains(&tag))
-        .filter_map(|l| {
-            let rest = &l[l.find("method=")? + "method=".len()..];
-            Some(rest.split(',').next()?.to_owned())
-        })
-        .collect()
-}
-
-/// Lines of Dovecot's log showing a login attempt as user `name` (a login,
-/// a failed one, a password check), whatever the outcome.
-fn dovecot_auth_attempts_of(dovecot: &Dovecot, name: &str) -> Vec<String> {
-    let tag = format!("user=<{name}>");
-    let auth_tag = format!("({name},");
-    dovecot
-        .log()
-        .lines()
-        .filter(|l| (l.contains(&tag) || l.contains(&auth_tag)) && !l.contains("no auth attempts"))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Lines of Dovecot's log showing that a client tried to log in (a login,
-/// a failed one, a password check), whatever the outcome.
-fn dovecot_auth_attempts(dovecot: &Dovecot) -> Vec<String> {
-    dovecot
-        .log()
-        .lines()
-        .filter(|l| {
-            l.contains(": Login: ")
-                || l.contains("auth failed")
-                || l.contains("Password mismatch")
-                || l.contains("illegal chars")
-                || l.contains("unknown user")
-                || l.contains("Aborted login (auth attempts")
-                || (l.contains("auth: ") && l.contains("(alice,"))
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
-#[track_caller]
-fn assert_no_auth_attempt(dovecot: &Dovecot, out: &Output) {
-    let attempts = dovecot_auth_attempts(dovecot);
-    assert!(
-        attempts.is_empty(),
-        "the server must not have seen a login attempt; Dovecot logged:\n{}\n\
-         popsync stderr:\n{}",
-        attempts.join("\n"),
-        out.stderr
-    );
-}
-
-/// Strings that appear in any base64 text that carries `secret`: for each
-/// of the three alignments, the part of the encoding that depends on the
-/// secret alone.
-fn base64_forms(secret: &[u8]) -> Vec<String> {
-    let mut forms = vec![B64.encode(secret)];
-    for pad in 0..3usize {
-        let mut data = vec![b'\0'; pad];
-        data.extend_from_slice(secret);
-        let enc = B64.encode(&data);
-        // Skip the characters mixed with the padding in front, and the last
-        // group, which depends on what follows the secret.
-        let start = if pad == 0 { 0 } else { 4 };
-        let end = enc.len().saturating_sub(4);
-        if end > start + 4 {
-            forms.push(enc[start..end].to_owned());
-        }
-    }
-    forms
-}
-
-/// The stderr of a `-vv` run must not show the password, in clear or in
-/// base64, and every client line of the dialogue must be a command with its
-/// secrets redacted.
-#[track_caller]
-fn assert_no_secret_in_trace(stderr: &str, password: &str, what: &str) {
-    assert!(
-        !stderr.contains(password),
-        "{what}: -vv shows the password:\n{stderr}"
-    );
-    for form in base64_forms(password.as_bytes()) {
-        assert!(
-            !stderr.contains(&form),
-            "{what}: -vv shows the password in base64 ({form}):\n{stderr}"
-        );
-    }
-    const VERBS: [&str; 15] = [
-        "CAPA", "STLS", "USER", "PASS", "APOP", "AUTH", "STAT", "LIST", "UIDL", "RETR", "TOP",
-        "DELE", "RSET", "NOOP", "QUIT",
-    ];
-    for line in stderr.lines() {
-        let Some(sent) = line.split_once("C: ").map(|(_, s)| s) else {
-            continue;
-        };
-        let words: Vec<&str> = sent.split(' ').collect();
-        let ok = match words[0] {
-            "PASS" => sent == "PASS <redacted>",
-            "APOP" => words.len() == 3 && words[2] == "<redacted>",
-            // AUTH MECH, or AUTH MECH <redacted>
-            "AUTH" => words.len() == 2 || (words.len() == 3 && words[2] == "<redacted>"),
-            verb if VERBS.contains(&verb) => true,
-            // A SASL answer: redacted, or the empty answer.
-            _ => sent == "<redacted>" || sent.is_empty(),
-        };
-        assert!(ok, "{what}: -vv shows a secret in {line:?}:\n{stderr}");
-    }
-}
+use login::*;
 
 // --- every mechanism, forced with `auth = [...]` --------------------------
 
@@ -221,7 +46,7 @@ const MECHANISMS: [(&str, &str, &str); 7] = [
 /// reported together.
 #[test]
 fn each_forced_mechanism_logs_in_and_fetches() {
-    let dovecot = require_dovecot_with!("--apop");
+    let dovecot = require_dovecot!("--apop");
     // All users first: Dovecot may not notice a passwd-file changed within
     // the second it last read it.
     let users: Vec<(User, Vec<Vec<u8>>)> = MECHANISMS
@@ -278,14 +103,14 @@ fn each_forced_mechanism_logs_in_and_fetches() {
 
 #[test]
 fn unset_auth_picks_scram_sha_256_even_when_apop_and_user_are_offered() {
-    let dovecot = require_dovecot_with!("--apop");
+    let dovecot = require_dovecot!("--apop");
     let alice = dovecot.add_user("alice", PASSWORD);
     let sent = deliver_samples(&alice, 1);
     let env = env_with(Account::new("acct", &dovecot, &alice));
 
     let out = env.run(&["fetch", "acct", "-v"]);
     out.assert_code_with(0, &dovecot);
-    assert_contains(
+    assert_mentions(
         &out.stderr,
         &format!(
             "logging in to 127.0.0.1:{} as alice with SCRAM-SHA-256",
@@ -310,7 +135,7 @@ fn configured_list_uses_the_first_mechanism_the_server_offers() {
     );
     let out = env.run(&["fetch", "acct", "-v"]);
     out.assert_code_with(0, &dovecot);
-    assert_contains(&out.stderr, "as alice with CRAM-MD5", "stderr (-v)");
+    assert_mentions(&out.stderr, "as alice with CRAM-MD5", "stderr (-v)");
     assert_eq!(dovecot_logins(&dovecot), vec!["CRAM-MD5".to_owned()]);
 }
 
@@ -325,7 +150,7 @@ fn no_mechanism_in_common_is_77_naming_both_lists_and_tries_nothing() {
     out.assert_code_with(77, &dovecot);
     // What popsync would use, and what the server offers.
     for name in ["XOAUTH2", "APOP", "SCRAM-SHA-256", "PLAIN"] {
-        assert_contains(&out.stderr, name, "stderr");
+        assert_mentions(&out.stderr, name, "stderr");
     }
     assert_no_auth_attempt(&dovecot, &out);
     assert!(maildir_messages(&env.maildir("acct")).is_empty());
@@ -339,7 +164,7 @@ fn no_mechanism_in_common_is_77_naming_both_lists_and_tries_nothing() {
 /// server, the user and the mechanism, and nothing is fetched or deleted.
 #[test]
 fn wrong_password_is_77_with_each_mechanism() {
-    let dovecot = require_dovecot_with!("--apop");
+    let dovecot = require_dovecot!("--apop");
     let cases = [
         ("", "SCRAM-SHA-256"),
         ("plain", "PLAIN"),
@@ -475,8 +300,8 @@ fn failing_password_command_is_78(dovecot: &Dovecot, command: &str, extra: &str)
 
     let out = env.run(&["fetch", "acct"]);
     out.assert_code_with(78, dovecot);
-    assert_contains(&out.stderr, command, "stderr");
-    assert_contains(&out.stderr, "password_command", "stderr");
+    assert_mentions(&out.stderr, command, "stderr");
+    assert_mentions(&out.stderr, "password_command", "stderr");
     assert_no_auth_attempt(dovecot, &out);
     assert!(maildir_messages(&env.maildir("acct")).is_empty());
     out
@@ -486,7 +311,7 @@ fn failing_password_command_is_78(dovecot: &Dovecot, command: &str, extra: &str)
 fn failing_password_command_is_78_naming_it() {
     let dovecot = require_dovecot!();
     let out = failing_password_command_is_78(&dovecot, "echo 'vault is sealed' >&2; exit 3", "");
-    assert_contains(
+    assert_mentions(
         &out.stderr,
         "vault is sealed",
         "stderr (the command's own error)",
@@ -509,7 +334,7 @@ fn hanging_password_command_is_78_after_command_timeout() {
         "command_timeout = 1 should end it in about a second, took {:?}",
         started.elapsed()
     );
-    assert_contains(&out.stderr, "command_timeout", "stderr");
+    assert_mentions(&out.stderr, "command_timeout", "stderr");
 }
 
 /// A password command that hangs in a child process (as `pass` waiting for
@@ -531,7 +356,7 @@ fn hanging_password_command_leaves_no_process_behind() {
     env.write_config(&config);
     let out = env.run(&["fetch", "acct"]);
     out.assert_code(78);
-    assert_contains(&out.stderr, &command, "stderr");
+    assert_mentions(&out.stderr, &command, "stderr");
 
     let pid: i32 = fs::read_to_string(&pidfile)
         .expect("the command wrote its child's pid")
@@ -581,7 +406,7 @@ fn config_with_password_readable_by_others_is_78_but_password_command_is_fine() 
 
     let out = env.run(&["fetch", "acct"]);
     out.assert_code_with(78, &dovecot);
-    assert_contains(&out.stderr, &config.to_string_lossy(), "stderr");
+    assert_mentions(&out.stderr, &config.to_string_lossy(), "stderr");
     assert_no_auth_attempt(&dovecot, &out);
 
     // The same file without the password in it may be world-readable.
@@ -661,7 +486,7 @@ fn crlf_password_never_reaches_the_fault_server() {
         .capa(&["USER", "UIDL", "SASL PLAIN LOGIN"])
         .messages(vec![b"Subject: x\n\nhi\n".to_vec()])
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
+    let env = TestEnv::new();
     let mut problems = Vec::new();
     for auth in ["user", "plain", "login"] {
         let config = format!(
@@ -669,12 +494,12 @@ fn crlf_password_never_reaches_the_fault_server() {
              host = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\n\
              user = \"alice\"\npassword = \"secret\\r\\nDELE 1\"\nauth = [\"{auth}\"]\n\
              deliver = {{ maildir = {maildir} }}\n",
-            state = toml_string(&dir.path().join("state").to_string_lossy()),
+            state = toml_string(&env.path().join("state").to_string_lossy()),
             port = srv.port(),
-            maildir = toml_string(&dir.path().join("mail").to_string_lossy()),
+            maildir = toml_string(&env.path().join("mail").to_string_lossy()),
         );
         let before = srv.connections();
-        let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+        let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
         let commands: Vec<String> = srv.sessions()[before..].concat();
         // CAPA, USER NAME and QUIT carry no password; anything else does
         // (PASS, AUTH and its answers) or was injected ("DELE 1").
@@ -701,7 +526,7 @@ fn crlf_password_never_reaches_the_fault_server() {
 
 #[test]
 fn vv_trace_never_shows_the_password_or_sasl_payloads() {
-    let dovecot = require_dovecot_with!("--apop");
+    let dovecot = require_dovecot!("--apop");
     let alice = dovecot.add_user("alice", PASSWORD);
     deliver_samples(&alice, 1);
     for mech in [
@@ -759,257 +584,6 @@ fn vv_trace_does_not_show_scram_server_messages() {
     }
 }
 
-// --- TLS: certificates ---------------------------------------------------------
-
-/// Fetch with `account`, expecting 77 and no login attempt; returns the run.
-fn refused_77(dovecot: &Dovecot, alice: &User, account: Account) -> Output {
-    let env = env_with(account);
-    let out = env.run(&["fetch", "acct"]);
-    out.assert_code_with(77, dovecot);
-    assert_no_auth_attempt(dovecot, &out);
-    assert!(maildir_messages(&env.maildir("acct")).is_empty());
-    assert_eq!(alice.server_messages().len(), 1, "nothing deleted");
-    out
-}
-
-#[test]
-fn certificate_for_another_host_name_is_77_naming_the_host() {
-    let dovecot = require_dovecot_with!("--cert", "wronghost");
-    let alice = dovecot.add_user("alice", PASSWORD);
-    deliver_samples(&alice, 1);
-    let out = refused_77(&dovecot, &alice, Account::new("acct", &dovecot, &alice));
-    assert_contains(&out.stderr, "host name", "stderr");
-    assert_contains(&out.stderr, "127.0.0.1", "stderr");
-    assert_contains(&out.stderr, "certificate", "stderr");
-}
-
-#[test]
-fn expired_certificate_is_77_saying_it_expired() {
-    let dovecot = require_dovecot_with!("--cert", "expired");
-    let alice = dovecot.add_user("alice", PASSWORD);
-    deliver_samples(&alice, 1);
-    let out = refused_77(&dovecot, &alice, Account::new("acct", &dovecot, &alice));
-    assert_contains(&out.stderr, "expired", "stderr");
-    assert_contains(&out.stderr, "certificate", "stderr");
-}
-
-#[test]
-fn certificate_from_unknown_authority_is_77_over_implicit_tls() {
-    let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", PASSWORD);
-    deliver_samples(&alice, 1);
-    let out = refused_77(
-        &dovecot,
-        &alice,
-        Account::new("acct", &dovecot, &alice).without_ca_file(),
-    );
-    assert_contains(&out.stderr, "not trusted", "stderr");
-    assert_contains(&out.stderr, "ca_file", "stderr");
-}
-
-#[test]
-fn certificate_from_unknown_authority_is_77_over_starttls_before_any_login() {
-    let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", PASSWORD);
-    deliver_samples(&alice, 1);
-    let out = refused_77(
-        &dovecot,
-        &alice,
-        Account::new("acct", &dovecot, &alice)
-            .tls("starttls")
-            .without_ca_file(),
-    );
-    assert_contains(&out.stderr, "not trusted", "stderr");
-}
-
-#[test]
-fn self_signed_certificate_is_77_even_with_ca_file() {
-    let dovecot = require_dovecot_with!("--cert", "selfsigned");
-    let alice = dovecot.add_user("alice", PASSWORD);
-    deliver_samples(&alice, 1);
-    let out = refused_77(&dovecot, &alice, Account::new("acct", &dovecot, &alice));
-    assert_contains(&out.stderr, "not trusted", "stderr");
-}
-
-#[test]
-fn right_pin_works_without_ca_file_in_any_spelling() {
-    let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", PASSWORD);
-    let sent = deliver_samples(&alice, 1);
-    let pin = pem_fingerprint(&dovecot.served_cert());
-    // As probe prints it; and lower-case without colons (DESIGN.md: "64 hex
-    // digits, colons optional, any case").
-    let bare = format!(
-        "sha256:{}",
-        pin.trim_start_matches("sha256:")
-            .replace(':', "")
-            .to_lowercase()
-    );
-    for spelling in [pin.clone(), bare] {
-        let env = env_with(
-            Account::new("acct", &dovecot, &alice)
-                .without_ca_file()
-                .extra(&format!("tls_fingerprint = \"{spelling}\"")),
-        );
-        let out = env.run(&["fetch", "acct"]);
-        out.assert_code_with(0, &dovecot);
-        assert_eq!(
-            maildir_messages(&env.maildir("acct")),
-            sorted(sent.clone()),
-            "tls_fingerprint = {spelling:?}"
-        );
-    }
-}
-
-#[test]
-fn right_pin_works_for_a_self_signed_certificate_over_implicit_tls_and_starttls() {
-    let dovecot = require_dovecot_with!("--cert", "selfsigned");
-    let alice = dovecot.add_user("alice", PASSWORD);
-    let sent = deliver_samples(&alice, 1);
-    let pin = pem_fingerprint(&dovecot.served_cert());
-    for tls in ["implicit", "starttls"] {
-        let env = env_with(
-            Account::new("acct", &dovecot, &alice)
-                .tls(tls)
-                .without_ca_file()
-                .extra(&format!("tls_fingerprint = \"{pin}\"")),
-        );
-        let out = env.run(&["fetch", "acct"]);
-        out.assert_code_with(0, &dovecot);
-        assert_eq!(
-            maildir_messages(&env.maildir("acct")),
-            sorted(sent.clone()),
-            "tls = {tls}"
-        );
-    }
-}
-
-#[test]
-fn wrong_pin_is_77_naming_tls_fingerprint_even_with_a_trusted_ca() {
-    let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", PASSWORD);
-    deliver_samples(&alice, 1);
-    let wrong = format!("sha256:{}", ["AB"; 32].join(":"));
-    for with_ca in [false, true] {
-        let mut account =
-            Account::new("acct", &dovecot, &alice).extra(&format!("tls_fingerprint = \"{wrong}\""));
-        if !with_ca {
-            account = account.without_ca_file();
-        }
-        let out = refused_77(&dovecot, &alice, account);
-        assert_contains(&out.stderr, "tls_fingerprint", "stderr");
-    }
-}
-
-#[test]
-fn pin_does_not_excuse_a_wrong_host_name() {
-    let dovecot = require_dovecot_with!("--cert", "wronghost");
-    let alice = dovecot.add_user("alice", PASSWORD);
-    deliver_samples(&alice, 1);
-    let pin = pem_fingerprint(&dovecot.served_cert());
-    let out = refused_77(
-        &dovecot,
-        &alice,
-        Account::new("acct", &dovecot, &alice)
-            .without_ca_file()
-            .extra(&format!("tls_fingerprint = \"{pin}\"")),
-    );
-    assert_contains(&out.stderr, "host name", "stderr");
-    assert_contains(&out.stderr, "127.0.0.1", "stderr");
-}
-
-// --- TLS: STLS and plain text --------------------------------------------------
-
-#[test]
-fn starttls_to_a_server_without_stls_is_77_and_sends_no_password() {
-    let dovecot = require_dovecot_without_stls!();
-    let alice = dovecot.add_user("alice", PASSWORD);
-    deliver_samples(&alice, 1);
-    let out = refused_77(
-        &dovecot,
-        &alice,
-        Account::new("acct", &dovecot, &alice).tls("starttls"),
-    );
-    assert_contains(&out.stderr, "STLS", "stderr");
-}
-
-#[test]
-fn starttls_without_stls_sends_nothing_but_capa_to_the_fault_server() {
-    let srv = FaultServer::builder()
-        .capa(&["USER", "UIDL", "SASL PLAIN"])
-        .messages(vec![b"Subject: x\n\nhi\n".to_vec()])
-        .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = format!(
-        "[defaults]\nstate_dir = {state}\ntimeout = 5\n\n[accounts.acct]\n\
-         host = \"127.0.0.1\"\nport = {port}\ntls = \"starttls\"\n\
-         user = \"alice\"\npassword = \"secret\"\n\
-         deliver = {{ maildir = {maildir} }}\n",
-        state = toml_string(&dir.path().join("state").to_string_lossy()),
-        port = srv.port(),
-        maildir = toml_string(&dir.path().join("mail").to_string_lossy()),
-    );
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
-    assert_eq!(code, 77, "stderr:\n{stderr}");
-    assert_contains(&stderr, "STLS", "stderr");
-    let commands = srv.commands();
-    assert!(
-        commands.iter().all(|c| c == "CAPA" || c == "QUIT"),
-        "only CAPA (and QUIT) may be sent in clear text: {commands:?}"
-    );
-}
-
-#[test]
-fn stls_refused_by_the_server_sends_no_password() {
-    // The server announces STLS but answers it with -ERR (the fault server
-    // does not know the command).
-    let srv = FaultServer::builder()
-        .capa(&["USER", "UIDL", "STLS", "SASL PLAIN"])
-        .messages(vec![b"Subject: x\n\nhi\n".to_vec()])
-        .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = format!(
-        "[defaults]\nstate_dir = {state}\ntimeout = 5\n\n[accounts.acct]\n\
-         host = \"127.0.0.1\"\nport = {port}\ntls = \"starttls\"\n\
-         user = \"alice\"\npassword = \"secret\"\n\
-         deliver = {{ maildir = {maildir} }}\n",
-        state = toml_string(&dir.path().join("state").to_string_lossy()),
-        port = srv.port(),
-        maildir = toml_string(&dir.path().join("mail").to_string_lossy()),
-    );
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
-    assert_ne!(code, 0, "stderr:\n{stderr}");
-    assert_contains(&stderr, "STLS", "stderr");
-    let commands = srv.commands();
-    assert!(
-        commands
-            .iter()
-            .all(|c| c == "CAPA" || c == "STLS" || c == "QUIT"),
-        "nothing but CAPA, STLS (and QUIT) may be sent in clear text: {commands:?}"
-    );
-}
-
-#[test]
-fn tls_none_without_allow_plaintext_is_78_and_with_it_works() {
-    let dovecot = require_dovecot_without_stls!();
-    let alice = dovecot.add_user("alice", PASSWORD);
-    let sent = deliver_samples(&alice, 1);
-    let env = env_with(Account::new("acct", &dovecot, &alice).tls("none"));
-    let out = env.run(&["fetch", "acct"]);
-    out.assert_code_with(78, &dovecot);
-    assert_contains(&out.stderr, "allow_plaintext", "stderr");
-    assert_no_auth_attempt(&dovecot, &out);
-
-    let env = env_with(
-        Account::new("acct", &dovecot, &alice)
-            .tls("none")
-            .extra("allow_plaintext = true"),
-    );
-    let out = env.run(&["fetch", "acct"]);
-    out.assert_code_with(0, &dovecot);
-    assert_eq!(maildir_messages(&env.maildir("acct")), sorted(sent));
-}
-
 // --- OAuth and SCRAM against the scripted server --------------------------------
 
 /// A config for the fault server `srv` (implicit TLS, its own CA), user
@@ -1060,13 +634,13 @@ fn oauth_two_step_fetches(mechanism: &str, expected_ir: impl Fn(&str) -> String)
         .messages(mail.clone())
         .tls()
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = fault_config(dir.path(), &srv, &token, &mechanism.to_ascii_lowercase());
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct", "-vv"]);
+    let env = TestEnv::new();
+    let config = fault_config(env.path(), &srv, &token, &mechanism.to_ascii_lowercase());
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct", "-vv"]);
     assert_eq!(code, 0, "stderr:\n{stderr}");
-    assert_contains(&stderr, &format!("with {mechanism}"), "stderr (-v)");
+    assert_mentions(&stderr, &format!("with {mechanism}"), "stderr (-v)");
     assert_no_secret_in_trace(&stderr, &token, mechanism);
-    assert_eq!(maildir_messages(&dir.path().join("mail")), sorted(mail));
+    assert_eq!(maildir_messages(&env.path().join("mail")), sorted(mail));
 
     let exchange = auth_exchange(&srv.commands());
     assert_eq!(
@@ -1111,14 +685,14 @@ fn xoauth2_short_token_goes_on_the_auth_line() {
         .messages(fault_mail())
         .tls()
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = fault_config(dir.path(), &srv, token, "xoauth2");
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+    let env = TestEnv::new();
+    let config = fault_config(env.path(), &srv, token, "xoauth2");
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
     assert_eq!(code, 0, "stderr:\n{stderr}");
     let exchange = auth_exchange(&srv.commands());
     let ir = B64.encode(format!("user=alice\x01auth=Bearer {token}\x01\x01"));
     assert_eq!(exchange[0], format!("AUTH XOAUTH2 {ir}"), "{exchange:?}");
-    assert_eq!(maildir_messages(&dir.path().join("mail")).len(), 2);
+    assert_eq!(maildir_messages(&env.path().join("mail")).len(), 2);
 }
 
 /// A wrong token: the server's error challenge, the client's `answer`, -ERR;
@@ -1130,7 +704,7 @@ fn oauth_invalid_token_is_77(mechanism: &str, token_len: usize, answer: &str) {
         .messages(fault_mail())
         .tls()
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
+    let env = TestEnv::new();
     let wrong: String = "Wrong.Token-"
         .chars()
         .cycle()
@@ -1144,11 +718,11 @@ fn oauth_invalid_token_is_77(mechanism: &str, token_len: usize, answer: &str) {
         })
         .take(token_len)
         .collect();
-    let config = fault_config(dir.path(), &srv, &wrong, &mechanism.to_ascii_lowercase());
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct", "-vv"]);
+    let config = fault_config(env.path(), &srv, &wrong, &mechanism.to_ascii_lowercase());
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct", "-vv"]);
     assert_eq!(code, 77, "stderr:\n{stderr}");
     assert_no_secret_in_trace(&stderr, &wrong, mechanism);
-    assert_contains(
+    assert_mentions(
         &stderr,
         "invalid_token",
         "stderr (the server's JSON status)",
@@ -1179,7 +753,7 @@ fn oauth_invalid_token_is_77(mechanism: &str, token_len: usize, answer: &str) {
         after.is_empty(),
         "nothing but QUIT after a failed login (no retry): {after:?}"
     );
-    assert!(maildir_messages(&dir.path().join("mail")).is_empty());
+    assert!(maildir_messages(&env.path().join("mail")).is_empty());
 }
 
 #[test]
@@ -1205,12 +779,12 @@ fn oauth_is_not_used_unless_named_and_the_error_names_both_lists() {
         .messages(fault_mail())
         .tls()
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = fault_config(dir.path(), &srv, "token", "x").replace("auth = [\"x\"]\n", "");
-    let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+    let env = TestEnv::new();
+    let config = fault_config(env.path(), &srv, "token", "x").replace("auth = [\"x\"]\n", "");
+    let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
     assert_eq!(code, 77, "stderr:\n{stderr}");
     for name in ["SCRAM-SHA-256", "XOAUTH2", "OAUTHBEARER"] {
-        assert_contains(&stderr, name, "stderr");
+        assert_mentions(&stderr, name, "stderr");
     }
     let commands = srv.commands();
     assert!(
@@ -1231,11 +805,11 @@ fn scram_against_the_fault_server_works_when_the_server_proves_itself() {
             .messages(mail.clone())
             .tls()
             .start();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = fault_config(dir.path(), &srv, PASSWORD, mechanism);
-        let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+        let env = TestEnv::new();
+        let config = fault_config(env.path(), &srv, PASSWORD, mechanism);
+        let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
         assert_eq!(code, 0, "{mechanism}: stderr:\n{stderr}");
-        assert_eq!(maildir_messages(&dir.path().join("mail")), sorted(mail));
+        assert_eq!(maildir_messages(&env.path().join("mail")), sorted(mail));
     }
 }
 
@@ -1249,11 +823,11 @@ fn scram_server_with_a_wrong_signature_is_refused_with_77() {
             .scram_bad_signature()
             .tls()
             .start();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = fault_config(dir.path(), &srv, PASSWORD, mechanism);
-        let (code, _, stderr) = fault::popsync(dir.path(), &config, &["fetch", "acct"]);
+        let env = TestEnv::new();
+        let config = fault_config(env.path(), &srv, PASSWORD, mechanism);
+        let Output { code, stderr, .. } = env.run_config(&config, &["fetch", "acct"]);
         assert_eq!(code, 77, "{mechanism}: stderr:\n{stderr}");
-        assert_contains(&stderr, "signature", "stderr");
+        assert_mentions(&stderr, "signature", "stderr");
         let commands = srv.commands();
         let exchange = auth_exchange(&commands);
         // AUTH with client-first, client-final; then no answer to the bad
@@ -1262,7 +836,7 @@ fn scram_server_with_a_wrong_signature_is_refused_with_77() {
             exchange[2..].iter().all(|c| c == "*" || c == "QUIT"),
             "{mechanism}: after the bad server signature only \"*\" or QUIT may follow: {exchange:?}"
         );
-        assert!(maildir_messages(&dir.path().join("mail")).is_empty());
+        assert!(maildir_messages(&env.path().join("mail")).is_empty());
         assert_eq!(srv.mailbox().len(), 2);
     }
 }
