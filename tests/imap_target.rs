@@ -1492,6 +1492,165 @@ fn without_literal_plus_or_multiappend_each_message_is_its_own_synchronising_app
 
 // --- corner cases of recovery and refusals -----------------------------------
 
+/// A message without Message-ID, about `size` bytes, unique by `i`.
+fn message_without_id(tag: &str, i: usize, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: noid{i}@example.org\nSubject: {tag} {i} without Message-ID\n\
+         Date: Mon, 2 Jun 2025 09:00:00 +0000\n\n"
+    );
+    let mut k = 0;
+    while m.len() < size {
+        m.push_str(&format!("{tag} {i} line {k}\n"));
+        k += 1;
+    }
+    m.into_bytes()
+}
+
+#[test]
+fn killed_before_an_append_of_a_message_without_message_id_never_loses_it() {
+    // The mailbox's last message has the size the interrupted one would
+    // have had. "UID n:*" with n past the last UID still names the last
+    // message (RFC 3501 6.4.8), so a search by size alone must not take it
+    // for the interrupted APPEND.
+    let dovecot = require_imap_dovecot!();
+    let srv = FaultServer::builder().start();
+    let pop = dovecot.add_user("noid-pop", "pop-pw");
+    let sent = vec![
+        message_without_id("noid", 1, 3000),
+        message_without_id("noid", 2, 3000),
+    ];
+    for m in &sent {
+        pop.deliver(m);
+    }
+    let first = imap::lf_to_crlf(&sent[0]);
+    let mut lookalike = first.clone();
+    // Same size, other bytes: another message the user already had.
+    let at = lookalike.len() - 10;
+    lookalike[at] = b'#';
+    srv.insert("INBOX", &lookalike);
+    srv.fault(Trigger::Append(1), Fault::Stall(Point::AfterAppendLine));
+    let case = Case {
+        env: common::TestEnv::new(),
+        pop,
+        sent,
+    };
+    case.configure(
+        dovecot,
+        &imap::Target::fault_server(&srv, "INBOX"),
+        "retention = \"0d\"\n",
+    );
+    let mut child = imap::spawn(
+        &case.env,
+        &["fetch", "--all"],
+        &[("POPSYNC_NOW", NOW)],
+        "killed",
+    );
+    assert!(srv.wait_reached(Point::AfterAppendLine, REACH));
+    assert!(imap::kill9(&mut child));
+    srv.clear_faults();
+    srv.release();
+    assert!(srv.wait_idle(Duration::from_secs(10)));
+    let out = case.run();
+    assert_eq!(out.code, 0, "{}", explain(&out));
+    let got = bodies(&srv, "INBOX");
+    for (i, m) in crlf_all(&case.sent).iter().enumerate() {
+        let n = got.iter().filter(|g| *g == m).count();
+        assert_eq!(
+            n,
+            1,
+            "message {} is in the mailbox {n} times; left on the POP3 server: {}; \
+             commands of the rerun: {:#?}",
+            i + 1,
+            case.left_on_pop3().len(),
+            srv.commands()
+                .iter()
+                .filter(|c| c.contains("SEARCH") || c.contains("APPEND"))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(case.left_on_pop3().is_empty());
+}
+
+#[test]
+fn a_message_over_appendlimit_does_not_hold_back_the_others_in_a_multiappend() {
+    let dovecot = require_imap_dovecot!();
+    let srv = FaultServer::builder()
+        .multiappend()
+        .literal_plus()
+        .append_limit(4000)
+        .start();
+    let pop = dovecot.add_user("alm-pop", "pop-pw");
+    let sent = vec![
+        message("alm", 1, 800),
+        message("alm", 2, 20_000),
+        message("alm", 3, 800),
+    ];
+    for m in &sent {
+        pop.deliver(m);
+    }
+    let case = Case {
+        env: common::TestEnv::new(),
+        pop,
+        sent,
+    };
+    case.configure(
+        dovecot,
+        &imap::Target::fault_server(&srv, "INBOX"),
+        "retention = \"0d\"\n",
+    );
+    let out = case.run();
+    assert_eq!(out.code, 74, "{}", explain(&out));
+    assert_kept_on_pop3(&case, &srv, 1);
+    imap::assert_each_exactly_once(
+        &bodies(&srv, "INBOX"),
+        &[case.sent[0].clone(), case.sent[2].clone()],
+        "the messages under APPENDLIMIT after the first run",
+    );
+    // And the next run (the big one still too big) duplicates nothing.
+    let out = case.run();
+    assert_eq!(out.code, 74, "{}", explain(&out));
+    assert_eq!(srv.messages("INBOX").len(), 2);
+}
+
+#[test]
+fn a_message_over_appendlimit_does_not_hold_back_the_next_ones_without_multiappend() {
+    let dovecot = require_imap_dovecot!();
+    let srv = FaultServer::builder().append_limit(4000).start();
+    let pop = dovecot.add_user("als-pop", "pop-pw");
+    let sent = vec![
+        message("als", 1, 800),
+        message("als", 2, 20_000),
+        message("als", 3, 800),
+    ];
+    for m in &sent {
+        pop.deliver(m);
+    }
+    let case = Case {
+        env: common::TestEnv::new(),
+        pop,
+        sent,
+    };
+    case.configure(
+        dovecot,
+        &imap::Target::fault_server(&srv, "INBOX"),
+        "retention = \"0d\"\n",
+    );
+    let out = case.run();
+    assert_eq!(out.code, 74, "{}", explain(&out));
+    assert_kept_on_pop3(&case, &srv, 1);
+    // A second run, as cron would start it.
+    let again = case.run();
+    assert_eq!(again.code, 74, "{}", explain(&again));
+    imap::assert_each_exactly_once(
+        &bodies(&srv, "INBOX"),
+        &[case.sent[0].clone(), case.sent[2].clone()],
+        &format!(
+            "the messages under APPENDLIMIT after two runs (stderr of the first: {})",
+            out.stderr.trim()
+        ),
+    );
+}
+
 #[test]
 fn after_a_kill_an_unreachable_imap_server_fetches_and_deletes_nothing() {
     let dovecot = require_imap_dovecot!();
@@ -1598,4 +1757,63 @@ fn an_append_never_answered_times_out_with_75_and_is_never_a_duplicate() {
     assert!(out.stderr.contains("timeout"), "{}", explain(&out));
     assert_eq!(case.left_on_pop3().len(), 2);
     assert_clean_run_delivers_each_once(&case, &srv, "INBOX");
+}
+
+#[test]
+fn killed_before_appending_a_second_copy_with_the_same_message_id_never_loses_it() {
+    // Mailing lists deliver a message twice with one Message-ID (the list's
+    // copy and the direct one). The first copy is the last message in the
+    // mailbox when the second's APPEND is interrupted; "UID n:*" with n past
+    // it still names it, so the search must not take it for the second.
+    let dovecot = require_imap_dovecot!();
+    let srv = FaultServer::builder().start();
+    let pop = dovecot.add_user("dupid-pop", "pop-pw");
+    let direct = message("dupid", 1, 2000);
+    let mut list_copy = b"List-Id: <list.example.org>\n".to_vec();
+    list_copy.extend_from_slice(&direct);
+    let sent = vec![direct, list_copy];
+    for m in &sent {
+        pop.deliver(m);
+    }
+    srv.fault(Trigger::Append(2), Fault::Stall(Point::AfterAppendLine));
+    let case = Case {
+        env: common::TestEnv::new(),
+        pop,
+        sent,
+    };
+    case.configure(
+        dovecot,
+        &imap::Target::fault_server(&srv, "INBOX"),
+        "retention = \"0d\"\n",
+    );
+    let mut child = imap::spawn(
+        &case.env,
+        &["fetch", "--all"],
+        &[("POPSYNC_NOW", NOW)],
+        "killed",
+    );
+    assert!(srv.wait_reached(Point::AfterAppendLine, REACH));
+    assert!(imap::kill9(&mut child));
+    srv.clear_faults();
+    srv.release();
+    assert!(srv.wait_idle(Duration::from_secs(10)));
+    let out = case.run();
+    assert_eq!(out.code, 0, "{}", explain(&out));
+    let got = bodies(&srv, "INBOX");
+    for (i, m) in crlf_all(&case.sent).iter().enumerate() {
+        let n = got.iter().filter(|g| *g == m).count();
+        assert_eq!(
+            n,
+            1,
+            "copy {} is in the mailbox {n} times; left on the POP3 server: {}; \
+             commands: {:#?}",
+            i + 1,
+            case.left_on_pop3().len(),
+            srv.commands()
+                .iter()
+                .filter(|c| c.contains("SEARCH") || c.contains("APPEND"))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(case.left_on_pop3().is_empty());
 }
