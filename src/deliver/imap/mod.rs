@@ -316,7 +316,13 @@ impl Target for Imap {
             ));
             return Ok(None);
         };
-        let found = block_on(&server, conn.search(&query))??;
+        let mut found = block_on(&server, conn.search(&query))??;
+        if same_uids {
+            // `UID n:*` always matches the mailbox's last message, even when
+            // its UID is below n (RFC 9051 6.4.9): only UIDs the APPEND could
+            // have given count.
+            found.retain(|&uid| uid >= p.uidnext);
+        }
         let base = format!("imap://{}@{}/{}", self.spec.user, server, self.spec.mailbox);
         Ok(found.last().map(|uid| {
             format!(
