@@ -8,6 +8,7 @@ pub mod command;
 pub mod config;
 pub mod deliver;
 pub mod exit;
+pub mod eyeballs;
 pub mod filter;
 pub mod headers;
 pub mod import;
