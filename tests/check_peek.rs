@@ -25,12 +25,8 @@ use fault::{Fault, FaultServer, On};
 #[test]
 fn check_reports_new_messages_and_bytes_and_changes_nothing() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
     let sent: Vec<Vec<u8>> = (1..=3).map(|i| plain(i, &format!("Hello {i}"))).collect();
-    for m in &sent {
-        alice.deliver(m);
-    }
-    let env = dovecot_env(&dovecot, &[("alice", &alice, "retention = \"0d\"")]);
+    let (alice, env) = alice_with(&dovecot, &sent, "retention = \"0d\"");
 
     let out = env.run(&["check", "alice"]);
     out.assert_code_with(0, &dovecot);
@@ -59,9 +55,7 @@ fn check_reports_new_messages_and_bytes_and_changes_nothing() {
 #[test]
 fn check_after_fetch_says_no_new_mail_with_exit_1_then_counts_new_arrivals() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
-    alice.deliver(&plain(1, "first"));
-    let env = dovecot_env(&dovecot, &[("alice", &alice, "")]);
+    let (alice, env) = alice_with(&dovecot, [&plain(1, "first")], "");
     env.run(&["fetch", "--all"]).assert_code_with(0, &dovecot);
 
     let none = env.run(&["check", "--all"]);
@@ -81,9 +75,7 @@ fn check_after_fetch_says_no_new_mail_with_exit_1_then_counts_new_arrivals() {
 #[test]
 fn check_quiet_prints_nothing_and_answers_with_the_exit_code() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
-    alice.deliver(&plain(1, "hello"));
-    let env = dovecot_env(&dovecot, &[("alice", &alice, "")]);
+    let (_alice, env) = alice_with(&dovecot, [&plain(1, "hello")], "");
 
     let yes = env.run(&["check", "--all", "-q"]);
     yes.assert_code_with(0, &dovecot);
@@ -100,12 +92,9 @@ fn check_quiet_prints_nothing_and_answers_with_the_exit_code() {
 #[test]
 fn check_does_not_count_messages_that_max_size_would_skip() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
     let small = plain(1, "small");
     let large = big(2, "large", 20_000);
-    alice.deliver(&small);
-    alice.deliver(&large);
-    let env = dovecot_env(&dovecot, &[("alice", &alice, "max_size = \"10KB\"")]);
+    let (_alice, env) = alice_with(&dovecot, [&small, &large], "max_size = \"10KB\"");
 
     let out = env.run(&["check", "alice"]);
     out.assert_code_with(0, &dovecot);
@@ -191,17 +180,13 @@ fn check_account_failure_gives_that_failures_exit_code() {
 #[test]
 fn check_does_not_count_what_the_filter_deletes_or_skips_and_deletes_nothing() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
     let ham = plain(1, "Lunch on Friday?");
     let spam = plain(2, "CHEAP V1AGRA");
     let later = plain(3, "Holiday photos [later]");
-    for m in [&ham, &spam, &later] {
-        alice.deliver(m);
-    }
     let filter = filter_line(
         "h=$(cat); echo \"$h\" | grep -q V1AGRA && exit 1; echo \"$h\" | grep -q '\\[later\\]' && exit 2; exit 0",
     );
-    let env = dovecot_env(&dovecot, &[("alice", &alice, &filter)]);
+    let (alice, env) = alice_with(&dovecot, [&ham, &spam, &later], &filter);
 
     let out = env.run(&["check", "alice"]);
     out.assert_code_with(0, &dovecot);
@@ -551,12 +536,8 @@ const DECODED: [(&str, &str); 3] = [
 #[test]
 fn peek_lists_every_message_with_decoded_headers_and_changes_nothing() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
     let sent = encoded_mail();
-    for m in &sent {
-        alice.deliver(m);
-    }
-    let env = dovecot_env(&dovecot, &[("alice", &alice, "retention = \"0d\"")]);
+    let (alice, env) = alice_with(&dovecot, &sent, "retention = \"0d\"");
 
     let out = env.run(&["peek", "alice"]);
     out.assert_code_with(0, &dovecot);
@@ -596,12 +577,8 @@ fn peek_lists_every_message_with_decoded_headers_and_changes_nothing() {
 #[test]
 fn peek_new_lists_only_unfetched_messages_and_marks_fetched_ones_seen() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
     let first = encoded_mail();
-    for m in &first[..2] {
-        alice.deliver(m);
-    }
-    let env = dovecot_env(&dovecot, &[("alice", &alice, "")]);
+    let (alice, env) = alice_with(&dovecot, &first[..2], "");
     env.run(&["fetch", "alice"]).assert_code_with(0, &dovecot);
     alice.deliver(&first[2]);
     let rows = seen_rows(&env, "alice");
@@ -652,11 +629,7 @@ fn peek_new_lists_only_unfetched_messages_and_marks_fetched_ones_seen() {
 #[test]
 fn peek_lines_shows_the_first_body_lines() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
-    for m in encoded_mail() {
-        alice.deliver(&m);
-    }
-    let env = dovecot_env(&dovecot, &[("alice", &alice, "")]);
+    let (_alice, env) = alice_with(&dovecot, encoded_mail(), "");
 
     let out = env.run(&["peek", "alice", "--lines", "2"]);
     out.assert_code_with(0, &dovecot);
@@ -690,12 +663,8 @@ fn peek_lines_shows_the_first_body_lines() {
 #[test]
 fn peek_json_has_one_object_per_message_with_the_documented_fields() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
     let sent = encoded_mail();
-    for m in &sent {
-        alice.deliver(m);
-    }
-    let env = dovecot_env(&dovecot, &[("alice", &alice, "")]);
+    let (_alice, env) = alice_with(&dovecot, &sent, "");
 
     let out = env.run(&["peek", "alice", "--json", "--lines", "1"]);
     out.assert_code_with(0, &dovecot);

@@ -45,12 +45,8 @@ const SPAM_FILTER: &str = "grep -qi '^Subject:.*v1agra' && exit 1; exit 0";
 #[test]
 fn filter_exit_1_deletes_spam_on_the_server_without_downloading_it() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
     let (ham1, spam, ham2) = ham_spam_ham();
-    for m in [&ham1, &spam, &ham2] {
-        alice.deliver(m);
-    }
-    let env = dovecot_env(&dovecot, &[("alice", &alice, &filter_line(SPAM_FILTER))]);
+    let (alice, env) = alice_with(&dovecot, [&ham1, &spam, &ham2], &filter_line(SPAM_FILTER));
 
     let out = env.run(&["fetch", "alice", "-v"]);
     out.assert_code_with(0, &dovecot);
@@ -97,12 +93,8 @@ fn filter_exit_1_deletes_spam_on_the_server_without_downloading_it() {
 #[test]
 fn filter_deletions_are_counted_in_json_deleted() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
     let (ham1, spam, ham2) = ham_spam_ham();
-    for m in [&ham1, &spam, &ham2] {
-        alice.deliver(m);
-    }
-    let env = dovecot_env(&dovecot, &[("alice", &alice, &filter_line(SPAM_FILTER))]);
+    let (alice, env) = alice_with(&dovecot, [&ham1, &spam, &ham2], &filter_line(SPAM_FILTER));
 
     let out = env.run(&["fetch", "--all", "--json"]);
     out.assert_code_with(0, &dovecot);
@@ -311,14 +303,10 @@ fn spamassassin_style_filter_script_deletes_spam_and_lets_ham_through() {
 #[test]
 fn dry_run_shows_the_filter_decisions_and_changes_nothing() {
     let dovecot = require_dovecot!();
-    let alice = dovecot.add_user("alice", "secret");
     let (ham, spam, _) = ham_spam_ham();
     let huge = big(3, "video", 200_000);
-    for m in [&ham, &spam, &huge] {
-        alice.deliver(m);
-    }
     let filter = format!("test %S -gt 100000 && exit 2; {SPAM_FILTER}");
-    let env = dovecot_env(&dovecot, &[("alice", &alice, &filter_line(&filter))]);
+    let (alice, env) = alice_with(&dovecot, [&ham, &spam, &huge], &filter_line(&filter));
 
     let out = env.run(&["fetch", "alice", "--dry-run"]);
     out.assert_code_with(0, &dovecot);

@@ -79,6 +79,22 @@ pub fn dovecot_env(dovecot: &Dovecot, accounts: &[(&str, &User, &str)]) -> TestE
     env
 }
 
+/// A user alice (password "secret") on `dovecot` with `mail` delivered in
+/// that order, and a `TestEnv` with one account `alice` for her
+/// (`dovecot_env`, with `extra` lines).
+pub fn alice_with<M: AsRef<[u8]>>(
+    dovecot: &Dovecot,
+    mail: impl IntoIterator<Item = M>,
+    extra: &str,
+) -> (User, TestEnv) {
+    let alice = dovecot.add_user("alice", "secret");
+    for m in mail {
+        alice.deliver(m.as_ref());
+    }
+    let env = dovecot_env(dovecot, &[("alice", &alice, extra)]);
+    (alice, env)
+}
+
 /// `filter = "COMMAND"` as a config line.
 pub fn filter_line(command: &str) -> String {
     format!("filter = {}", toml_string(command))
