@@ -372,7 +372,7 @@ pub struct Running {
 }
 
 impl Running {
-    fn spawn(mut cmd: Command) -> Running {
+    pub fn spawn(mut cmd: Command) -> Running {
         let started = Instant::now();
         let mut child = cmd
             .spawn()
