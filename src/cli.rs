@@ -15,6 +15,8 @@ Exit codes (sysexits.h):
   76  the server broke the protocol
   77  authentication failed, or TLS certificate not trusted
   78  invalid configuration, or a secret that cannot be obtained
+  130 stopped by SIGINT      143 stopped by SIGTERM
+      (after delivering and committing the messages already asked for)
 With several accounts: 75 only if every failure was temporary, otherwise the
 code of the first other failure in config order.
 

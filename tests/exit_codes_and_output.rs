@@ -559,3 +559,22 @@ fn seen_forget_makes_the_next_fetch_download_exactly_that_message_again() {
     );
     assert_eq!(seen_list(&env, "alice").len(), 5);
 }
+
+#[test]
+fn help_lists_every_exit_code_of_the_design() {
+    let env = TestEnv::new();
+    let out = env.run(&["--help"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for code in [
+        "0", "64", "66", "69", "70", "74", "75", "76", "77", "78", "130", "143",
+    ] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.split_whitespace().any(|w| w == code)),
+            "--help does not list exit code {code}:\n{}",
+            out.stdout
+        );
+    }
+    assert!(out.stdout.contains("SIGINT") && out.stdout.contains("SIGTERM"));
+}
