@@ -134,7 +134,7 @@ _popsync() {
             return 0
             ;;
         popsync__subcmd__check)
-            opts="-j -q -v -h --all --jobs --config --quiet --verbose --json --help"
+            opts="-j -q -v -h --all --jobs --ignore-login-delay --config --quiet --verbose --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -160,7 +160,7 @@ _popsync() {
             return 0
             ;;
         popsync__subcmd__fetch)
-            opts="-j -q -v -h --all --dry-run --jobs --accept-uidl-reset --config --quiet --verbose --json --help"
+            opts="-j -q -v -h --all --dry-run --jobs --accept-uidl-reset --ignore-login-delay --config --quiet --verbose --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -340,7 +340,7 @@ _popsync() {
             return 0
             ;;
         popsync__subcmd__peek)
-            opts="-q -v -h --new --lines --config --quiet --verbose --json --help"
+            opts="-q -v -h --new --lines --ignore-login-delay --config --quiet --verbose --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

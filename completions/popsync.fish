@@ -42,6 +42,7 @@ complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l config -d 'Con
 complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l all -d 'Every account in the config'
 complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l dry-run -d 'Connect and print the plan (ACTION UIDL SIZE REASON) without changing anything'
 complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l accept-uidl-reset -d 'Download again a mailbox whose UIDLs the server renumbered'
+complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l ignore-login-delay -d 'Log in even if the server\'s LOGIN-DELAY since the last login has not passed (for a run by hand; the server may still refuse)'
 complete -c popsync -n "__fish_popsync_using_subcommand fetch" -s q -l quiet -d 'Print errors only (nothing at all on success)'
 complete -c popsync -n "__fish_popsync_using_subcommand fetch" -s v -l verbose -d 'More output: -v one line per message, -vv the protocol dialogue (passwords redacted)'
 complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l json -d 'One JSON object per account on stdout (JSON Lines)'
@@ -49,6 +50,7 @@ complete -c popsync -n "__fish_popsync_using_subcommand fetch" -s h -l help -d '
 complete -c popsync -n "__fish_popsync_using_subcommand check" -s j -l jobs -d 'Accounts checked at the same time' -r
 complete -c popsync -n "__fish_popsync_using_subcommand check" -l config -d 'Config file [default: $POPSYNC_CONFIG, $XDG_CONFIG_HOME/popsync/config.toml]' -r -F
 complete -c popsync -n "__fish_popsync_using_subcommand check" -l all -d 'Every account in the config'
+complete -c popsync -n "__fish_popsync_using_subcommand check" -l ignore-login-delay -d 'Log in even if the server\'s LOGIN-DELAY since the last login has not passed (for a run by hand; the server may still refuse)'
 complete -c popsync -n "__fish_popsync_using_subcommand check" -s q -l quiet -d 'Print errors only (nothing at all on success)'
 complete -c popsync -n "__fish_popsync_using_subcommand check" -s v -l verbose -d 'More output: -v one line per message, -vv the protocol dialogue (passwords redacted)'
 complete -c popsync -n "__fish_popsync_using_subcommand check" -l json -d 'One JSON object per account on stdout (JSON Lines)'
@@ -62,6 +64,7 @@ complete -c popsync -n "__fish_popsync_using_subcommand probe" -s h -l help -d '
 complete -c popsync -n "__fish_popsync_using_subcommand peek" -l lines -d 'Also show the first N body lines' -r
 complete -c popsync -n "__fish_popsync_using_subcommand peek" -l config -d 'Config file [default: $POPSYNC_CONFIG, $XDG_CONFIG_HOME/popsync/config.toml]' -r -F
 complete -c popsync -n "__fish_popsync_using_subcommand peek" -l new -d 'Only messages popsync has not fetched yet'
+complete -c popsync -n "__fish_popsync_using_subcommand peek" -l ignore-login-delay -d 'Log in even if the server\'s LOGIN-DELAY since the last login has not passed (for a run by hand; the server may still refuse)'
 complete -c popsync -n "__fish_popsync_using_subcommand peek" -s q -l quiet -d 'Print errors only (nothing at all on success)'
 complete -c popsync -n "__fish_popsync_using_subcommand peek" -s v -l verbose -d 'More output: -v one line per message, -vv the protocol dialogue (passwords redacted)'
 complete -c popsync -n "__fish_popsync_using_subcommand peek" -l json -d 'One JSON object per account on stdout (JSON Lines)'

@@ -98,6 +98,10 @@ pub struct FetchArgs {
     /// Download again a mailbox whose UIDLs the server renumbered
     #[arg(long)]
     pub accept_uidl_reset: bool,
+    /// Log in even if the server's LOGIN-DELAY since the last login has not
+    /// passed (for a run by hand; the server may still refuse)
+    #[arg(long)]
+    pub ignore_login_delay: bool,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +111,10 @@ pub struct CheckArgs {
     /// Accounts checked at the same time
     #[arg(long, short = 'j', value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
+    /// Log in even if the server's LOGIN-DELAY since the last login has not
+    /// passed (for a run by hand; the server may still refuse)
+    #[arg(long)]
+    pub ignore_login_delay: bool,
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +138,10 @@ pub struct PeekArgs {
     /// Also show the first N body lines
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub lines: u32,
+    /// Log in even if the server's LOGIN-DELAY since the last login has not
+    /// passed (for a run by hand; the server may still refuse)
+    #[arg(long)]
+    pub ignore_login_delay: bool,
 }
 
 #[derive(Debug, Subcommand)]

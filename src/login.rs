@@ -39,10 +39,11 @@ pub enum SetupError {
     )]
     Plaintext { server: String },
     #[error(
-        "{server} allows a login only every {delay} s (LOGIN-DELAY) and the last one was at {last}; skipped, try again after {retry_at}"
+        "{server} allows a login only every {delay} s (LOGIN-DELAY) and the last one was at {last}; skipped, try again after {retry_at}, or now by hand with --ignore-login-delay (`popsync fetch {account} --ignore-login-delay`)"
     )]
     LoginDelay {
         server: String,
+        account: String,
         delay: u64,
         last: DateTime<Utc>,
         retry_at: DateTime<Utc>,
@@ -188,6 +189,7 @@ pub async fn open_session(
         at: last,
         login_delay: Some(delay),
     }) = store.last_login(&account.name)?
+        && !opts.ignore_login_delay
     {
         // Clamped here too: a store written by an older popsync may hold
         // any value the server sent.
@@ -199,6 +201,7 @@ pub async fn open_session(
         if opts.now < retry_at {
             return Err(SetupError::LoginDelay {
                 server: format!("{}:{}", account.host, account.port),
+                account: account.name.clone(),
                 delay,
                 last,
                 retry_at,

@@ -90,29 +90,23 @@ fn now() -> Result<DateTime<Utc>, Failure> {
 }
 
 fn fetch(config: &Config, args: &FetchArgs, ui: Ui) -> Result<ExitCode, Failure> {
-    let reports = run_accounts(
-        config,
-        &args.selection,
-        args.jobs,
-        args.dry_run,
-        args.accept_uidl_reset,
-        Job::Fetch,
-        ui,
-    )?;
+    let flags = Flags {
+        dry_run: args.dry_run,
+        accept_uidl_reset: args.accept_uidl_reset,
+        ignore_login_delay: args.ignore_login_delay,
+    };
+    let reports = run_accounts(config, &args.selection, args.jobs, flags, Job::Fetch, ui)?;
     // A stop request decides the exit code: the run did not do all it was asked.
     Ok(stop::requested().unwrap_or_else(|| exit::merge(reports.iter().map(|r| r.code))))
 }
 
 fn check(config: &Config, args: &CheckArgs, ui: Ui) -> Result<ExitCode, Failure> {
-    let reports = run_accounts(
-        config,
-        &args.selection,
-        args.jobs,
-        false,
-        false,
-        Job::Check,
-        ui,
-    )?;
+    let flags = Flags {
+        dry_run: false,
+        accept_uidl_reset: false,
+        ignore_login_delay: args.ignore_login_delay,
+    };
+    let reports = run_accounts(config, &args.selection, args.jobs, flags, Job::Check, ui)?;
     let failed = exit::merge(reports.iter().map(|r| r.code));
     Ok(if failed != ExitCode::Ok {
         failed
@@ -123,14 +117,20 @@ fn check(config: &Config, args: &CheckArgs, ui: Ui) -> Result<ExitCode, Failure>
     })
 }
 
+/// The command-line switches a run's accounts share.
+struct Flags {
+    dry_run: bool,
+    accept_uidl_reset: bool,
+    ignore_login_delay: bool,
+}
+
 /// Run `job` for every selected account, `jobs` at a time; reports come back
 /// in config order.
 fn run_accounts(
     config: &Config,
     selection: &Selection,
     jobs: u16,
-    dry_run: bool,
-    accept_uidl_reset: bool,
+    flags: Flags,
     job: Job,
     ui: Ui,
 ) -> Result<Vec<AccountReport>, Failure> {
@@ -141,8 +141,9 @@ fn run_accounts(
     let opts = RunOptions {
         state_dir: config.state_dir.clone(),
         now: now()?,
-        dry_run,
-        accept_uidl_reset,
+        dry_run: flags.dry_run,
+        accept_uidl_reset: flags.accept_uidl_reset,
+        ignore_login_delay: flags.ignore_login_delay,
         ui,
     };
     runner::run_accounts(accounts, jobs, opts, job, report_account)
@@ -203,6 +204,7 @@ fn peek(config: &Config, args: &PeekArgs, ui: Ui) -> Result<ExitCode, Failure> {
         now: now()?,
         dry_run: true,
         accept_uidl_reset: false,
+        ignore_login_delay: args.ignore_login_delay,
         ui,
     };
     let listed =

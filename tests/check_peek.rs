@@ -272,6 +272,77 @@ fn login_delay_skips_a_run_before_the_delay_is_over_and_says_when_to_retry() {
     );
 }
 
+#[test]
+fn ignore_login_delay_logs_in_by_hand_and_the_refusal_names_it() {
+    let srv = FaultServer::builder()
+        .messages(small_mail(1))
+        .capa(&capa_with(&["LOGIN-DELAY 900"]))
+        .start();
+    let env = TestEnv::new();
+    run_fault(
+        &env,
+        &srv,
+        "",
+        &["fetch", "test"],
+        Some("2026-03-01T12:00:00Z"),
+    )
+    .assert_code(0);
+    srv.add_message(&plain(2, "arrived later"), "uid-2");
+
+    let early = run_fault(
+        &env,
+        &srv,
+        "",
+        &["fetch", "test"],
+        Some("2026-03-01T12:01:00Z"),
+    );
+    early.assert_code(75);
+    assert_contains(
+        &early.stderr,
+        "--ignore-login-delay",
+        "stderr (the way out by hand)",
+    );
+    assert_contains(
+        &early.stderr,
+        "popsync fetch test --ignore-login-delay",
+        "stderr (the command to type)",
+    );
+    assert_eq!(srv.connections(), 1);
+
+    for args in [
+        &["peek", "test", "--ignore-login-delay"][..],
+        &["check", "test", "--ignore-login-delay"],
+        &["fetch", "test", "--ignore-login-delay"],
+    ] {
+        let by_hand = run_fault(&env, &srv, "", args, Some("2026-03-01T12:02:00Z"));
+        assert_eq!(by_hand.code, 0, "{args:?}: {}", by_hand.stderr);
+    }
+    assert_eq!(srv.connections(), 4, "each run by hand logged in");
+    assert_eq!(
+        maildir_messages(&env.maildir(fault::ACCOUNT)).len(),
+        2,
+        "the run by hand fetched the new message"
+    );
+}
+
+#[test]
+fn with_ignore_login_delay_a_server_refusing_with_login_delay_is_still_75() {
+    let srv = FaultServer::builder()
+        .messages(small_mail(1))
+        .fault(On::Pass, Fault::Err("[LOGIN-DELAY] wait 15 minutes".into()))
+        .start();
+    let env = TestEnv::new();
+    let out = run_fault(
+        &env,
+        &srv,
+        "",
+        &["fetch", "test", "--ignore-login-delay"],
+        None,
+    );
+    out.assert_code(75);
+    assert_contains(&out.stderr, "LOGIN-DELAY", "stderr");
+}
+
 /// One run of a `LoginDelay` row: `args` at `at` (`POPSYNC_NOW`), then
 /// how many logins the server has seen in all, the exit code, and what
 /// stderr says (when to retry).

@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub now: DateTime<Utc>,
     pub dry_run: bool,
     pub accept_uidl_reset: bool,
+    /// Log in although the server's LOGIN-DELAY has not passed (by hand).
+    pub ignore_login_delay: bool,
     pub ui: Ui,
 }
 

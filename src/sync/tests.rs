@@ -253,6 +253,7 @@ async fn run_with_limit(
         now: Utc::now(),
         dry_run: false,
         accept_uidl_reset: false,
+        ignore_login_delay: false,
         ui: Ui {
             verbosity: Verbosity::Quiet,
             json: false,
