@@ -116,12 +116,22 @@ pub fn blocking<R>(work: impl FnOnce() -> R) -> R {
 /// Run `/bin/sh -c command` with `input` on stdin (none when empty); its
 /// stdout and stderr are captured.
 pub fn run_shell(command: &str, input: &[u8], timeout: Duration) -> Result<Finished, RunError> {
+    run_shell_with_env(command, input, &[], timeout)
+}
+
+/// `run_shell` with extra environment variables.
+pub fn run_shell_with_env(
+    command: &str,
+    input: &[u8],
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> Result<Finished, RunError> {
     let stdin = if input.is_empty() {
         Input::Null
     } else {
         Input::Bytes(input)
     };
-    run(command, stdin, true, timeout)
+    run(command, stdin, env, true, timeout)
 }
 
 /// Run `/bin/sh -c command` with `file` (read from its current offset) as
@@ -132,7 +142,7 @@ pub fn run_shell_on_file(
     file: File,
     timeout: Duration,
 ) -> Result<Finished, RunError> {
-    run(command, Input::File(file), false, timeout)
+    run(command, Input::File(file), &[], false, timeout)
 }
 
 enum Input<'a> {
@@ -157,6 +167,7 @@ fn deadline(started: Instant, timeout: Duration) -> (Instant, bool) {
 fn run(
     command: &str,
     input: Input<'_>,
+    env: &[(&str, String)],
     capture_stdout: bool,
     timeout: Duration,
 ) -> Result<Finished, RunError> {
@@ -169,6 +180,7 @@ fn run(
     }
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c").arg(command).process_group(0);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let bytes = match input {
         Input::Null => {
             cmd.stdin(Stdio::null());

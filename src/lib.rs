@@ -11,6 +11,7 @@ pub mod exit;
 pub mod eyeballs;
 pub mod filter;
 pub mod headers;
+pub mod hook;
 pub mod import;
 pub mod login;
 pub mod net;

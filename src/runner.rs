@@ -87,7 +87,13 @@ pub fn run_accounts(
                 let _slot = limit.acquire_owned().await.ok();
                 let report = match (stop::requested(), job) {
                     (Some(code), _) => AccountReport::not_started(&account.name, code),
-                    (None, Job::Fetch) => run_account(&account, &opts).await,
+                    (None, Job::Fetch) => {
+                        let report = run_account(&account, &opts).await;
+                        if !opts.dry_run {
+                            crate::hook::after_run(&account, &report, &opts.ui);
+                        }
+                        report
+                    }
                     (None, Job::Check) => check_account(&account, &opts).await,
                 };
                 print(&report, &opts.ui, job);

@@ -124,6 +124,10 @@ pub struct Account {
     pub max_size: Option<u64>,
     pub received_header: bool,
     pub filter: Option<String>,
+    /// Run after a run that delivered mail (or after every run, with
+    /// `on_new_mail_always`).
+    pub on_new_mail: Option<String>,
+    pub on_new_mail_always: bool,
     pub allow_plaintext: bool,
     pub timeout: Duration,
     pub command_timeout: Duration,

@@ -17,7 +17,7 @@ use super::raw::{RawDeliver, RawSettings};
 pub(super) struct Sensitive {
     /// A `password` in clear: nobody else may read the file (as fetchmail).
     pub(super) password: bool,
-    /// A command (`mda`, `filter`, `password_command`) or a secret: nobody
+    /// A command (`mda`, `filter`, `on_new_mail`, `password_command`) or a secret: nobody
     /// else may change the file, or they choose what popsync runs as this
     /// user and where the password goes.
     pub(super) commands_or_secrets: bool,
@@ -40,6 +40,7 @@ impl Sensitive {
                 || s.password_command.is_some()
                 || s.password_file.is_some()
                 || s.filter.is_some()
+                || s.on_new_mail.is_some()
                 || mda
                 || imap_secret,
         }

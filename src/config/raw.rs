@@ -64,6 +64,8 @@ pub(super) struct RawSettings {
     pub(super) max_size: Option<Spanned<ByteSize>>,
     pub(super) received_header: Option<Spanned<bool>>,
     pub(super) filter: Option<Spanned<String>>,
+    pub(super) on_new_mail: Option<Spanned<String>>,
+    pub(super) on_new_mail_always: Option<Spanned<bool>>,
     pub(super) allow_plaintext: Option<Spanned<bool>>,
 }
 

@@ -239,6 +239,9 @@ impl Resolver<'_> {
             received_header: pick(&a.received_header, &d.received_header)
                 .is_none_or(|s| *s.get_ref()),
             filter: pick(&a.filter, &d.filter).map(|s| s.into_inner()),
+            on_new_mail: pick(&a.on_new_mail, &d.on_new_mail).map(|s| s.into_inner()),
+            on_new_mail_always: pick(&a.on_new_mail_always, &d.on_new_mail_always)
+                .is_some_and(|s| *s.get_ref()),
             allow_plaintext,
             timeout: seconds(pick(&a.timeout, &d.timeout), "timeout", 60)?,
             command_timeout: seconds(
