@@ -160,7 +160,7 @@ _popsync() {
             return 0
             ;;
         popsync__subcmd__fetch)
-            opts="-j -q -v -h --all --dry-run --jobs --accept-uidl-reset --ignore-login-delay --config --quiet --verbose --json --help"
+            opts="-j -q -v -h --all --dry-run --jobs --accept-uidl-reset --metrics --ignore-login-delay --config --quiet --verbose --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -171,6 +171,10 @@ _popsync() {
                     return 0
                     ;;
                 -j)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

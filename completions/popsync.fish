@@ -38,6 +38,7 @@ complete -c popsync -n "__fish_popsync_needs_command" -f -a "accounts" -d 'List 
 complete -c popsync -n "__fish_popsync_needs_command" -f -a "seen" -d 'Inspect or edit the seen-store; import the state of fetchmail, getmail or mpop'
 complete -c popsync -n "__fish_popsync_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c popsync -n "__fish_popsync_using_subcommand fetch" -s j -l jobs -d 'Accounts fetched at the same time' -r
+complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l metrics -d 'After the run, update a Prometheus textfile (for node_exporter) with each account\'s last run, last success, messages, bytes and failures' -r -F
 complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l config -d 'Config file [default: $POPSYNC_CONFIG, $XDG_CONFIG_HOME/popsync/config.toml]' -r -F
 complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l all -d 'Every account in the config'
 complete -c popsync -n "__fish_popsync_using_subcommand fetch" -l dry-run -d 'Connect and print the plan (ACTION UIDL SIZE REASON) without changing anything'

@@ -99,6 +99,10 @@ pub struct FetchArgs {
     /// Download again a mailbox whose UIDLs the server renumbered
     #[arg(long)]
     pub accept_uidl_reset: bool,
+    /// After the run, update a Prometheus textfile (for node_exporter) with
+    /// each account's last run, last success, messages, bytes and failures
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
     /// Log in even if the server's LOGIN-DELAY since the last login has not
     /// passed (for a run by hand; the server may still refuse)
     #[arg(long)]

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod hook;
 pub mod import;
 pub mod login;
+pub mod metrics;
 pub mod net;
 pub mod peek;
 pub mod policy;

@@ -96,8 +96,17 @@ fn fetch(config: &Config, args: &FetchArgs, ui: Ui) -> Result<ExitCode, Failure>
         ignore_login_delay: args.ignore_login_delay,
     };
     let reports = run_accounts(config, &args.selection, args.jobs, flags, Job::Fetch, ui)?;
+    let mut codes: Vec<ExitCode> = reports.iter().map(|r| r.code).collect();
+    if let Some(path) = &args.metrics
+        && !args.dry_run
+    {
+        if let Err(e) = popsync::metrics::write(path, &reports, now()?) {
+            ui.error(&e.to_string());
+            codes.push(ExitCode::IoError);
+        }
+    }
     // A stop request decides the exit code: the run did not do all it was asked.
-    Ok(stop::requested().unwrap_or_else(|| exit::merge(reports.iter().map(|r| r.code))))
+    Ok(stop::requested().unwrap_or_else(|| exit::merge(codes)))
 }
 
 fn check(config: &Config, args: &CheckArgs, ui: Ui) -> Result<ExitCode, Failure> {
