@@ -99,11 +99,10 @@ fn fetch(config: &Config, args: &FetchArgs, ui: Ui) -> Result<ExitCode, Failure>
     let mut codes: Vec<ExitCode> = reports.iter().map(|r| r.code).collect();
     if let Some(path) = &args.metrics
         && !args.dry_run
+        && let Err(e) = popsync::metrics::write(path, &reports, now()?)
     {
-        if let Err(e) = popsync::metrics::write(path, &reports, now()?) {
-            ui.error(&e.to_string());
-            codes.push(ExitCode::IoError);
-        }
+        ui.error(&e.to_string());
+        codes.push(ExitCode::IoError);
     }
     // A stop request decides the exit code: the run did not do all it was asked.
     Ok(stop::requested().unwrap_or_else(|| exit::merge(codes)))
