@@ -1,5 +1,5 @@
 //! A scripted IMAP server for the fault tests of popsync's IMAP target
-//! (`tests/imap_target.rs`): plain TCP on 127.0.0.1 (popsync talks to it
+//! (`tests/imap_faults.rs`, `tests/imap_kill.rs`): plain TCP on 127.0.0.1 (popsync talks to it
 //! with `tls = "none"`, `allow_plaintext = true`), mailboxes in memory.
 //!
 //! It speaks the part of IMAP4rev1 an APPEND client needs, honestly where it
