@@ -17,7 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 needed=()
 command -v dovecot >/dev/null || [[ -x /usr/sbin/dovecot ]] || needed+=(dovecot-pop3d)
-# Dovecot's IMAP server: the APPEND target of tests/imap_target.rs.
+# Dovecot's IMAP server: the APPEND target of tests/imap_dovecot.rs and imap_kill.rs.
 [[ -x /usr/lib/dovecot/imap || -x /usr/libexec/dovecot/imap ]] || needed+=(dovecot-imapd)
 command -v openssl >/dev/null || needed+=(openssl)
 command -v procmail >/dev/null || needed+=(procmail)

@@ -1,5 +1,6 @@
 //! Harness for popsync's IMAP delivery target (`deliver = { imap = {...} }`,
-//! issue 16), used by `tests/imap_target.rs`:
+//! issue 16), used by `tests/imap_dovecot.rs`, `tests/imap_faults.rs` and
+//! `tests/imap_kill.rs`:
 //!
 //! - `ImapDovecot::shared()`: one private Dovecot per test binary that
 //!   speaks POP3 *and* IMAP (`tests/dovecot/start.sh --imap`); each test adds
@@ -9,11 +10,15 @@
 //!   byte with its INTERNALDATE and flags, and the UIDVALIDITY.
 //! - `fault`: a scripted IMAP server that misbehaves on cue.
 //! - `account_toml`: a POP3 account whose delivery target is IMAP.
+//! - `case`: what those test binaries share: `Case` (a POP3 account on the
+//!   shared Dovecot delivering into a mailbox), the test messages, and the
+//!   checks after a run.
 //!
 //! A test file says `mod common; mod imap;`; parts of this are unused in
 //! some; hence `dead_code`.
 #![allow(dead_code)]
 
+pub mod case;
 pub mod fault;
 
 use std::collections::BTreeMap;
