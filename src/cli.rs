@@ -23,8 +23,8 @@ code of the first other failure in config order.
 Config: $POPSYNC_CONFIG, else $XDG_CONFIG_HOME/popsync/config.toml, else
 ~/.config/popsync/config.toml. Keys: host port tls ca_file tls_fingerprint user
 password password_command password_file auth deliver retention max_size
-received_header filter on_new_mail on_new_mail_always allow_plaintext timeout
-command_timeout state_dir.
+received_header filter on_new_mail on_new_mail_always proxy allow_plaintext
+timeout command_timeout state_dir.
 See `man popsync`.";
 
 /// Fetch mail from POP3 servers over TLS into Maildir, mbox or an MDA, exactly once

@@ -104,7 +104,13 @@ pub async fn connect(
     trace: Option<Trace>,
 ) -> Result<Connected, SetupError> {
     let server = format!("{}:{}", account.host, account.port);
-    let tcp = net::connect_tcp(&account.host, account.port, account.timeout).await?;
+    let tcp = net::connect(
+        &account.host,
+        account.port,
+        account.timeout,
+        account.proxy.as_ref(),
+    )
+    .await?;
     let peer = tcp.peer_addr().ok();
     let new_conn = |stream, trace| Connection::new(stream, server.clone(), account.timeout, trace);
     let (greeted, capa_before_tls) = match (tls, account.tls) {

@@ -28,7 +28,7 @@ use tokio_rustls::rustls::{
     self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use crate::config::Fingerprint;
+use crate::config::{Fingerprint, Proxy};
 use crate::exit::ExitCode;
 
 /// A failure to reach or secure the server.
@@ -50,6 +50,14 @@ pub enum NetError {
     CaFile { path: PathBuf, detail: String },
     #[error("{host:?} is not a valid TLS server name")]
     ServerName { host: String },
+    #[error("cannot reach {server} through the proxy {proxy}: {detail}")]
+    Proxy {
+        server: String,
+        proxy: String,
+        detail: String,
+        /// The proxy refused our user and password (RFC 1929).
+        refused_login: bool,
+    },
 }
 
 impl NetError {
@@ -64,6 +72,11 @@ impl NetError {
             NetError::Certificate { .. } => ExitCode::NoPerm,
             NetError::Handshake { .. } => ExitCode::Protocol,
             NetError::CaFile { .. } | NetError::ServerName { .. } => ExitCode::Config,
+            NetError::Proxy {
+                refused_login: true,
+                ..
+            } => ExitCode::NoPerm,
+            NetError::Proxy { .. } => ExitCode::Unavailable,
         }
     }
 }
@@ -184,6 +197,72 @@ pub async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<Tcp
             Ok(s)
         }
         Ok(Err(source)) => Err(NetError::Connect { server, source }),
+        Err(_) => Err(NetError::ConnectTimeout { server, timeout }),
+    }
+}
+
+/// Connect to `host:port` directly (`connect_tcp`), or through a SOCKS5
+/// `proxy`: the proxy is reached like any host, then asked (RFC 1928) for
+/// the server by name with `socks5h://`, or by the address resolved here
+/// with `socks5://`. `timeout` bounds the whole connect. TLS, if any, runs
+/// inside the tunnel and checks the server's own name.
+pub async fn connect(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    proxy: Option<&Proxy>,
+) -> Result<TcpStream, NetError> {
+    let Some(proxy) = proxy else {
+        return connect_tcp(host, port, timeout).await;
+    };
+    let server = format!("{host}:{port}");
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tunnel = async {
+        let socket = connect_tcp(&proxy.host, proxy.port, timeout).await?;
+        let target = if proxy.remote_dns {
+            tokio_socks::TargetAddr::Domain(host.into(), port)
+        } else {
+            let resolved = tokio::net::lookup_host((host, port)).await;
+            let first = resolved
+                .map(|mut a| a.next())
+                .map_err(|source| NetError::Resolve {
+                    host: host.to_owned(),
+                    source,
+                })?;
+            let Some(addr) = first else {
+                return Err(NetError::Resolve {
+                    host: host.to_owned(),
+                    source: io::Error::new(io::ErrorKind::NotFound, "no address"),
+                });
+            };
+            tokio_socks::TargetAddr::Ip(addr)
+        };
+        let stream = match &proxy.auth {
+            Some((user, password)) => {
+                tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(
+                    socket, target, user, password,
+                )
+                .await
+            }
+            None => tokio_socks::tcp::Socks5Stream::connect_with_socket(socket, target).await,
+        };
+        match stream {
+            Ok(s) => Ok(s.into_inner()),
+            Err(e) => Err(NetError::Proxy {
+                server: server.clone(),
+                proxy: proxy.describe(),
+                refused_login: matches!(
+                    e,
+                    tokio_socks::Error::PasswordAuthFailure(_)
+                        | tokio_socks::Error::NoAcceptableAuthMethods
+                        | tokio_socks::Error::AuthorizationRequired
+                ),
+                detail: e.to_string(),
+            }),
+        }
+    };
+    match tokio::time::timeout_at(deadline, tunnel).await {
+        Ok(result) => result,
         Err(_) => Err(NetError::ConnectTimeout { server, timeout }),
     }
 }

@@ -27,6 +27,8 @@ command -v python3 >/dev/null || needed+=(python3)
 command -v fetchmail >/dev/null || needed+=(fetchmail)
 command -v getmail >/dev/null || needed+=(getmail6)
 command -v mpop >/dev/null || needed+=(mpop)
+# A real SOCKS5 server for the `proxy` tests (tests/socks_proxy.rs).
+command -v microsocks >/dev/null || needed+=(microsocks)
 
 if ((${#needed[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

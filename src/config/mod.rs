@@ -13,6 +13,7 @@
 
 mod imap;
 mod permissions;
+mod proxy;
 mod raw;
 mod resolve;
 mod secret;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use imap::{ImapAuth, ImapSpec};
 pub use permissions::Exposure;
+pub use proxy::Proxy;
 pub use secret::{SecretError, SecretSource};
 pub use values::{AuthMech, ByteSize, Fingerprint, Retention, TlsMode};
 
@@ -128,6 +130,8 @@ pub struct Account {
     /// `on_new_mail_always`).
     pub on_new_mail: Option<String>,
     pub on_new_mail_always: bool,
+    /// The SOCKS5 proxy the POP3 connection goes through.
+    pub proxy: Option<Proxy>,
     pub allow_plaintext: bool,
     pub timeout: Duration,
     pub command_timeout: Duration,

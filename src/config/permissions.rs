@@ -35,7 +35,10 @@ impl Sensitive {
             _ => (false, false),
         };
         Sensitive {
-            password: s.password.is_some() || imap_password,
+            // A proxy password in the URL is a password in clear, too.
+            password: s.password.is_some()
+                || imap_password
+                || s.proxy.as_ref().is_some_and(|p| p.get_ref().contains('@')),
             commands_or_secrets: s.password.is_some()
                 || s.password_command.is_some()
                 || s.password_file.is_some()

@@ -66,6 +66,7 @@ pub(super) struct RawSettings {
     pub(super) filter: Option<Spanned<String>>,
     pub(super) on_new_mail: Option<Spanned<String>>,
     pub(super) on_new_mail_always: Option<Spanned<bool>>,
+    pub(super) proxy: Option<Spanned<String>>,
     pub(super) allow_plaintext: Option<Spanned<bool>>,
 }
 

@@ -222,6 +222,14 @@ impl Resolver<'_> {
             return Err(self.error(header.clone(), "port", "port 0 is not a valid port"));
         }
 
+        let proxy = match pick(&a.proxy, &d.proxy) {
+            Some(p) => Some(
+                super::Proxy::parse(p.get_ref())
+                    .map_err(|why| self.error(p.span(), "proxy", why))?,
+            ),
+            None => None,
+        };
+
         Ok(Account {
             name: name.to_owned(),
             host: host.into_inner(),
@@ -242,6 +250,7 @@ impl Resolver<'_> {
             on_new_mail: pick(&a.on_new_mail, &d.on_new_mail).map(|s| s.into_inner()),
             on_new_mail_always: pick(&a.on_new_mail_always, &d.on_new_mail_always)
                 .is_some_and(|s| *s.get_ref()),
+            proxy,
             allow_plaintext,
             timeout: seconds(pick(&a.timeout, &d.timeout), "timeout", 60)?,
             command_timeout: seconds(

@@ -1,0 +1,176 @@
+//! `proxy = "socks5://..."` through the real binary, a real SOCKS5 server
+//! (Debian's microsocks, with user/password authentication, RFC 1929) and
+//! the scripted POP3 server: the mail comes through the proxy; a wrong
+//! proxy password is 77 and a proxy that is down is 69, each naming the
+//! proxy; with `socks5h://` the proxy resolves a name that only it knows
+//! (its own /etc/hosts, in a mount namespace), which `socks5://` cannot.
+
+mod common;
+mod fault;
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{TestEnv, assert_contains, cannot_run, sorted};
+use fault::FaultServer;
+
+/// A running microsocks on 127.0.0.1, stopped when dropped.
+struct Socks {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Socks {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Start microsocks with user `proxyuser`, password `proxypw`; `hosts`:
+/// run it in a mount namespace of its own with this /etc/hosts.
+fn socks(hosts: Option<&std::path::Path>) -> Option<Socks> {
+    if Command::new("microsocks").arg("-h").output().is_err() {
+        cannot_run("microsocks is not installed (tests/run.sh installs it)");
+        return None;
+    }
+    let port = free_port();
+    let args = [
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-u",
+        "proxyuser",
+        "-P",
+        "proxypw",
+    ];
+    let mut cmd = match hosts {
+        None => {
+            let mut c = Command::new("microsocks");
+            c.args(args);
+            c
+        }
+        Some(h) => {
+            if unsafe { libc::geteuid() } != 0 {
+                cannot_run("needs root to give the proxy an /etc/hosts of its own");
+                return None;
+            }
+            let mut c = Command::new("unshare");
+            c.args([
+                "-m",
+                "sh",
+                "-c",
+                "mount --bind \"$1\" /etc/hosts && shift && exec microsocks \"$@\"",
+                "sh",
+            ])
+            .arg(h)
+            .args(args);
+            c
+        }
+    };
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start microsocks");
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "microsocks did not start"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    Some(Socks { child, port })
+}
+
+/// The fault-server account, reached through `proxy`, with `host` instead
+/// of 127.0.0.1.
+fn config(env: &TestEnv, srv: &FaultServer, host: &str, proxy: &str) -> String {
+    env.fault_config(srv, 3, &format!("proxy = \"{proxy}\"\n"))
+        .replace("host = \"127.0.0.1\"", &format!("host = \"{host}\""))
+}
+
+#[test]
+fn mail_comes_through_the_proxy_and_its_failures_name_it() {
+    let Some(proxy) = socks(None) else { return };
+    let mail = fault::messages(2);
+    let srv = FaultServer::builder().messages(mail.clone()).start();
+    let env = TestEnv::new();
+    let url = format!("socks5://proxyuser:proxypw@127.0.0.1:{}", proxy.port);
+    let out = env.run_config(
+        &config(&env, &srv, "127.0.0.1", &url),
+        &["fetch", "test", "-q"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(fault::delivered(&env), sorted(mail));
+
+    let env = TestEnv::new();
+    let wrong = format!("socks5://proxyuser:wrong@127.0.0.1:{}", proxy.port);
+    let out = env.run_config(&config(&env, &srv, "127.0.0.1", &wrong), &["fetch", "test"]);
+    assert_eq!(out.code, 77, "{}", out.stderr);
+    assert_contains(
+        &out.stderr,
+        "proxy socks5://proxyuser:***@127.0.0.1",
+        "stderr",
+    );
+    assert!(
+        !out.stderr.contains("wrong"),
+        "the proxy password was printed: {}",
+        out.stderr
+    );
+
+    let port = proxy.port;
+    drop(proxy);
+    let out = env.run_config(&config(&env, &srv, "127.0.0.1", &url), &["fetch", "test"]);
+    assert_eq!(out.code, 69, "{}", out.stderr);
+    assert_contains(
+        &out.stderr,
+        &format!("127.0.0.1:{port}"),
+        "stderr (the proxy)",
+    );
+    assert!(fault::delivered(&env).is_empty());
+}
+
+#[test]
+fn socks5h_lets_the_proxy_resolve_a_name_only_it_knows() {
+    let env = TestEnv::new();
+    let hosts = env.path().join("proxy-hosts");
+    std::fs::write(&hosts, "127.0.0.1 pop.proxy-only.test localhost\n").expect("hosts");
+    let Some(proxy) = socks(Some(&hosts)) else {
+        return;
+    };
+    let mail = fault::messages(1);
+    let srv = FaultServer::builder().messages(mail.clone()).start();
+    let remote = format!("socks5h://proxyuser:proxypw@127.0.0.1:{}", proxy.port);
+    let out = env.run_config(
+        &config(&env, &srv, "pop.proxy-only.test", &remote),
+        &["fetch", "test", "-q"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(fault::delivered(&env), sorted(mail));
+
+    let env = TestEnv::new();
+    let local = format!("socks5://proxyuser:proxypw@127.0.0.1:{}", proxy.port);
+    let out = env.run_config(
+        &config(&env, &srv, "pop.proxy-only.test", &local),
+        &["fetch", "test"],
+    );
+    assert_eq!(out.code, 69, "{}", out.stderr);
+    assert_contains(
+        &out.stderr,
+        "cannot resolve host name pop.proxy-only.test",
+        "stderr",
+    );
+}
