@@ -203,20 +203,29 @@ pub fn access_token(
         &account.user,
     );
     let margin = chrono::Duration::minutes(MARGIN_MINUTES);
-    let usable =
-        |t: &Tokens| !t.expiring(now(), margin) && rejected.is_none_or(|r| r != t.access_token);
+    // After a refusal, any other token that has not expired is a newer one
+    // (another job refreshed it): try that rather than refreshing again.
+    let usable = |t: &Tokens| match rejected {
+        Some(r) => r != t.access_token && t.expires() > now(),
+        None => !t.expiring(now(), margin),
+    };
     let not_logged_in = || OAuthError::NotLoggedIn {
         account: account.name.clone(),
     };
-    match file.load(&account.name)? {
+    let seen = match file.load(&account.name)? {
         Some(t) if usable(&t) => return Ok(t.access_token),
-        Some(_) => {}
+        Some(t) => t.access_token,
         None => return Err(not_logged_in()),
-    }
+    };
     let _lock = file.lock()?;
-    // Another job or run may have refreshed while we waited for the lock.
+    // Another job or run may have refreshed while we waited for the lock:
+    // its token is taken while it still works, even when the provider gives
+    // lifetimes shorter than the margin, so that the token is refreshed once.
     let tokens = file.load(&account.name)?.ok_or_else(not_logged_in)?;
-    if usable(&tokens) {
+    let refreshed_meanwhile = tokens.access_token != seen
+        && rejected.is_none_or(|r| r != tokens.access_token)
+        && tokens.expires() > now();
+    if usable(&tokens) || refreshed_meanwhile {
         return Ok(tokens.access_token);
     }
     let Some(refresh) = tokens.refresh_token.clone() else {
