@@ -98,6 +98,8 @@ impl Http {
                 error: sanitize(e.error.as_bytes(), 80),
                 description: sanitize(e.error_description.unwrap_or_default().as_bytes(), 300),
             })),
+            // 429 without an OAuth2 error: come back later, as after a 5xx.
+            Err(_) if status == 429 => Err(OAuthError::ServerError { endpoint, status }),
             Err(_) => Err(bad(format!(
                 "HTTP {status} without an OAuth2 error: {}",
                 sanitize(body.as_bytes(), 200)

@@ -61,7 +61,9 @@ pub enum OAuthError {
     },
     #[error("cannot reach {endpoint}: {detail}; try again later")]
     Unreachable { endpoint: String, detail: String },
-    #[error("{endpoint} answered HTTP {status} (a server error); try again later")]
+    #[error(
+        "{endpoint} answered HTTP {status} (a server error, or too many requests); try again later"
+    )]
     ServerError { endpoint: String, status: u16 },
     #[error(
         "TLS certificate of {endpoint} is not trusted: {detail}; set oauth.ca_file if the provider uses your own CA"
