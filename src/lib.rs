@@ -16,6 +16,7 @@ pub mod import;
 pub mod login;
 pub mod metrics;
 pub mod net;
+pub mod oauth;
 pub mod peek;
 pub mod policy;
 pub mod pop3;

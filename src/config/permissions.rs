@@ -38,14 +38,19 @@ impl Sensitive {
             // A proxy password in the URL is a password in clear, too.
             password: s.password.is_some()
                 || imap_password
-                || s.proxy.as_ref().is_some_and(|p| p.get_ref().contains('@')),
+                || s.proxy.as_ref().is_some_and(|p| p.get_ref().contains('@'))
+                || s.oauth
+                    .as_ref()
+                    .is_some_and(|o| o.get_ref().holds_client_secret()),
             commands_or_secrets: s.password.is_some()
                 || s.password_command.is_some()
                 || s.password_file.is_some()
                 || s.filter.is_some()
                 || s.on_new_mail.is_some()
                 || mda
-                || imap_secret,
+                || imap_secret
+                // Whoever changes the endpoints receives the tokens.
+                || s.oauth.is_some(),
         }
     }
 
