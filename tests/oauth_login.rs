@@ -340,14 +340,25 @@ fn device_login_stops_by_itself_when_the_code_expires() {
 /// authorization server's redirect to popsync's loopback address, and
 /// save the page it gets in DIR/browser.page.
 fn browser(env: &TestEnv, oauth: &OAuthServer) -> PathBuf {
+    browser_script(env, oauth, None)
+}
+
+/// `browser`, but the redirect's `state` is replaced by `forged` before
+/// it reaches popsync (a cross-site request forgery), when given.
+fn browser_script(env: &TestEnv, oauth: &OAuthServer, forged: Option<&str>) -> PathBuf {
     if which("curl").is_none() {
         common::cannot_run("curl is not installed (the test's browser)");
     }
     let path = env.path().join("browser.sh");
     let page = env.path().join("browser.page");
+    let forge = match forged {
+        None => String::new(),
+        Some(state) => format!(" | sed 's/state=[^&]*/state={state}/'"),
+    };
     let script = format!(
         "#!/bin/sh\nprintf '%s\\n' \"$1\" >> {log}\n\
-         (curl -sS --max-time 20 --cacert {ca} -L -o {page} \"$1\" 2>{err}) </dev/null >/dev/null &\n\
+         (loc=$(curl -sS --max-time 20 --cacert {ca} -o /dev/null -w '%{{redirect_url}}' \"$1\"{forge}) && \
+         curl -sS --max-time 20 -o {page} \"$loc\") </dev/null >/dev/null 2>{err} &\n\
          exit 0\n",
         log = sh_quote(&env.path().join("browser.log")),
         ca = sh_quote(oauth.ca_pem_path()),
@@ -444,6 +455,24 @@ fn browser_login_whose_verifier_the_server_refuses_fails_and_stores_nothing() {
     assert!(token_file_text(&env).is_empty(), "no tokens stored");
 }
 
+#[test]
+fn browser_login_refuses_a_redirect_with_a_forged_state() {
+    let Setup { env, oauth, .. } = setup(OAuthServer::builder(), 1);
+    let click = browser_script(&env, &oauth, Some("forged-by-someone-else"));
+    let click = click.to_string_lossy().into_owned();
+    let out = env.run_with_env(
+        &["auth", "login", NAME, "--browser"],
+        &[("POPSYNC_OAUTH_BROWSER", &click)],
+    );
+    assert_ne!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert_mentions(&out.stderr, "state", "stderr");
+    assert!(
+        oauth.token_requests(CODE_GRANT).is_empty(),
+        "a code that came with a forged state is never exchanged"
+    );
+    assert!(token_file_text(&env).is_empty(), "no tokens stored");
+}
+
 /// The harness itself: the authorization server's PKCE check refuses a
 /// wrong verifier and takes the right one.
 #[test]
@@ -501,6 +530,48 @@ fn the_scripted_server_checks_the_code_verifier() {
     let good = exchange(&code_for(right), right);
     assert!(good["access_token"].is_string(), "{good}");
     assert!(oauth.accepts(good["access_token"].as_str().unwrap_or_default()));
+}
+
+#[test]
+fn tokens_are_shared_only_by_accounts_with_the_same_user() {
+    let oauth = OAuthServer::builder().start();
+    let pop = pop_builder(&oauth, mail("s", 1)).start();
+    let env = TestEnv::new();
+    let same = account(&env, "same", &pop, &oauth, "xoauth2", "");
+    let other = account(&env, "other", &pop, &oauth, "xoauth2", "")
+        .replace("user = \"alice\"", "user = \"bob\"");
+    write(
+        &env,
+        10,
+        &[
+            account(&env, NAME, &pop, &oauth, "xoauth2", ""),
+            same,
+            other,
+        ],
+    );
+    login(&env, NAME);
+    let out = env.run(&["auth", "status", NAME, "same", "other", "--json"]);
+    out.assert_code(0);
+    assert_no_secret(&out, &oauth);
+    let logged_in: Vec<(String, bool)> = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            let name = v["account"].as_str().unwrap_or_default().to_owned();
+            (name, v["logged_in"] == true)
+        })
+        .collect();
+    assert_eq!(
+        logged_in,
+        [
+            (NAME.to_owned(), true),
+            ("same".to_owned(), true),
+            ("other".to_owned(), false)
+        ],
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
