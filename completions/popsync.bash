@@ -19,6 +19,9 @@ _popsync() {
             popsync,accounts)
                 cmd="popsync__subcmd__accounts"
                 ;;
+            popsync,auth)
+                cmd="popsync__subcmd__auth"
+                ;;
             popsync,check)
                 cmd="popsync__subcmd__check"
                 ;;
@@ -37,8 +40,35 @@ _popsync() {
             popsync,seen)
                 cmd="popsync__subcmd__seen"
                 ;;
+            popsync__subcmd__auth,help)
+                cmd="popsync__subcmd__auth__subcmd__help"
+                ;;
+            popsync__subcmd__auth,login)
+                cmd="popsync__subcmd__auth__subcmd__login"
+                ;;
+            popsync__subcmd__auth,logout)
+                cmd="popsync__subcmd__auth__subcmd__logout"
+                ;;
+            popsync__subcmd__auth,status)
+                cmd="popsync__subcmd__auth__subcmd__status"
+                ;;
+            popsync__subcmd__auth__subcmd__help,help)
+                cmd="popsync__subcmd__auth__subcmd__help__subcmd__help"
+                ;;
+            popsync__subcmd__auth__subcmd__help,login)
+                cmd="popsync__subcmd__auth__subcmd__help__subcmd__login"
+                ;;
+            popsync__subcmd__auth__subcmd__help,logout)
+                cmd="popsync__subcmd__auth__subcmd__help__subcmd__logout"
+                ;;
+            popsync__subcmd__auth__subcmd__help,status)
+                cmd="popsync__subcmd__auth__subcmd__help__subcmd__status"
+                ;;
             popsync__subcmd__help,accounts)
                 cmd="popsync__subcmd__help__subcmd__accounts"
+                ;;
+            popsync__subcmd__help,auth)
+                cmd="popsync__subcmd__help__subcmd__auth"
                 ;;
             popsync__subcmd__help,check)
                 cmd="popsync__subcmd__help__subcmd__check"
@@ -57,6 +87,15 @@ _popsync() {
                 ;;
             popsync__subcmd__help,seen)
                 cmd="popsync__subcmd__help__subcmd__seen"
+                ;;
+            popsync__subcmd__help__subcmd__auth,login)
+                cmd="popsync__subcmd__help__subcmd__auth__subcmd__login"
+                ;;
+            popsync__subcmd__help__subcmd__auth,logout)
+                cmd="popsync__subcmd__help__subcmd__auth__subcmd__logout"
+                ;;
+            popsync__subcmd__help__subcmd__auth,status)
+                cmd="popsync__subcmd__help__subcmd__auth__subcmd__status"
                 ;;
             popsync__subcmd__help__subcmd__seen,forget)
                 cmd="popsync__subcmd__help__subcmd__seen__subcmd__forget"
@@ -98,7 +137,7 @@ _popsync() {
 
     case "${cmd}" in
         popsync)
-            opts="-q -v -h -V --config --quiet --verbose --json --help --version fetch check probe peek accounts seen help"
+            opts="-q -v -h -V --config --quiet --verbose --json --help --version fetch check probe peek accounts seen auth help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -118,6 +157,148 @@ _popsync() {
         popsync__subcmd__accounts)
             opts="-q -v -h --config --quiet --verbose --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__auth)
+            opts="-q -v -h --config --quiet --verbose --json --help login status logout help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__auth__subcmd__help)
+            opts="login status logout help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__auth__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__auth__subcmd__help__subcmd__login)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__auth__subcmd__help__subcmd__logout)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__auth__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__auth__subcmd__login)
+            opts="-q -v -h --browser --config --quiet --verbose --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__auth__subcmd__logout)
+            opts="-q -v -h --config --quiet --verbose --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__auth__subcmd__status)
+            opts="-q -v -h --config --quiet --verbose --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -186,7 +367,7 @@ _popsync() {
             return 0
             ;;
         popsync__subcmd__help)
-            opts="fetch check probe peek accounts seen help"
+            opts="fetch check probe peek accounts seen auth help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -202,6 +383,62 @@ _popsync() {
         popsync__subcmd__help__subcmd__accounts)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__help__subcmd__auth)
+            opts="login status logout"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__help__subcmd__auth__subcmd__login)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__help__subcmd__auth__subcmd__logout)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        popsync__subcmd__help__subcmd__auth__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

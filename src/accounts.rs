@@ -2,14 +2,15 @@
 //! with every setting resolved, naming where the secret comes from but
 //! never the secret itself.
 
-use crate::config::{Account, SecretSource};
+use crate::config::{Account, Credential, SecretSource};
 
 /// The line `accounts` prints for one account.
 pub fn line(a: &Account, json: bool) -> String {
-    let secret = match &a.secret {
-        SecretSource::Password(_) => "password (in the config)".to_owned(),
-        SecretSource::File(p) => format!("password_file {}", p.display()),
-        SecretSource::Command(c) => format!("password_command {c}"),
+    let secret = match &a.credential {
+        Credential::Secret(SecretSource::Password(_)) => "password (in the config)".to_owned(),
+        Credential::Secret(SecretSource::File(p)) => format!("password_file {}", p.display()),
+        Credential::Secret(SecretSource::Command(c)) => format!("password_command {c}"),
+        Credential::OAuth(o) => format!("oauth {} (popsync auth login)", o.provider.as_str()),
     };
     let auth = if a.auth.is_empty() {
         "strongest offered".to_owned()

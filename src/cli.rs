@@ -20,7 +20,7 @@ code of the first other failure in config order.
 
 Config: $POPSYNC_CONFIG, else $XDG_CONFIG_HOME/popsync/config.toml, else
 ~/.config/popsync/config.toml. Keys: host port tls ca_file tls_fingerprint user
-password password_command password_file auth deliver retention max_size
+password password_command password_file auth oauth deliver retention max_size
 received_header filter allow_plaintext timeout command_timeout state_dir.
 See `man popsync`.";
 
@@ -66,6 +66,34 @@ pub enum Cmd {
     /// Inspect or edit the seen-store; import the state of fetchmail, getmail or mpop
     #[command(subcommand)]
     Seen(SeenCmd),
+    /// OAuth2 tokens for accounts with oauth = {...}: log in once, fetch refreshes them
+    #[command(subcommand)]
+    Auth(AuthCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCmd {
+    /// Log in and store the tokens: the device flow (open a URL anywhere and enter a code), or --browser
+    Login {
+        /// The account, as in the config's [accounts.NAME]
+        #[arg(value_name = "ACCOUNT")]
+        account: String,
+        /// Use a browser on this machine instead: authorization code with PKCE, redirected to 127.0.0.1
+        #[arg(long)]
+        browser: bool,
+    },
+    /// Per account: whether tokens are stored, when the access token expires, its scopes, whether a refresh token is stored
+    Status {
+        /// Account names [default: every account with oauth]
+        #[arg(value_name = "ACCOUNT")]
+        accounts: Vec<String>,
+    },
+    /// Remove the account's stored tokens
+    Logout {
+        /// The account, as in the config's [accounts.NAME]
+        #[arg(value_name = "ACCOUNT")]
+        account: String,
+    },
 }
 
 /// Which accounts a command works on.

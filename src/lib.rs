@@ -13,6 +13,7 @@ pub mod headers;
 pub mod import;
 pub mod login;
 pub mod net;
+pub mod oauth;
 pub mod peek;
 pub mod policy;
 pub mod pop3;

@@ -6,9 +6,10 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Account, SecretError, TlsMode};
+use crate::config::{Account, Credential, SecretError, TlsMode};
 use crate::exit::ExitCode;
 use crate::net::{self, NetError, TlsSettings, Transport};
+use crate::oauth::OAuthError;
 use crate::pop3::auth::{self, AuthError};
 use crate::pop3::codec::RespCode;
 use crate::pop3::session::{Connection, Greeted, SessionError, Trace, Transaction};
@@ -22,6 +23,8 @@ use crate::ui::Ui;
 pub enum SetupError {
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
     #[error(transparent)]
     Net(#[from] NetError),
     #[error(transparent)]
@@ -53,6 +56,7 @@ impl SetupError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             SetupError::Secret(_) => ExitCode::Config,
+            SetupError::OAuth(e) => e.exit_code(),
             SetupError::Net(e) => e.exit_code(),
             SetupError::Session(e) => e.exit_code(),
             SetupError::Auth { source, .. } => source.exit_code(),
@@ -205,8 +209,41 @@ pub async fn open_session(
             });
         }
     }
-    let password = crate::command::blocking(|| account.secret.resolve(account.command_timeout))?;
-    login(account, &password, opts).await
+    let password = secret(account, &opts.state_dir, None)?;
+    let outcome = login(account, &password, opts).await;
+    match outcome {
+        // The provider may have revoked the access token early, or the
+        // clocks disagree: refresh it once and try once more.
+        Err(SetupError::Session(SessionError::AuthFailed { code, .. }))
+            if matches!(account.credential, Credential::OAuth(_))
+                && !code.as_ref().is_some_and(|c| c.is_temporary()) =>
+        {
+            opts.ui.verbose(&format!(
+                "{}: the server refused the access token; refreshing it and trying again",
+                account.name
+            ));
+            let fresh = secret(account, &opts.state_dir, Some(&password))?;
+            login(account, &fresh, opts).await
+        }
+        outcome => outcome,
+    }
+}
+
+/// The secret an account logs in with: its password (or a token helper's
+/// token), or with `oauth` the stored access token, refreshed when it is
+/// about to expire or is `rejected`. Blocking work goes through
+/// `command::blocking`.
+pub fn secret(
+    account: &Account,
+    state_dir: &std::path::Path,
+    rejected: Option<&str>,
+) -> Result<String, SetupError> {
+    Ok(match &account.credential {
+        Credential::Secret(s) => crate::command::blocking(|| s.resolve(account.command_timeout))?,
+        Credential::OAuth(_) => {
+            crate::command::blocking(|| crate::oauth::access_token(account, state_dir, rejected))?
+        }
+    })
 }
 
 /// Remember a login and the server's LOGIN-DELAY (from the capabilities

@@ -7,7 +7,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 
-use popsync::cli::{CheckArgs, Cli, Cmd, FetchArgs, PeekArgs, ProbeArgs, SeenCmd, Selection};
+use popsync::cli::{
+    AuthCmd, CheckArgs, Cli, Cmd, FetchArgs, PeekArgs, ProbeArgs, SeenCmd, Selection,
+};
 use popsync::config::{self, Config};
 use popsync::exit::{self, ExitCode};
 use popsync::report::AccountReport;
@@ -73,6 +75,7 @@ fn run(cli: &Cli, ui: Ui) -> Result<ExitCode, Failure> {
         Cmd::Peek(args) => peek(&config, args, ui),
         Cmd::Accounts => accounts(&config, ui),
         Cmd::Seen(cmd) => seen(&config, cmd, ui),
+        Cmd::Auth(cmd) => auth(&config, cmd, ui),
     }
 }
 
@@ -227,7 +230,12 @@ fn peek(config: &Config, args: &PeekArgs, ui: Ui) -> Result<ExitCode, Failure> {
 fn probe(config: &Config, args: &ProbeArgs, ui: Ui) -> Result<ExitCode, Failure> {
     let account = one_account(config, &args.account)?;
     let runtime = single_runtime()?;
-    let report = runtime.block_on(popsync::probe::probe(&account, args.login, &ui));
+    let report = runtime.block_on(popsync::probe::probe(
+        &account,
+        &config.state_dir,
+        args.login,
+        &ui,
+    ));
     let out = if ui.json {
         serde_json::to_string(&report)
             .context("cannot encode JSON report")
@@ -283,6 +291,50 @@ fn seen(config: &Config, cmd: &SeenCmd, ui: Ui) -> Result<ExitCode, Failure> {
             let account = one_account(config, account)?;
             let line = seen::import(state_dir, &account, *from, file, now()?).map_err(failed)?;
             print_line(&line)?;
+        }
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn auth(config: &Config, cmd: &AuthCmd, ui: Ui) -> Result<ExitCode, Failure> {
+    use popsync::config::Credential;
+    use popsync::oauth::{OAuthError, command};
+    let state_dir = &config.state_dir;
+    let failed = |name: &str| {
+        let name = name.to_owned();
+        move |e: OAuthError| fail(e.exit_code(), anyhow::anyhow!("{name}: {e}"))
+    };
+    match cmd {
+        AuthCmd::Login { account, browser } => {
+            let account = one_account(config, account)?;
+            // The URL and the code are what the person needs: shown even with -q.
+            let tell = |line: &str| ui::stderr_line(line);
+            let line = command::login(&account, state_dir, *browser, &tell)
+                .map_err(failed(&account.name))?;
+            ui.info(&line);
+        }
+        AuthCmd::Status { accounts } => {
+            let selected: Vec<_> = if accounts.is_empty() {
+                config
+                    .accounts
+                    .iter()
+                    .filter(|a| matches!(a.credential, Credential::OAuth(_)))
+                    .collect()
+            } else {
+                config
+                    .select(accounts, false)
+                    .map_err(|e| fail(ExitCode::Usage, e))?
+            };
+            for account in selected {
+                let line =
+                    command::status(account, state_dir, ui.json).map_err(failed(&account.name))?;
+                print_line(&line)?;
+            }
+        }
+        AuthCmd::Logout { account } => {
+            let account = one_account(config, account)?;
+            let line = command::logout(&account, state_dir).map_err(failed(&account.name))?;
+            ui.info(&line);
         }
     }
     Ok(ExitCode::Ok)

@@ -190,19 +190,53 @@ pub async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<Tcp
     })
 }
 
-/// The system's trust anchors, read once per process: they are the same for
-/// every account, and reading and parsing some hundred certificates costs
-/// milliseconds each time. Unreadable system certificates are skipped: a
-/// machine with none still works with `ca_file` or a pin.
+/// The system's trust anchors as certificates, read once per process: they
+/// are the same for every account, and reading and parsing some hundred
+/// certificates costs milliseconds each time. Unreadable system certificates
+/// are skipped: a machine with none still works with `ca_file` or a pin.
+fn system_certs() -> &'static [CertificateDer<'static>] {
+    static CERTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    CERTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
+}
+
+/// The system's trust anchors as a root store (built once, as above).
 fn system_roots() -> &'static RootCertStore {
     static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let mut roots = RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
+        for cert in system_certs() {
+            let _ = roots.add(cert.clone());
         }
         roots
     })
+}
+
+/// The certificates of a `ca_file` (PEM); an empty file is an error.
+fn ca_file_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, NetError> {
+    let ca_err = |detail: String| NetError::CaFile {
+        path: path.to_owned(),
+        detail,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| ca_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ca_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(ca_err("no PEM certificates in it".into()));
+    }
+    Ok(certs)
+}
+
+/// The trust anchors the POP3 side uses (system roots plus `ca_file`), as
+/// certificates, for the HTTPS client of the OAuth2 endpoints.
+pub fn trust_anchor_certs(
+    ca_file: Option<&Path>,
+) -> Result<Vec<CertificateDer<'static>>, NetError> {
+    let mut certs = system_certs().to_vec();
+    if let Some(path) = ca_file {
+        certs.extend(ca_file_certs(path)?);
+    }
+    Ok(certs)
 }
 
 /// Start reading the system's trust anchors in the background, so that it
@@ -234,19 +268,11 @@ impl TlsSettings {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = system_roots().clone();
         if let Some(path) = ca_file {
-            let ca_err = |detail: String| NetError::CaFile {
-                path: path.to_owned(),
-                detail,
-            };
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| ca_err(e.to_string()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ca_err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(ca_err("no PEM certificates in it".into()));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+            for cert in ca_file_certs(path)? {
+                roots.add(cert).map_err(|e| NetError::CaFile {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                })?;
             }
         }
         let webpki = if roots.is_empty() {

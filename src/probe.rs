@@ -5,6 +5,8 @@
 //! would use, LOGIN-DELAY, EXPIRE, PIPELINING; with `--login`, whether the
 //! login works. Changes nothing on the server or on disk.
 
+use std::path::Path;
+
 use serde::Serialize;
 
 use crate::config::{Account, Delivery};
@@ -83,13 +85,13 @@ pub fn describe_cert(der: &pki_types::CertificateDer<'_>) -> CertFacts {
 }
 
 /// Probe one account.
-pub async fn probe(account: &Account, login: bool, ui: &Ui) -> Report {
+pub async fn probe(account: &Account, state_dir: &Path, login: bool, ui: &Ui) -> Report {
     let mut report = Report {
         account: account.name.clone(),
         server: format!("{}:{}", account.host, account.port),
         ..Report::default()
     };
-    if let Err(e) = run(account, login, ui, &mut report).await {
+    if let Err(e) = run(account, state_dir, login, ui, &mut report).await {
         report.code = e.exit_code();
         report.error = Some(e.to_string());
     }
@@ -115,6 +117,7 @@ pub async fn probe(account: &Account, login: bool, ui: &Ui) -> Report {
 
 async fn run(
     account: &Account,
+    state_dir: &Path,
     login: bool,
     ui: &Ui,
     report: &mut Report,
@@ -153,7 +156,7 @@ async fn run(
         return Ok(());
     }
     let mech = mech?;
-    let password = account.secret.resolve(account.command_timeout)?;
+    let password = login::secret(account, state_dir, None)?;
     match greeted.login(&account.user, &password, mech).await {
         Ok(session) => {
             report.login = Some(format!("ok ({})", mech.name()));

@@ -12,6 +12,7 @@
 //! of single keys.
 
 mod imap;
+mod oauth;
 mod permissions;
 mod raw;
 mod resolve;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use imap::{ImapAuth, ImapSpec};
+pub use oauth::{OAuthSpec, Provider};
 pub use permissions::Exposure;
 pub use secret::{SecretError, SecretSource};
 pub use values::{AuthMech, ByteSize, Fingerprint, Retention, TlsMode};
@@ -106,6 +108,16 @@ impl Delivery {
     }
 }
 
+/// Where an account's login secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// `password`, `password_file` or `password_command` (for XOAUTH2 and
+    /// OAUTHBEARER: a token helper's access token).
+    Secret(SecretSource),
+    /// `oauth = {...}`: the access token popsync stores and refreshes itself.
+    OAuth(Box<OAuthSpec>),
+}
+
 /// One account with every setting resolved (defaults merged, paths expanded).
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -116,7 +128,7 @@ pub struct Account {
     pub ca_file: Option<PathBuf>,
     pub tls_fingerprint: Option<Fingerprint>,
     pub user: String,
-    pub secret: SecretSource,
+    pub credential: Credential,
     /// Mechanisms to try, in order; empty means "strongest the server offers".
     pub auth: Vec<AuthMech>,
     pub deliver: Delivery,
@@ -400,6 +412,54 @@ max_size = "25MB"
             .unwrap()
             .sensitive;
         assert_eq!(s, Sensitive::default());
+    }
+
+    const OAUTH: &str = "[accounts.a]\nhost = \"h\"\nuser = \"u\"\ndeliver = { maildir = \"/m\" }\noauth = { provider = \"microsoft\", client_id = \"c\" }\n";
+
+    #[test]
+    fn oauth_needs_no_password_and_refuses_one_naming_it() {
+        let c = parse_ok(&format!("{OAUTH}auth = [\"xoauth2\"]\n"));
+        let Credential::OAuth(spec) = &c.accounts[0].credential else {
+            panic!("no oauth: {:?}", c.accounts[0].credential);
+        };
+        assert_eq!(spec.provider, Provider::Microsoft);
+        let e = parse_err(&format!(
+            "{OAUTH}auth = [\"xoauth2\"]\npassword_command = \"x\"\n"
+        ));
+        assert!(
+            e.contains("line 7") && e.contains("password_command"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn oauth_without_an_oauth_mechanism_is_refused() {
+        for auth in [
+            "",
+            "auth = [\"plain\"]\n",
+            "auth = [\"xoauth2\", \"plain\"]\n",
+        ] {
+            let e = parse_err(&format!("{OAUTH}{auth}"));
+            assert!(e.contains("`auth`") && e.contains("xoauth2"), "{auth}: {e}");
+        }
+        let e = parse_err(&format!(
+            "{OAUTH}auth = [\"oauthbearer\"]\n[accounts.b]\nhost = \"h\"\nuser = \"u\"\ndeliver = {{ maildir = \"/m\" }}\nauth = [\"xoauth2\"]\noauth = {{ provider = \"custom\", client_id = \"c\", token_endpoint = \"http://127.0.0.1/t\" }}\n"
+        ));
+        assert!(
+            e.contains("oauth.token_endpoint") && e.contains("https://"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_oauth_table_makes_the_file_sensitive() {
+        let s = parse(
+            Path::new("c.toml"),
+            &format!("{OAUTH}auth = [\"xoauth2\"]\n"),
+        )
+        .unwrap()
+        .sensitive;
+        assert!(s.commands_or_secrets && !s.password);
     }
 
     #[test]

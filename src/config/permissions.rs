@@ -35,13 +35,19 @@ impl Sensitive {
             _ => (false, false),
         };
         Sensitive {
-            password: s.password.is_some() || imap_password,
+            password: s.password.is_some()
+                || imap_password
+                || s.oauth
+                    .as_ref()
+                    .is_some_and(|o| o.get_ref().holds_client_secret()),
             commands_or_secrets: s.password.is_some()
                 || s.password_command.is_some()
                 || s.password_file.is_some()
                 || s.filter.is_some()
                 || mda
-                || imap_secret,
+                || imap_secret
+                // Whoever changes the endpoints receives the tokens.
+                || s.oauth.is_some(),
         }
     }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::imap::RawImap;
+use super::oauth::RawOAuth;
 use super::{AuthMech, ByteSize, Fingerprint, Retention, TlsMode};
 
 /// 1-based line number of a byte offset.
@@ -59,6 +60,7 @@ pub(super) struct RawSettings {
     pub(super) password_command: Option<Spanned<String>>,
     pub(super) password_file: Option<Spanned<String>>,
     pub(super) auth: Option<Spanned<Vec<AuthMech>>>,
+    pub(super) oauth: Option<Spanned<RawOAuth>>,
     pub(super) deliver: Option<Spanned<RawDeliver>>,
     pub(super) retention: Option<Spanned<Retention>>,
     pub(super) max_size: Option<Spanned<ByteSize>>,

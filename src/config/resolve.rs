@@ -12,7 +12,10 @@ use toml::Spanned;
 
 use super::permissions::Sensitive;
 use super::raw::{RawDeliver, RawFile, RawSettings, line_of};
-use super::{Account, Config, ConfigError, Delivery, Parsed, Retention, SecretSource, TlsMode};
+use super::{
+    Account, AuthMech, Config, ConfigError, Credential, Delivery, Parsed, Retention, SecretSource,
+    TlsMode,
+};
 
 /// The file's name and text, to name the line and key of an error.
 pub(super) struct Resolver<'a> {
@@ -142,19 +145,30 @@ impl Resolver<'_> {
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect();
-        let secret = match secrets.as_slice() {
-            [] => {
+        let oauth = pick(&a.oauth, &d.oauth);
+        let secret = match (secrets.as_slice(), &oauth) {
+            ([], Some(_)) => None,
+            ([(key, value), ..], Some(_)) => {
+                return Err(self.error(
+                    value.span(),
+                    key,
+                    format!(
+                        "account {name:?} has oauth = {{...}}, which supplies the access token; remove {key}"
+                    ),
+                ));
+            }
+            ([], None) => {
                 return Err(missing(
                     "password",
                     "add password_command = \"pass show mail/NAME\", password_file = \"...\" or password = \"...\"",
                 ));
             }
-            [(key, value)] => match *key {
+            ([(key, value)], None) => Some(match *key {
                 "password" => SecretSource::Password(value.get_ref().clone()),
                 "password_command" => SecretSource::Command(value.get_ref().clone()),
                 _ => SecretSource::File(self.expand(value, key)?),
-            },
-            [_, (key, value), ..] => {
+            }),
+            ([_, (key, value), ..], None) => {
                 return Err(self.error(
                     value.span(),
                     key,
@@ -203,6 +217,42 @@ impl Resolver<'_> {
             ));
         }
 
+        let credential = match (secret, oauth) {
+            (Some(secret), _) => Credential::Secret(secret),
+            (None, Some(raw)) => {
+                let oauth_only = auth.as_ref().is_some_and(|list| {
+                    list.get_ref()
+                        .iter()
+                        .all(|m| matches!(m, AuthMech::Xoauth2 | AuthMech::OauthBearer))
+                });
+                if !oauth_only {
+                    return Err(self.error(
+                        auth.as_ref().map_or(raw.span(), |l| l.span()),
+                        "auth",
+                        format!(
+                            "account {name:?} has oauth = {{...}}, which logs in with an access token: set auth = [\"xoauth2\"] (Microsoft, Google) or [\"oauthbearer\"]"
+                        ),
+                    ));
+                }
+                let ca = pick(&a.ca_file, &d.ca_file)
+                    .map(|p| self.expand(&p, "ca_file"))
+                    .transpose()?;
+                let expand = |s: &str, key: &'static str| {
+                    self.expand_str(s, &raw, key)
+                        .map_err(|e| (key, e.to_string()))
+                };
+                let spec = raw
+                    .get_ref()
+                    .resolve(expand, ca.as_ref())
+                    .map_err(|(key, why)| self.error(raw.span(), &format!("oauth.{key}"), why))?;
+                Credential::OAuth(Box::new(spec))
+            }
+            // `secrets` was empty without oauth: refused above.
+            (None, None) => {
+                return Err(missing("password", "add password_command = \"...\""));
+            }
+        };
+
         let seconds = |v: Option<Spanned<u64>>, key: &str, default: u64| match v {
             Some(s) if *s.get_ref() == 0 => {
                 Err(self.error(s.span(), key, format!("{key} must be at least 1 second")))
@@ -230,7 +280,7 @@ impl Resolver<'_> {
             ca_file,
             tls_fingerprint: pick(&a.tls_fingerprint, &d.tls_fingerprint).map(|s| *s.get_ref()),
             user: user.into_inner(),
-            secret,
+            credential,
             auth: auth.map(|s| s.into_inner()).unwrap_or_default(),
             deliver,
             retention: pick(&a.retention, &d.retention)
