@@ -1004,3 +1004,118 @@ fn auth_logout_removes_the_tokens() {
     assert_mentions(&out.stderr, &format!("popsync auth login {NAME}"), "stderr");
     assert_eq!(pop.mailbox().len(), 1);
 }
+
+#[test]
+fn each_slow_down_adds_five_seconds_to_the_interval() {
+    let Setup { env, oauth, .. } = setup(
+        OAuthServer::builder().polls(&[Poll::SlowDown, Poll::SlowDown, Poll::Grant]),
+        0,
+    );
+    let out = env.run(&["auth", "login", NAME, "-vv"]);
+    out.assert_code(0);
+    assert_no_secret(&out, &oauth);
+    let polls = oauth.token_requests(DEVICE_GRANT);
+    assert_eq!(polls.len(), 3);
+    let gap = |a: usize, b: usize| polls[b].at.duration_since(polls[a].at);
+    assert!(gap(0, 1) >= Duration::from_millis(5_500), "{:?}", gap(0, 1));
+    assert!(
+        gap(1, 2) >= Duration::from_millis(10_500),
+        "{:?}",
+        gap(1, 2)
+    );
+}
+
+#[test]
+fn a_refused_token_with_the_token_endpoint_down_is_75() {
+    let Setup {
+        env,
+        mut oauth,
+        pop,
+    } = setup(OAuthServer::builder(), 1);
+    login(&env, NAME);
+    oauth.revoke_access_token();
+    oauth.stop();
+    let out = env.run(&["fetch", NAME]);
+    out.assert_code(75);
+    assert_eq!(pop.mailbox().len(), 1);
+    assert!(maildir_messages(&env.maildir(NAME)).is_empty());
+}
+
+#[test]
+fn browser_login_with_vv_prints_no_secret() {
+    let Setup { env, oauth, .. } = setup(OAuthServer::builder(), 0);
+    let click = browser(&env, &oauth);
+    let click = click.to_string_lossy().into_owned();
+    let out = env.run_with_env(
+        &["auth", "login", NAME, "--browser", "-vv"],
+        &[("POPSYNC_OAUTH_BROWSER", &click)],
+    );
+    out.assert_code(0);
+    assert_no_secret(&out, &oauth);
+}
+
+#[test]
+fn four_jobs_whose_shared_token_the_server_refuses_refresh_it_once() {
+    let oauth = OAuthServer::builder().start();
+    let pops: Vec<FaultServer> = (0..4)
+        .map(|i| pop_builder(&oauth, mail(&format!("r{i}"), 1)).start())
+        .collect();
+    let env = TestEnv::new();
+    let names = ["r0", "r1", "r2", "r3"];
+    let accounts: Vec<String> = names
+        .iter()
+        .zip(&pops)
+        .map(|(n, p)| account(&env, n, p, &oauth, "xoauth2", ""))
+        .collect();
+    write(&env, 20, &accounts);
+    login(&env, "r0");
+    // Revoked at the provider: every job is refused, then forces a refresh.
+    oauth.revoke_access_token();
+    oauth.token_delay(Duration::from_secs(1));
+    let out = env.run(&["fetch", "--all", "--jobs", "4"]);
+    out.assert_code(0);
+    assert_eq!(
+        oauth.token_requests(REFRESH_GRANT).len(),
+        1,
+        "the first job's refresh serves the other three"
+    );
+    let current = oauth.current_access_token().expect("a token");
+    for (name, pop) in names.iter().zip(&pops) {
+        assert_eq!(
+            maildir_messages(&env.maildir(name)).len(),
+            1,
+            "account {name}"
+        );
+        assert_eq!(
+            bearer_tokens(pop).last(),
+            Some(&current),
+            "account {name} logged in with the refreshed token"
+        );
+    }
+}
+
+#[test]
+fn auth_login_of_an_account_without_oauth_is_78_and_status_lists_every_oauth_account() {
+    let oauth = OAuthServer::builder().start();
+    let pop = pop_builder(&oauth, Vec::new()).start();
+    let env = TestEnv::new();
+    let plain = format!(
+        "[accounts.plain]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+         allow_plaintext = true\nuser = \"alice\"\npassword_command = \"printf secret\"\n\
+         deliver = {{ maildir = {} }}\n",
+        pop.port(),
+        toml_string(&env.maildir("plain").to_string_lossy()),
+    );
+    write(
+        &env,
+        10,
+        &[account(&env, NAME, &pop, &oauth, "xoauth2", ""), plain],
+    );
+    let out = env.run(&["auth", "login", "plain"]);
+    out.assert_code(78);
+    assert_mentions(&out.stderr, "oauth", "stderr");
+    assert!(oauth.requests().is_empty(), "nothing asked of the provider");
+    let out = env.run(&["auth", "status"]);
+    out.assert_code(0);
+    assert_mentions(&out.stdout, NAME, "stdout");
+}
