@@ -1119,3 +1119,23 @@ fn auth_login_of_an_account_without_oauth_is_78_and_status_lists_every_oauth_acc
     out.assert_code(0);
     assert_mentions(&out.stdout, NAME, "stdout");
 }
+
+#[test]
+fn a_config_others_can_read_with_a_client_secret_is_78() {
+    let oauth = OAuthServer::builder()
+        .client_secret("shh-its-secret")
+        .start();
+    let pop = pop_builder(&oauth, Vec::new()).start();
+    let env = TestEnv::new();
+    let block = account(&env, NAME, &pop, &oauth, "xoauth2", "").replace(
+        &oauth.oauth_toml(true, ""),
+        &oauth.oauth_toml(true, ", client_secret = \"shh-its-secret\""),
+    );
+    write(&env, 10, &[block]);
+    fs::set_permissions(env.config_path(), fs::Permissions::from_mode(0o644))
+        .expect("chmod config");
+    let out = env.run(&["auth", "login", NAME]);
+    out.assert_code(78);
+    assert!(!out.stderr.contains("shh-its-secret"), "{}", out.stderr);
+    assert!(oauth.requests().is_empty(), "nothing sent to the provider");
+}
