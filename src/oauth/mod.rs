@@ -40,7 +40,7 @@ pub enum OAuthError {
         endpoint: String,
         description: String,
     },
-    #[error("the code expired before it was entered; run `popsync auth login {account}` again")]
+    #[error("the code expired; run `popsync auth login {account}` again")]
     CodeExpired { account: String },
     #[error(
         "the authorization was denied (access_denied{}) at {endpoint}",

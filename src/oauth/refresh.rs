@@ -80,52 +80,17 @@ impl<'a> Client<'a> {
             Ok(a) => a,
             Err(e) => return Ok(Err(e)),
         };
-        let bad = |detail: &str| OAuthError::BadResponse {
+        Ok(Ok(tokens_from(
+            answer,
+            previous,
+            self.spec,
+            &self.account.user,
+            now(),
+        )
+        .map_err(|detail| OAuthError::BadResponse {
             endpoint: endpoint.clone(),
             detail: detail.to_owned(),
-        };
-        if answer.access_token.is_empty()
-            || answer
-                .access_token
-                .chars()
-                .any(|c| c.is_control() || c == ' ')
-        {
-            return Err(bad(
-                "the access_token is empty or holds spaces or control characters",
-            ));
-        }
-        if answer
-            .token_type
-            .as_deref()
-            .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
-        {
-            return Err(bad("the token_type is not Bearer"));
-        }
-        // RFC 6749 5.1: expires_in is RECOMMENDED; an hour is what the big
-        // providers give. Some send it as a string.
-        let lifetime = match &answer.expires_in {
-            Some(serde_json::Value::Number(n)) => n.as_i64(),
-            Some(serde_json::Value::String(s)) => s.parse().ok(),
-            _ => None,
-        }
-        .unwrap_or(3600)
-        .clamp(0, 10 * 365 * 24 * 3600);
-        let scopes = match &answer.scope {
-            Some(s) => s.split_whitespace().map(str::to_owned).collect(),
-            None => previous.map_or_else(|| self.spec.scopes.clone(), |p| p.scopes.clone()),
-        };
-        Ok(Ok(Tokens {
-            access_token: answer.access_token,
-            refresh_token: answer
-                .refresh_token
-                .filter(|r| !r.is_empty())
-                .or_else(|| previous.and_then(|p| p.refresh_token.clone())),
-            expires_at: now().timestamp() + lifetime,
-            scopes,
-            token_endpoint: self.spec.token_endpoint.clone(),
-            client_id: self.spec.client_id.clone(),
-            user: self.account.user.clone(),
-        }))
+        })?))
     }
 
     /// Turn an error answer into the error a user sees.
@@ -163,6 +128,59 @@ struct TokenAnswer {
     scope: Option<String>,
 }
 
+/// The tokens a token answer gives, keeping `previous`'s refresh token and
+/// scopes where the answer has none (a refresh token is rotated only when a
+/// new one comes); what is wrong with the answer otherwise.
+fn tokens_from(
+    answer: TokenAnswer,
+    previous: Option<&Tokens>,
+    spec: &OAuthSpec,
+    user: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Tokens, &'static str> {
+    // The token goes into a SASL line: nothing that could break it.
+    if answer.access_token.is_empty()
+        || answer
+            .access_token
+            .chars()
+            .any(|c| c.is_control() || c == ' ')
+    {
+        return Err("the access_token is empty or holds spaces or control characters");
+    }
+    if answer
+        .token_type
+        .as_deref()
+        .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
+    {
+        return Err("the token_type is not Bearer");
+    }
+    // RFC 6749 5.1: expires_in is RECOMMENDED; an hour is what the big
+    // providers give. Some send it as a string.
+    let lifetime = match &answer.expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_i64(),
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        _ => None,
+    }
+    .unwrap_or(3600)
+    .clamp(0, 10 * 365 * 24 * 3600);
+    let scopes = match &answer.scope {
+        Some(s) => s.split_whitespace().map(str::to_owned).collect(),
+        None => previous.map_or_else(|| spec.scopes.clone(), |p| p.scopes.clone()),
+    };
+    Ok(Tokens {
+        access_token: answer.access_token,
+        refresh_token: answer
+            .refresh_token
+            .filter(|r| !r.is_empty())
+            .or_else(|| previous.and_then(|p| p.refresh_token.clone())),
+        expires_at: now.timestamp() + lifetime,
+        scopes,
+        token_endpoint: spec.token_endpoint.clone(),
+        client_id: spec.client_id.clone(),
+        user: user.to_owned(),
+    })
+}
+
 /// The access token of an account with `oauth`, refreshed first when it has
 /// less than five minutes left, or when it is `rejected` (the token the
 /// server just refused). Blocking (HTTP, a lock wait): async callers go
@@ -185,20 +203,29 @@ pub fn access_token(
         &account.user,
     );
     let margin = chrono::Duration::minutes(MARGIN_MINUTES);
-    let usable =
-        |t: &Tokens| !t.expiring(now(), margin) && rejected.is_none_or(|r| r != t.access_token);
+    // After a refusal, any other token that has not expired is a newer one
+    // (another job refreshed it): try that rather than refreshing again.
+    let usable = |t: &Tokens| match rejected {
+        Some(r) => r != t.access_token && t.expires() > now(),
+        None => !t.expiring(now(), margin),
+    };
     let not_logged_in = || OAuthError::NotLoggedIn {
         account: account.name.clone(),
     };
-    match file.load(&account.name)? {
+    let seen = match file.load(&account.name)? {
         Some(t) if usable(&t) => return Ok(t.access_token),
-        Some(_) => {}
+        Some(t) => t.access_token,
         None => return Err(not_logged_in()),
-    }
+    };
     let _lock = file.lock()?;
-    // Another job or run may have refreshed while we waited for the lock.
+    // Another job or run may have refreshed while we waited for the lock:
+    // its token is taken while it still works, even when the provider gives
+    // lifetimes shorter than the margin, so that the token is refreshed once.
     let tokens = file.load(&account.name)?.ok_or_else(not_logged_in)?;
-    if usable(&tokens) {
+    let refreshed_meanwhile = tokens.access_token != seen
+        && rejected.is_none_or(|r| r != tokens.access_token)
+        && tokens.expires() > now();
+    if usable(&tokens) || refreshed_meanwhile {
         return Ok(tokens.access_token);
     }
     let Some(refresh) = tokens.refresh_token.clone() else {
@@ -216,4 +243,87 @@ pub fn access_token(
         .map_err(|e| client.refused(&spec.token_endpoint, e))?;
     file.save(&fresh)?;
     Ok(fresh.access_token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> OAuthSpec {
+        OAuthSpec {
+            provider: crate::config::Provider::Custom,
+            client_id: "c".into(),
+            client_secret: None,
+            scopes: vec!["asked".into()],
+            authorization_endpoint: None,
+            device_authorization_endpoint: None,
+            token_endpoint: "https://t/token".into(),
+            ca_file: None,
+        }
+    }
+
+    fn answer(json: &str) -> TokenAnswer {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn at(secs: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    #[test]
+    fn a_rotated_refresh_token_replaces_the_old_one_and_a_missing_one_keeps_it() {
+        let first = tokens_from(
+            answer(r#"{"access_token":"a1","token_type":"Bearer","expires_in":3600,"refresh_token":"r1","scope":"x y"}"#),
+            None,
+            &spec(),
+            "u",
+            at(1000),
+        )
+        .unwrap();
+        assert_eq!(first.expires_at, 4600);
+        assert_eq!(first.scopes, ["x", "y"]);
+        let kept = tokens_from(
+            answer(r#"{"access_token":"a2","token_type":"bearer","expires_in":"60"}"#),
+            Some(&first),
+            &spec(),
+            "u",
+            at(2000),
+        )
+        .unwrap();
+        assert_eq!(kept.refresh_token.as_deref(), Some("r1"));
+        assert_eq!(
+            (kept.expires_at, kept.scopes.clone()),
+            (2060, first.scopes.clone())
+        );
+        let rotated = tokens_from(
+            answer(r#"{"access_token":"a3","refresh_token":"r2"}"#),
+            Some(&kept),
+            &spec(),
+            "u",
+            at(3000),
+        )
+        .unwrap();
+        assert_eq!(rotated.refresh_token.as_deref(), Some("r2"));
+        assert_eq!(rotated.expires_at, 3000 + 3600);
+    }
+
+    #[test]
+    fn unusable_answers_are_refused() {
+        for json in [
+            r#"{"access_token":""}"#,
+            r#"{"access_token":"a\r\nDELE 1"}"#,
+            r#"{"access_token":"a","token_type":"mac"}"#,
+        ] {
+            assert!(
+                tokens_from(answer(json), None, &spec(), "u", at(0)).is_err(),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_scope_in_the_answer_the_asked_ones_are_recorded() {
+        let t = tokens_from(answer(r#"{"access_token":"a"}"#), None, &spec(), "u", at(0)).unwrap();
+        assert_eq!(t.scopes, ["asked"]);
+    }
 }
