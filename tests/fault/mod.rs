@@ -49,7 +49,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::{Output, TestEnv, maildir_messages, maildir_tmp_files};
 use conn::accept_loop;
-use tls::TestTls;
+/// The CA and certificate of a TLS test server; `tests/oauth/` serves
+/// HTTPS with it too.
+pub(crate) use tls::TestTls;
 
 /// The longest a fault keeps a connection open waiting for the client to
 /// leave (stalls without an explicit duration, a missing terminator).
@@ -210,6 +212,9 @@ struct State {
     password: String,
     /// The JSON an OAuth mechanism sends as its error challenge.
     oauth_error: String,
+    /// Decides which bearer tokens XOAUTH2 and OAUTHBEARER accept, instead
+    /// of comparing with `password` (`Builder::bearer`).
+    bearer: Option<Bearer>,
     /// SCRAM: send a server signature that does not match (an impostor).
     scram_bad_signature: bool,
 }
@@ -228,6 +233,19 @@ impl State {
     }
 }
 
+/// Which bearer tokens the server accepts (`Builder::bearer`): asked at
+/// each XOAUTH2 / OAUTHBEARER login, so the answer may change between runs.
+pub type BearerCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A `BearerCheck` in `State`, which is `Debug`.
+struct Bearer(BearerCheck);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(..)")
+    }
+}
+
 /// Sets up a `FaultServer`. Defaults: no messages, user "alice", password
 /// "secret", CAPA `USER UIDL TOP PIPELINING RESP-CODES`, plain TCP.
 pub struct Builder {
@@ -240,6 +258,7 @@ pub struct Builder {
     password: String,
     tls: bool,
     oauth_error: String,
+    bearer: Option<BearerCheck>,
     scram_bad_signature: bool,
     capa_after_login: Option<Vec<String>>,
     greeting_delay: Option<Duration>,
@@ -306,6 +325,14 @@ impl Builder {
     /// the client's answer to it the server says `-ERR [AUTH] ...`.
     pub fn oauth_error(mut self, json: &str) -> Self {
         self.oauth_error = json.to_owned();
+        self
+    }
+
+    /// XOAUTH2 and OAUTHBEARER accept the tokens `check` accepts (for
+    /// the user of `credentials`), e.g. only the current access token of
+    /// an `oauth::OAuthServer`, rather than the password.
+    pub fn bearer(mut self, check: BearerCheck) -> Self {
+        self.bearer = Some(check);
         self
     }
 
@@ -446,6 +473,7 @@ impl Builder {
             user: self.user,
             password: self.password,
             oauth_error: self.oauth_error,
+            bearer: self.bearer.map(Bearer),
             scram_bad_signature: self.scram_bad_signature,
         }));
         let tls = self.tls.then(TestTls::new);
@@ -507,6 +535,7 @@ impl FaultServer {
             password: "secret".into(),
             tls: false,
             oauth_error: OAUTH_ERROR_JSON.to_owned(),
+            bearer: None,
             scram_bad_signature: false,
             capa_after_login: None,
             greeting_delay: None,

@@ -108,8 +108,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// XOAUTH2 (`user=U^Aauth=Bearer T^A^A`) and OAUTHBEARER (RFC 7628,
-    /// `n,a=U,^Aauth=Bearer T^A^A`). A wrong user or token gets the error
-    /// challenge (the JSON status), then, whatever the answer, -ERR.
+    /// `n,a=U,^Aauth=Bearer T^A^A`); the token is the password, or one
+    /// `Builder::bearer` accepts. A wrong user or token gets the error
+    /// challenge (the JSON status), then, whatever the answer, -ERR (the
+    /// two steps Microsoft and Google describe).
     pub(super) async fn auth_oauth(
         &mut self,
         mechanism: &str,
@@ -139,9 +141,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         });
         let (ok, json) = {
             let s = self.state();
-            let ok = user.as_deref() == Some(s.user.as_str())
-                && token.as_deref() == Some(s.password.as_str())
-                && text.ends_with("\x01\x01");
+            let token_ok = match (&s.bearer, token.as_deref()) {
+                (Some(check), Some(token)) => (check.0)(token),
+                (None, token) => token == Some(s.password.as_str()),
+                (Some(_), None) => false,
+            };
+            let ok =
+                user.as_deref() == Some(s.user.as_str()) && token_ok && text.ends_with("\x01\x01");
             (ok, s.oauth_error.clone())
         };
         if ok {

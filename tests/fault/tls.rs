@@ -15,15 +15,15 @@ use super::{Fault, MAX_HOLD, On, State, lock};
 
 /// A CA and a server certificate for 127.0.0.1 (and "localhost"), made per
 /// server; the CA's PEM lives in a temp dir that goes with the server.
-pub(super) struct TestTls {
-    pub(super) acceptor: TlsAcceptor,
-    pub(super) fingerprint: String,
-    pub(super) ca_path: PathBuf,
+pub(crate) struct TestTls {
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) fingerprint: String,
+    pub(crate) ca_path: PathBuf,
     pub(super) _dir: tempfile::TempDir,
 }
 
 impl TestTls {
-    pub(super) fn new() -> TestTls {
+    pub(crate) fn new() -> TestTls {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
