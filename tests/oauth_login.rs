@@ -446,8 +446,14 @@ fn browser_login_whose_verifier_the_server_refuses_fails_and_stores_nothing() {
         &["auth", "login", NAME, "--browser"],
         &[("POPSYNC_OAUTH_BROWSER", &click)],
     );
-    assert_ne!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert_eq!(out.code, 77, "stderr:\n{}", out.stderr);
     assert_no_secret(&out, &oauth);
+    assert_mentions(&out.stderr, "refused the authorization code", "stderr");
+    assert!(
+        !out.stderr.contains("refresh token"),
+        "a refused code is not a refused refresh token:\n{}",
+        out.stderr
+    );
     let exchange = oauth.token_requests(CODE_GRANT);
     assert_eq!(exchange.len(), 1, "one code exchange");
     assert_eq!(exchange[0].error.as_deref(), Some("invalid_grant"));
@@ -464,8 +470,8 @@ fn browser_login_refuses_a_redirect_with_a_forged_state() {
         &["auth", "login", NAME, "--browser"],
         &[("POPSYNC_OAUTH_BROWSER", &click)],
     );
-    assert_ne!(out.code, 0, "stderr:\n{}", out.stderr);
-    assert_mentions(&out.stderr, "state", "stderr");
+    assert_eq!(out.code, 77, "stderr:\n{}", out.stderr);
+    assert_mentions(&out.stderr, "did not carry this login's state", "stderr");
     assert!(
         oauth.token_requests(CODE_GRANT).is_empty(),
         "a code that came with a forged state is never exchanged"
@@ -1000,7 +1006,7 @@ fn auth_logout_removes_the_tokens() {
     );
     assert_eq!(status_json(&env)["logged_in"], false);
     let out = env.run(&["fetch", NAME]);
-    assert_ne!(out.code, 0, "no tokens, no login:\n{}", out.stderr);
+    assert_eq!(out.code, 77, "no tokens, no login:\n{}", out.stderr);
     assert_mentions(&out.stderr, &format!("popsync auth login {NAME}"), "stderr");
     assert_eq!(pop.mailbox().len(), 1);
 }

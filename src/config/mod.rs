@@ -57,7 +57,7 @@ pub enum ConfigError {
         message: String,
     },
     #[error(
-        "{} holds a password but is readable by others (mode {mode:04o}); run `chmod 600 {}` or use password_command",
+        "{} holds a password (or a client_secret, or a proxy password) but is readable by others (mode {mode:04o}); run `chmod 600 {}`, or take it from a command (password_command, client_secret_command)",
         path.display(), path.display()
     )]
     InsecurePermissions { path: PathBuf, mode: u32 },

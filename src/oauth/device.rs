@@ -70,7 +70,7 @@ pub(super) fn login(client: &Client<'_>, tell: &dyn Fn(&str)) -> Result<Tokens, 
     let answer: DeviceAnswer = client
         .http
         .post_form(endpoint, &form)?
-        .map_err(|e| client.refused(endpoint, e))?;
+        .map_err(|e| client.refused_login(endpoint, e))?;
     let started = Instant::now();
     let clean = |s: &str| crate::sanitize::sanitize(s.as_bytes(), 300);
     match &answer.verification_uri_complete {
@@ -112,7 +112,7 @@ pub(super) fn login(client: &Client<'_>, tell: &dyn Fn(&str)) -> Result<Tokens, 
         match after_error(&e.error, interval) {
             Next::Poll(next) => interval = next,
             Next::Expired => return Err(expired()),
-            Next::Stop => return Err(client.refused(token_endpoint, e)),
+            Next::Stop => return Err(client.refused_login(token_endpoint, e)),
         }
     }
 }

@@ -162,7 +162,9 @@ pub(super) fn login(client: &Client<'_>, tell: &dyn Fn(&str)) -> Result<Tokens, 
             });
         }
         Err((error, description)) => {
-            return Err(client.refused(endpoint, super::http::ErrorReply { error, description }));
+            return Err(
+                client.refused_login(endpoint, super::http::ErrorReply { error, description })
+            );
         }
     };
     let mut form = vec![
@@ -174,7 +176,7 @@ pub(super) fn login(client: &Client<'_>, tell: &dyn Fn(&str)) -> Result<Tokens, 
     client.identify(&mut form);
     client
         .token_request(&form, None)?
-        .map_err(|e| client.refused(&client.spec.token_endpoint, e))
+        .map_err(|e| client.refused_login(&client.spec.token_endpoint, e))
 }
 
 type CodeOrError = Result<String, (String, String)>;

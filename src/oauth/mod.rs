@@ -40,6 +40,15 @@ pub enum OAuthError {
         endpoint: String,
         description: String,
     },
+    #[error(
+        "{endpoint} refused the authorization code (invalid_grant{}); run `popsync auth login {account}` again",
+        detail_part(description)
+    )]
+    CodeRefused {
+        account: String,
+        endpoint: String,
+        description: String,
+    },
     #[error("the code expired; run `popsync auth login {account}` again")]
     CodeExpired { account: String },
     #[error(
@@ -119,6 +128,7 @@ impl OAuthError {
         match self {
             OAuthError::NotLoggedIn { .. }
             | OAuthError::Revoked { .. }
+            | OAuthError::CodeRefused { .. }
             | OAuthError::Denied { .. }
             | OAuthError::Refused { .. }
             | OAuthError::Certificate { .. }

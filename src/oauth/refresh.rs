@@ -93,7 +93,21 @@ impl<'a> Client<'a> {
         })?))
     }
 
-    /// Turn an error answer into the error a user sees.
+    /// An error answer to a login (a device code or an authorization code
+    /// exchanged for tokens), as the error a user sees: `invalid_grant` here
+    /// is about the code, not a stored refresh token.
+    pub(super) fn refused_login(&self, endpoint: &str, e: ErrorReply) -> OAuthError {
+        match e.error.as_str() {
+            "invalid_grant" => OAuthError::CodeRefused {
+                account: self.account.name.clone(),
+                endpoint: endpoint.to_owned(),
+                description: e.description,
+            },
+            _ => self.refused(endpoint, e),
+        }
+    }
+
+    /// Turn an error answer to a refresh into the error a user sees.
     pub(super) fn refused(&self, endpoint: &str, e: ErrorReply) -> OAuthError {
         match e.error.as_str() {
             "invalid_grant" => OAuthError::Revoked {
