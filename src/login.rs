@@ -165,11 +165,23 @@ pub fn mechanism(
         &account.mechanisms(),
         &greeted.capa,
         greeting_for_auth(account, greeted),
+        account.tls == TlsMode::None,
     )
     .map_err(|source| SetupError::Auth {
         server: greeted.conn.server().to_owned(),
         source,
     })
+}
+
+/// For `probe`: the mechanisms popsync would try with this server, in
+/// order, then why each other one is left out.
+pub fn mechanism_order(account: &Account, greeted: &Greeted<Transport>) -> Vec<String> {
+    auth::explain(
+        &account.mechanisms(),
+        &greeted.capa,
+        greeting_for_auth(account, greeted),
+        account.tls == TlsMode::None,
+    )
 }
 
 /// The greeting that may vouch for APOP: none after STLS, where it came in
@@ -282,6 +294,7 @@ async fn login(
         &account.mechanisms(),
         &greeted.capa,
         greeting_for_auth(account, &greeted),
+        account.tls == TlsMode::None,
     )
     .map_err(|source| SetupError::Auth {
         server: server.clone(),
@@ -304,14 +317,15 @@ async fn login(
         attempt(mech);
         outcome = greeted.authenticate(&account.user, password, mech).await;
         match &outcome {
-            // The server refused this mechanism without saying the
+            // The server refused an AUTH mechanism without saying the
             // credentials are wrong ([AUTH]) or that it is busy: try the next
-            // one it offers. A wrong password is never tried again.
+            // one it offers. Never after [AUTH], and never after a refused
+            // PASS or APOP: that is how accounts get locked.
             Err(SessionError::AuthFailed {
                 code: None | Some(RespCode::Other(_)),
                 text,
                 ..
-            }) if tried.len() > 0 => {
+            }) if tried.len() > 0 && matches!(mech, auth::Mechanism::Sasl(_)) => {
                 opts.ui.verbose(&format!(
                     "{}: {} was refused ({}); trying the next mechanism",
                     account.name,

@@ -43,6 +43,9 @@ pub struct Report {
     pub capa: Vec<String>,
     pub sasl: Vec<String>,
     pub would_use: Option<String>,
+    /// The mechanisms popsync would try, in order, then why each other one
+    /// is left out.
+    pub auth_order: Vec<String>,
     pub login_delay: Option<u64>,
     pub expire: Option<String>,
     pub pipelining: bool,
@@ -146,6 +149,7 @@ async fn run(
     }
     describe_capa(&greeted.capa, report);
     let mech = login::mechanism(account, &greeted);
+    report.auth_order = login::mechanism_order(account, &greeted);
     report.would_use = Some(match &mech {
         Ok(m) => m.name().to_owned(),
         Err(e) => format!("none: {e}"),
@@ -235,6 +239,9 @@ impl Report {
                 self.sasl.join(" ")
             },
         );
+        for (i, l) in self.auth_order.iter().enumerate() {
+            line(if i == 0 { "auth order:" } else { "" }, l);
+        }
         if let Some(m) = &self.would_use {
             line("would use:", m);
         }

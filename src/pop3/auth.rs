@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
 use ring::rand::SecureRandom;
+use subtle::ConstantTimeEq;
 
 use super::codec::Capabilities;
 use crate::exit::ExitCode;
@@ -77,22 +78,65 @@ impl Mechanism {
     }
 }
 
-/// Password mechanisms, strongest first; OAuth ones are used only when named.
-const STRENGTH_ORDER: [Mechanism; 9] = [
+/// The default order over TLS (DESIGN.md "Config"): SCRAM, which proves
+/// the server knows the password; then the password itself, which TLS
+/// protects; CRAM-MD5 last, since it needs a plaintext-equivalent secret on
+/// the server. APOP (MD5, the same secret, nothing TLS does not already
+/// give) and the CRAM-SHA variants and OAuth only when `auth` names them:
+/// a greeting's APOP timestamp says little about whether the server keeps
+/// an APOP secret for the user.
+const DEFAULT_OVER_TLS: [Mechanism; 6] = [
     Mechanism::Sasl(Sasl::ScramSha256),
     Mechanism::Sasl(Sasl::ScramSha1),
-    Mechanism::Sasl(Sasl::CramSha256),
-    Mechanism::Sasl(Sasl::CramSha1),
+    Mechanism::Sasl(Sasl::Plain),
+    Mechanism::Sasl(Sasl::Login),
+    Mechanism::User,
+    Mechanism::Sasl(Sasl::CramMd5),
+];
+
+/// The default order without TLS (`tls = "none"` with `allow_plaintext`):
+/// whatever keeps the password off the wire comes first, APOP included.
+const DEFAULT_IN_CLEAR: [Mechanism; 7] = [
+    Mechanism::Apop,
+    Mechanism::Sasl(Sasl::ScramSha256),
+    Mechanism::Sasl(Sasl::ScramSha1),
     Mechanism::Sasl(Sasl::CramMd5),
     Mechanism::Sasl(Sasl::Plain),
     Mechanism::Sasl(Sasl::Login),
-    Mechanism::Apop,
     Mechanism::User,
 ];
 
+/// Every mechanism popsync speaks, for `probe`'s account of the order.
+const ALL: [Mechanism; 11] = [
+    Mechanism::Sasl(Sasl::ScramSha256),
+    Mechanism::Sasl(Sasl::ScramSha1),
+    Mechanism::Sasl(Sasl::Plain),
+    Mechanism::Sasl(Sasl::Login),
+    Mechanism::User,
+    Mechanism::Sasl(Sasl::CramMd5),
+    Mechanism::Sasl(Sasl::CramSha256),
+    Mechanism::Sasl(Sasl::CramSha1),
+    Mechanism::Apop,
+    Mechanism::Sasl(Sasl::Xoauth2),
+    Mechanism::Sasl(Sasl::OauthBearer),
+];
+
+/// The order popsync wants: `auth` as configured, else the default for
+/// the connection (`in_clear`: no TLS).
+fn wanted(configured: &[Mechanism], in_clear: bool) -> Vec<Mechanism> {
+    if !configured.is_empty() {
+        configured.to_vec()
+    } else if in_clear {
+        DEFAULT_IN_CLEAR.to_vec()
+    } else {
+        DEFAULT_OVER_TLS.to_vec()
+    }
+}
+
 /// The mechanisms to try, in order: with `auth` unset those the server
-/// offers, strongest first; with `auth` set, those of the list that the server
-/// offers, in the list's order. Never empty.
+/// offers of the default order (`in_clear`: the connection has no TLS);
+/// with `auth` set, those of the list that the server offers, in the list's
+/// order. Never empty.
 ///
 /// `greeting` is the greeting received on this connection's security layer:
 /// `None` after STLS, where the greeting came in clear text and RFC 2595
@@ -101,14 +145,11 @@ pub fn candidates(
     configured: &[Mechanism],
     capa: &Capabilities,
     greeting: Option<&str>,
+    in_clear: bool,
 ) -> Result<Vec<Mechanism>, AuthError> {
     let after_stls = greeting.is_none();
     let greeting = greeting.unwrap_or("");
-    let wanted: Vec<Mechanism> = if configured.is_empty() {
-        STRENGTH_ORDER.to_vec()
-    } else {
-        configured.to_vec()
-    };
+    let wanted = wanted(configured, in_clear);
     let offered: Vec<Mechanism> = wanted
         .iter()
         .copied()
@@ -151,13 +192,57 @@ pub fn candidates(
 /// characters, RFC 4422).
 const MAX_MECHANISM_NAME: usize = 40;
 
-/// The mechanism popsync tries first (`greeting` as for `candidates`).
+/// The mechanism popsync tries first (arguments as for `candidates`).
 pub fn choose(
     configured: &[Mechanism],
     capa: &Capabilities,
     greeting: Option<&str>,
+    in_clear: bool,
 ) -> Result<Mechanism, AuthError> {
-    candidates(configured, capa, greeting).map(|c| c[0])
+    candidates(configured, capa, greeting, in_clear).map(|c| c[0])
+}
+
+/// For `probe`: every mechanism popsync speaks, those it would try first
+/// and in order ("1. SCRAM-SHA-256"), then each of the others with why it is
+/// left out. Arguments as for `candidates`.
+pub fn explain(
+    configured: &[Mechanism],
+    capa: &Capabilities,
+    greeting: Option<&str>,
+    in_clear: bool,
+) -> Vec<String> {
+    let after_stls = greeting.is_none();
+    let greeting = greeting.unwrap_or("");
+    let wanted = wanted(configured, in_clear);
+    let mut tried = Vec::new();
+    let mut left_out = Vec::new();
+    for m in wanted.iter().copied() {
+        if m.offered(capa, greeting) {
+            tried.push(format!("{}. {}", tried.len() + 1, m.name()));
+        } else if m == Mechanism::Apop && after_stls {
+            left_out.push(
+                "APOP: not after STLS (its timestamp came in clear text, RFC 2595)".to_owned(),
+            );
+        } else {
+            left_out.push(format!("{}: not offered by the server", m.name()));
+        }
+    }
+    for m in ALL.iter().copied().filter(|m| !wanted.contains(m)) {
+        let why = if !configured.is_empty() {
+            "not named in `auth`"
+        } else {
+            match m {
+                Mechanism::Apop => "only when named in `auth` (or first with tls = \"none\")",
+                Mechanism::Sasl(Sasl::Xoauth2 | Sasl::OauthBearer) => {
+                    "only when named in `auth` (OAuth2)"
+                }
+                _ => "only when named in `auth`",
+            }
+        };
+        left_out.push(format!("{}: {why}", m.name()));
+    }
+    tried.extend(left_out);
+    tried
 }
 
 /// A login that cannot proceed for a reason on our side or a broken exchange.
@@ -186,6 +271,10 @@ pub enum AuthError {
     MissingServerSignature { mechanism: &'static str },
     #[error("the server rejected SCRAM: {0}")]
     ScramServerError(String),
+    #[error(
+        "the password holds characters SCRAM cannot send (SASLprep, RFC 4013: {detail}); name another mechanism in `auth`, or change the password"
+    )]
+    SaslPrep { detail: String },
 }
 
 impl AuthError {
@@ -198,6 +287,7 @@ impl AuthError {
             | AuthError::MissingServerSignature { .. }
             | AuthError::ScramServerError(_) => ExitCode::NoPerm,
             AuthError::BadChallenge { .. } => ExitCode::Protocol,
+            AuthError::SaslPrep { .. } => ExitCode::Config,
         }
     }
 }
@@ -243,10 +333,21 @@ struct ScramState {
 
 impl SaslClient {
     pub fn new(kind: Sasl, user: &str, password: &str) -> Result<SaslClient, AuthError> {
+        let password = match kind {
+            // RFC 5802 2.2: SCRAM hashes the SASLprep'd password (RFC 4013),
+            // so that "pässwörd" means the same bytes to client and server
+            // whatever the Unicode normalisation it was typed in.
+            Sasl::ScramSha1 | Sasl::ScramSha256 => stringprep::saslprep(password)
+                .map_err(|e| AuthError::SaslPrep {
+                    detail: e.to_string(),
+                })?
+                .into_owned(),
+            _ => password.to_owned(),
+        };
         Ok(SaslClient {
             kind,
             user: user.to_owned(),
-            password: password.to_owned(),
+            password,
             step: 0,
             deferred: None,
             scram: None,
@@ -362,7 +463,9 @@ impl SaslClient {
             return match scram_attr(text, 'v') {
                 Some(v) => {
                     let got = B64.decode(v).map_err(|_| bad("bad server signature"))?;
-                    if &got != expected {
+                    // In constant time: how much of a forged signature
+                    // matched must not show in the time taken.
+                    if !bool::from(got.as_slice().ct_eq(expected.as_slice())) {
                         return Err(AuthError::BadServerSignature);
                     }
                     self.server_verified = true;
@@ -505,15 +608,84 @@ mod tests {
     fn strongest_offered_mechanism_is_chosen() {
         let c = capa("USER\nSASL PLAIN LOGIN SCRAM-SHA-1 CRAM-MD5\n");
         assert_eq!(
-            choose(&[], &c, Some("+OK")).unwrap(),
+            choose(&[], &c, Some("+OK"), false).unwrap(),
             Mechanism::Sasl(Sasl::ScramSha1)
         );
         let c = capa("USER\n");
-        assert_eq!(choose(&[], &c, Some("+OK")).unwrap(), Mechanism::User);
         assert_eq!(
-            choose(&[], &c, Some("ready <1.2@host>")).unwrap(),
+            choose(&[], &c, Some("+OK"), false).unwrap(),
+            Mechanism::User
+        );
+    }
+
+    /// Issue 19: over TLS the default order is SCRAM-SHA-256, SCRAM-SHA-1,
+    /// PLAIN, LOGIN, USER, CRAM-MD5, and APOP (or anything else) only when
+    /// named; without TLS APOP goes first.
+    #[test]
+    fn apop_is_left_out_over_tls_and_first_in_clear() {
+        let greeting = Some("+OK POP3 Ready <15191.1796164247@host>");
+        let c = capa("USER\nSASL CRAM-MD5 LOGIN PLAIN CRAM-SHA256\n");
+        assert_eq!(
+            candidates(&[], &c, greeting, false).unwrap(),
+            vec![
+                Mechanism::Sasl(Sasl::Plain),
+                Mechanism::Sasl(Sasl::Login),
+                Mechanism::User,
+                Mechanism::Sasl(Sasl::CramMd5),
+            ]
+        );
+        assert_eq!(
+            candidates(&[], &c, greeting, true).unwrap()[0],
             Mechanism::Apop
         );
+        assert_eq!(
+            candidates(&[Mechanism::Apop], &c, greeting, false).unwrap(),
+            vec![Mechanism::Apop]
+        );
+        let why = explain(&[], &c, greeting, false);
+        assert_eq!(why[0], "1. PLAIN");
+        assert!(why.contains(&"4. CRAM-MD5".to_owned()), "{why:?}");
+        assert!(
+            why.contains(&"SCRAM-SHA-256: not offered by the server".to_owned()),
+            "{why:?}"
+        );
+        assert!(
+            why.iter()
+                .any(|l| l.starts_with("APOP: only when named in `auth`")),
+            "{why:?}"
+        );
+        assert!(
+            why.iter()
+                .any(|l| l.starts_with("CRAM-SHA256: only when named")),
+            "{why:?}"
+        );
+    }
+
+    /// Issue 19: the password is SASLprep'd (RFC 4013) before SCRAM hashes
+    /// it: a non-ASCII password in decomposed form (as some keyboards and
+    /// files give it) proves the same as the composed one; a prohibited
+    /// character is refused with exit 78.
+    #[test]
+    fn scram_saslprep_the_password() {
+        let composed = "p\u{e4}ssw\u{f6}rd";
+        let decomposed = "pa\u{308}sswo\u{308}rd";
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        let proof = |password: &str| {
+            let mut c =
+                SaslClient::with_nonce(Sasl::ScramSha256, "user", password, "rOprNGfwEbeRWgbNEkqO");
+            c.step(&B64.encode(server_first)).unwrap()
+        };
+        assert_eq!(proof(composed), proof(decomposed));
+        assert_ne!(proof(composed), proof("passwoerd"));
+        // U+00A0 NO-BREAK SPACE maps to a plain space (RFC 4013 2.1).
+        assert_eq!(proof("a\u{a0}b"), proof("a b"));
+        let e = SaslClient::new(Sasl::ScramSha256, "user", "bad\u{7}bell")
+            .err()
+            .unwrap();
+        assert!(matches!(e, AuthError::SaslPrep { .. }), "{e}");
+        assert_eq!(e.exit_code(), ExitCode::Config);
+        // Other mechanisms send the password as given.
+        assert!(SaslClient::new(Sasl::Plain, "user", "bad\u{7}bell").is_ok());
     }
 
     #[test]
@@ -526,12 +698,13 @@ mod tests {
                     Mechanism::Sasl(Sasl::ScramSha256)
                 ],
                 &c,
-                Some("")
+                Some(""),
+                false
             )
             .unwrap(),
             Mechanism::Sasl(Sasl::Plain)
         );
-        let e = choose(&[Mechanism::Sasl(Sasl::CramMd5)], &c, Some(""))
+        let e = choose(&[Mechanism::Sasl(Sasl::CramMd5)], &c, Some(""), false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("CRAM-MD5") && e.contains("PLAIN"), "{e}");
@@ -547,17 +720,27 @@ mod tests {
             choose(
                 &[Mechanism::Apop, Mechanism::Sasl(Sasl::Plain)],
                 &c,
-                Some(greeting)
+                Some(greeting),
+                false
             )
             .unwrap(),
             Mechanism::Apop
         );
         assert_eq!(
-            choose(&[Mechanism::Apop, Mechanism::Sasl(Sasl::Plain)], &c, None).unwrap(),
+            choose(
+                &[Mechanism::Apop, Mechanism::Sasl(Sasl::Plain)],
+                &c,
+                None,
+                false
+            )
+            .unwrap(),
             Mechanism::Sasl(Sasl::Plain)
         );
-        assert_eq!(choose(&[], &c, None).unwrap(), Mechanism::Sasl(Sasl::Plain));
-        let e = choose(&[Mechanism::Apop], &c, None).unwrap_err();
+        assert_eq!(
+            choose(&[], &c, None, false).unwrap(),
+            Mechanism::Sasl(Sasl::Plain)
+        );
+        let e = choose(&[Mechanism::Apop], &c, None, false).unwrap_err();
         assert!(matches!(e, AuthError::ApopAfterStls { .. }), "{e}");
         assert_eq!(e.exit_code(), ExitCode::NoPerm);
         let e = e.to_string();
@@ -568,7 +751,7 @@ mod tests {
     #[test]
     fn offered_mechanisms_and_scram_errors_are_sanitised() {
         let c = capa("SASL X-\x1b[2J\u{202e}EVIL\n");
-        let e = choose(&[Mechanism::Sasl(Sasl::CramMd5)], &c, Some(""))
+        let e = choose(&[Mechanism::Sasl(Sasl::CramMd5)], &c, Some(""), false)
             .unwrap_err()
             .to_string();
         assert!(!e.contains('\x1b') && !e.contains('\u{202e}'), "{e:?}");
@@ -589,7 +772,7 @@ mod tests {
     #[test]
     fn oauth_is_never_picked_unless_configured() {
         let c = capa("SASL XOAUTH2 OAUTHBEARER\n");
-        assert!(choose(&[], &c, Some("")).is_err());
+        assert!(choose(&[], &c, Some(""), false).is_err());
     }
 
     #[test]
