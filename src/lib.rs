@@ -25,6 +25,7 @@ pub mod report;
 pub mod runner;
 pub mod sanitize;
 pub mod seen;
+pub mod socks;
 pub mod stop;
 pub mod store;
 pub mod sync;

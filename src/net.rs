@@ -1,9 +1,12 @@
-//! Getting a byte stream to the server: TCP with a timeout, implicit TLS, the
-//! STLS upgrade, and certificate verification (system roots plus `ca_file`, or a
-//! `tls_fingerprint` pin; host name always checked; TLS 1.2 or newer).
+//! Getting a byte stream to the server: TCP with a timeout (every address
+//! raced by `eyeballs`, or through a SOCKS5 proxy by `socks`), implicit TLS,
+//! the STLS upgrade, and certificate verification (system roots plus
+//! `ca_file`, or a `tls_fingerprint` pin; host name always checked; TLS 1.2
+//! or newer).
 //!
-//! Only `login` (session setup, which `fetch`, `check`, `peek` and `probe`
-//! share) connects through this; `probe` also reads certificates with it. The
+//! `login` (session setup, which `fetch`, `check`, `peek` and `probe` share)
+//! and the IMAP target connect through this; `probe` also reads certificates
+//! with it. The
 //! session layer above sees any `AsyncRead + AsyncWrite`; `Transport` is the
 //! concrete stream for real servers.
 
@@ -202,68 +205,16 @@ pub async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<Tcp
 }
 
 /// Connect to `host:port` directly (`connect_tcp`), or through a SOCKS5
-/// `proxy`: the proxy is reached like any host, then asked (RFC 1928) for
-/// the server by name with `socks5h://`, or by the address resolved here
-/// with `socks5://`. `timeout` bounds the whole connect. TLS, if any, runs
-/// inside the tunnel and checks the server's own name.
+/// `proxy` (`socks::connect`). `timeout` bounds the whole connect.
 pub async fn connect(
     host: &str,
     port: u16,
     timeout: Duration,
     proxy: Option<&Proxy>,
 ) -> Result<TcpStream, NetError> {
-    let Some(proxy) = proxy else {
-        return connect_tcp(host, port, timeout).await;
-    };
-    let server = format!("{host}:{port}");
-    let deadline = tokio::time::Instant::now() + timeout;
-    let tunnel = async {
-        let socket = connect_tcp(&proxy.host, proxy.port, timeout).await?;
-        let target = if proxy.remote_dns {
-            tokio_socks::TargetAddr::Domain(host.into(), port)
-        } else {
-            let resolved = tokio::net::lookup_host((host, port)).await;
-            let first = resolved
-                .map(|mut a| a.next())
-                .map_err(|source| NetError::Resolve {
-                    host: host.to_owned(),
-                    source,
-                })?;
-            let Some(addr) = first else {
-                return Err(NetError::Resolve {
-                    host: host.to_owned(),
-                    source: io::Error::new(io::ErrorKind::NotFound, "no address"),
-                });
-            };
-            tokio_socks::TargetAddr::Ip(addr)
-        };
-        let stream = match &proxy.auth {
-            Some((user, password)) => {
-                tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(
-                    socket, target, user, password,
-                )
-                .await
-            }
-            None => tokio_socks::tcp::Socks5Stream::connect_with_socket(socket, target).await,
-        };
-        match stream {
-            Ok(s) => Ok(s.into_inner()),
-            Err(e) => Err(NetError::Proxy {
-                server: server.clone(),
-                proxy: proxy.describe(),
-                refused_login: matches!(
-                    e,
-                    tokio_socks::Error::PasswordAuthFailure(_)
-                        | tokio_socks::Error::NoAcceptableAuthMethods
-                        | tokio_socks::Error::AuthorizationRequired
-                ),
-                detail: e.to_string(),
-            }),
-        }
-    };
-    match tokio::time::timeout_at(deadline, tunnel).await {
-        Ok(result) => result,
-        Err(_) => Err(NetError::ConnectTimeout { server, timeout }),
+    match proxy {
+        None => connect_tcp(host, port, timeout).await,
+        Some(proxy) => crate::socks::connect(host, port, timeout, proxy).await,
     }
 }
 

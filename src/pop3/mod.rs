@@ -2,5 +2,6 @@
 //! and the async session built on both.
 
 pub mod auth;
+pub mod choice;
 pub mod codec;
 pub mod session;

@@ -12,6 +12,7 @@
 mod client;
 mod date;
 mod error;
+mod login;
 pub mod probe;
 mod spool;
 

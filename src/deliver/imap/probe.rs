@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::ImapError;
-use super::client::{Caps, Greeted};
+use super::client::Caps;
+use super::login::Greeted;
 use crate::config::ImapSpec;
 use crate::sanitize::sanitize;
 
