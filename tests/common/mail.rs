@@ -118,8 +118,21 @@ pub struct MaildirFile {
 }
 
 /// The files in `maildir`'s new/ and cur/ (not tmp/), sorted by file name.
-/// A missing Maildir has no files.
+/// A missing Maildir has no files. A server may move a file from new/ to
+/// cur/ while it is being read (Dovecot does, when a session it still runs
+/// after a client was killed touches it): then the Maildir is read again.
 pub fn maildir_files(maildir: &Path) -> Vec<MaildirFile> {
+    for _ in 0..50 {
+        if let Some(files) = try_maildir_files(maildir) {
+            return files;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{}: files kept moving while it was read", maildir.display());
+}
+
+/// One pass of `maildir_files`; `None` when a listed file was gone when read.
+fn try_maildir_files(maildir: &Path) -> Option<Vec<MaildirFile>> {
     let mut files = Vec::new();
     for subdir in ["new", "cur"] {
         let dir = maildir.join(subdir);
@@ -131,8 +144,11 @@ pub fn maildir_files(maildir: &Path) -> Vec<MaildirFile> {
         for entry in entries {
             let entry = entry.expect("read dir entry");
             let name = entry.file_name().to_string_lossy().into_owned();
-            let bytes = fs::read(entry.path())
-                .unwrap_or_else(|e| panic!("read {}: {e}", entry.path().display()));
+            let bytes = match fs::read(entry.path()) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+                Err(e) => panic!("read {}: {e}", entry.path().display()),
+            };
             files.push(MaildirFile {
                 subdir,
                 name,
@@ -141,7 +157,7 @@ pub fn maildir_files(maildir: &Path) -> Vec<MaildirFile> {
         }
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
-    files
+    Some(files)
 }
 
 /// The messages in `maildir` (new/ and cur/), sorted by content, so two
