@@ -120,12 +120,21 @@ pub struct MaildirFile {
 /// The files in `maildir`'s new/ and cur/ (not tmp/), sorted by file name.
 /// A missing Maildir has no files. A server may move a file from new/ to
 /// cur/ while it is being read (Dovecot does, when a session it still runs
-/// after a client was killed touches it): then the Maildir is read again.
+/// after a client was killed touches it), which could show a file twice or
+/// not at all: the Maildir is read until two passes in a row agree.
 pub fn maildir_files(maildir: &Path) -> Vec<MaildirFile> {
+    let names = |files: &[MaildirFile]| -> Vec<(&'static str, String)> {
+        files.iter().map(|f| (f.subdir, f.name.clone())).collect()
+    };
+    let mut last = try_maildir_files(maildir);
     for _ in 0..50 {
-        if let Some(files) = try_maildir_files(maildir) {
-            return files;
+        let this = try_maildir_files(maildir);
+        if let (Some(a), Some(b)) = (&last, &this)
+            && names(a) == names(b)
+        {
+            return this.unwrap_or_default();
         }
+        last = this;
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     panic!("{}: files kept moving while it was read", maildir.display());
