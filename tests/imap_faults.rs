@@ -204,60 +204,53 @@ fn harness_fault_server_stalls_and_drops_where_told() {
 
 // --- the scripted server: refusals and drops ----------------------------------
 
-#[test]
-fn overquota_on_append_is_74_and_the_message_waits_on_the_pop3_server() {
+/// The scripted server answers the first APPEND `NO <refusal>`: the run
+/// exits 74 and its stderr says each of `says`, the mail stays on the POP3
+/// server, and the next clean run delivers each message once.
+fn refused_append_is_74(name: &str, messages: usize, refusal: &str, says: &[&str]) {
     let dovecot = require_imap_dovecot!();
     let srv = FaultServer::builder().start();
-    srv.fault(
-        Trigger::Append(1),
-        Fault::No("[OVERQUOTA] Quota exceeded (mailbox for user is full)".into()),
-    );
+    srv.fault(Trigger::Append(1), Fault::No(refusal.into()));
     let case = fault_case(
         dovecot,
-        "quota",
+        name,
         &srv,
-        3,
+        messages,
         800,
         "INBOX",
         "retention = \"0d\"\n",
     );
     let out = case.run();
     assert_eq!(out.code, 74, "{}", explain(&out));
-    assert!(
-        out.stderr.to_ascii_lowercase().contains("quota"),
-        "stderr does not say the quota is exceeded\n{}",
-        explain(&out)
-    );
+    for words in says {
+        assert!(
+            out.stderr.contains(words),
+            "stderr does not say {words:?}\n{}",
+            explain(&out)
+        );
+    }
     assert_kept_on_pop3(&case, &srv, 0);
     assert_clean_run_delivers_each_once(&case, &srv, "INBOX");
 }
 
 #[test]
-fn limit_on_append_is_74_and_the_message_waits_on_the_pop3_server() {
-    let dovecot = require_imap_dovecot!();
-    let srv = FaultServer::builder().start();
-    srv.fault(
-        Trigger::Append(1),
-        Fault::No("[LIMIT] Too many messages in this mailbox".into()),
-    );
-    let case = fault_case(
-        dovecot,
-        "limit",
-        &srv,
+fn overquota_on_append_is_74_and_the_message_waits_on_the_pop3_server() {
+    refused_append_is_74(
+        "quota",
         3,
-        800,
-        "INBOX",
-        "retention = \"0d\"\n",
+        "[OVERQUOTA] Quota exceeded (mailbox for user is full)",
+        &["Quota exceeded"],
     );
-    let out = case.run();
-    assert_eq!(out.code, 74, "{}", explain(&out));
-    assert!(
-        out.stderr.contains("Too many messages"),
-        "stderr lacks the server's reason\n{}",
-        explain(&out)
+}
+
+#[test]
+fn limit_on_append_is_74_and_the_message_waits_on_the_pop3_server() {
+    refused_append_is_74(
+        "limit",
+        3,
+        "[LIMIT] Too many messages in this mailbox",
+        &["Too many messages"],
     );
-    assert_kept_on_pop3(&case, &srv, 0);
-    assert_clean_run_delivers_each_once(&case, &srv, "INBOX");
 }
 
 #[test]
@@ -326,27 +319,12 @@ fn missing_mailbox_is_74_without_create_and_created_with_create_true() {
 
 #[test]
 fn trycreate_in_reply_to_append_is_74_naming_the_mailbox_and_create_true() {
-    let dovecot = require_imap_dovecot!();
-    let srv = FaultServer::builder().start();
-    srv.fault(
-        Trigger::Append(1),
-        Fault::No("[TRYCREATE] Mailbox doesn't exist: INBOX".into()),
-    );
-    let case = fault_case(
-        dovecot,
+    refused_append_is_74(
         "trycreate",
-        &srv,
         2,
-        800,
-        "INBOX",
-        "retention = \"0d\"\n",
+        "[TRYCREATE] Mailbox doesn't exist: INBOX",
+        &["INBOX", "create = true"],
     );
-    let out = case.run();
-    assert_eq!(out.code, 74, "{}", explain(&out));
-    assert!(out.stderr.contains("INBOX"), "{}", explain(&out));
-    assert!(out.stderr.contains("create = true"), "{}", explain(&out));
-    assert_kept_on_pop3(&case, &srv, 0);
-    assert_clean_run_delivers_each_once(&case, &srv, "INBOX");
 }
 
 #[test]
