@@ -14,7 +14,9 @@
 #   --tools LIST     comma-separated subset of popsync,mpop,fetchmail,getmail
 #                    (default: all four); the limit row is always measured.
 #                    Also popsync-plain: popsync with auth = ["plain"] (AUTH
-#                    PLAIN, one round trip, instead of SCRAM-SHA-256, three)
+#                    PLAIN, one round trip, instead of SCRAM-SHA-256, three),
+#                    and limit-scram: the limit reader logging in with
+#                    SCRAM-SHA-256 as popsync does by default
 #   --no-build       use target/release/popsync as it is (else cargo build
 #                    --release first); POPSYNC_BIN=PATH overrides both
 #   --out DIR        where results.tsv, tables.md and logs go
@@ -89,7 +91,7 @@ for s in "${scenario_list[@]}"; do
     case $s in small|large|huge|lat-small|lat-large|lat-huge|lat-nopipe|lat-nopipe-large) ;; *) die "unknown scenario: $s" ;; esac
 done
 for t in "${tool_list[@]}"; do
-    case $t in popsync|popsync-plain|mpop|fetchmail|getmail) ;; *) die "unknown tool: $t" ;; esac
+    case $t in popsync|popsync-plain|mpop|fetchmail|getmail|limit-scram) ;; *) die "unknown tool: $t" ;; esac
 done
 
 # --- tools -------------------------------------------------------------------
@@ -334,6 +336,9 @@ EOF
         limit)
             cmd=("$py" "$here/stream_limit.py" "$port" "$ca" "$user" "$password" "${limit_opts[@]}")
             ;;
+        limit-scram)
+            cmd=("$py" "$here/stream_limit.py" "$port" "$ca" "$user" "$password" "${limit_opts[@]}" --scram)
+            ;;
     esac
 }
 
@@ -361,7 +366,7 @@ run_one() {   # scenario tool round port user
     fi
     local wall user_s sys_s rss msgs=0 nbytes=0
     read -r wall user_s sys_s rss < <(grep -E '^[0-9.]+ [0-9.]+ [0-9.]+ [0-9]+$' "$c.time" | tail -1) || true
-    if [[ $tool == limit ]]; then
+    if [[ $tool == limit* ]]; then
         msgs=$(sed -n 's/.*messages=\([0-9]*\).*/\1/p' "$log")
         nbytes=$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' "$log")
     elif [[ -d $c/Maildir ]]; then

@@ -23,7 +23,7 @@ import statistics
 import sys
 from collections import OrderedDict
 
-ORDER = ["popsync", "popsync-plain", "mpop", "fetchmail", "getmail", "limit"]
+ORDER = ["popsync", "popsync-plain", "mpop", "fetchmail", "getmail", "limit", "limit-scram"]
 LABEL = {
     "popsync": "popsync",
     "popsync-plain": "popsync, `auth = [\"plain\"]`",
@@ -31,6 +31,7 @@ LABEL = {
     "fetchmail": "fetchmail + procmail",
     "getmail": "getmail6",
     "limit": "**limit** (server streaming to a pipelined reader)",
+    "limit-scram": "limit, logging in with SCRAM-SHA-256 (as popsync by default)",
 }
 LOCKSTEP_LABEL = "**limit** (lock-step reader, one RETR at a time)"
 
@@ -82,13 +83,15 @@ def main():
         for tool in sorted(tools, key=lambda t: ORDER.index(t) if t in ORDER else 99):
             m = med[tool]
             label = LOCKSTEP_LABEL if tool == "limit" and kind == "lockstep" else LABEL.get(tool, tool)
+            if tool == "limit-scram" and kind == "lockstep":
+                label = "lock-step limit, logging in with SCRAM-SHA-256"
             if not m["n"]:
                 print(f"| {label} | failed | | | | | | 0/{m['total']} | |")
                 continue
             ratio = cratio = ""
             if p and p["n"] and tool != "popsync":
                 ratio = f"{p['wall'] / m['wall']:.2f}×"
-                if tool != "limit" and m["cpu"] > 0:
+                if not tool.startswith("limit") and m["cpu"] > 0:
                     cratio = f"{p['cpu'] / m['cpu']:.2f}×"
             rss = f"{m['rss'] / 1024:.1f} MB"
             print(f"| {label} | {fmt_s(m['wall'])} | {m['cpu']:.2f} s | {rss} | "

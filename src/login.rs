@@ -195,13 +195,13 @@ fn greeting_for_auth<'a>(account: &Account, greeted: &'a Greeted<Transport>) -> 
 /// logins is not a real policy, and a bounded value can be added to a time.
 const MAX_LOGIN_DELAY: u64 = 24 * 60 * 60;
 
-/// A logged-in session for read-only commands (`peek`): the secret, connect,
-/// log in; no lock, nothing written.
 /// A logged-in session: LOGIN-DELAY honoured (the account is skipped while
 /// the server's delay since the last login has not passed), the secret
 /// fetched, connected, logged in. Every command that logs in goes through
 /// here and then `record_login`, `check`, `peek` and `--dry-run` included:
-/// the server counts their logins too.
+/// the server counts their logins too. The listing may already be on its
+/// way (`Greeted::into_listing_transaction`): `Transaction::listing` comes
+/// next.
 pub async fn open_session(
     account: &Account,
     opts: &RunOptions,
@@ -337,5 +337,5 @@ async fn login(
         }
     }
     outcome?;
-    Ok(greeted.into_transaction().await?)
+    Ok(greeted.into_listing_transaction().await?)
 }

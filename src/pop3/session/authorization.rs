@@ -110,16 +110,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
     }
 
     /// After a successful `authenticate`: the TRANSACTION state. CAPA is
-    /// asked again, and its answer alone decides about pipelining: some
-    /// servers (Gmail) announce PIPELINING, TOP, UIDL only after login, and
-    /// what held before login need not hold after it.
+    /// asked again and awaited, and its answer alone decides about
+    /// pipelining: some servers (Gmail) announce PIPELINING, TOP, UIDL only
+    /// after login. `probe --login` uses this; a session that goes on to
+    /// list the mailbox uses `into_listing_transaction`.
     pub async fn into_transaction(self) -> Result<Transaction<S>, SessionError> {
+        self.enter_transaction(false).await
+    }
+
+    /// As `into_transaction`, with STAT, UIDL and LIST sent in the same
+    /// write as the CAPA when the CAPA before login listed PIPELINING. RFC
+    /// 2449 announces PIPELINING in both states and does not let it differ
+    /// after login (section 6.6), so that the client may rely on the CAPA
+    /// before login for it (section 5); the CAPA after login is still read
+    /// first, and decides for everything after the listing. The caller
+    /// must call `Transaction::listing` next, which reads their replies.
+    pub async fn into_listing_transaction(self) -> Result<Transaction<S>, SessionError> {
+        let early = self.capa.pipelining();
+        self.enter_transaction(early).await
+    }
+
+    async fn enter_transaction(self, with_listing: bool) -> Result<Transaction<S>, SessionError> {
         let mut conn = self.conn;
-        let capa = capa(&mut conn).await?;
+        let asked = std::time::Instant::now();
+        if with_listing {
+            conn.send_many(&[
+                Command::Capa,
+                Command::Stat,
+                Command::Uidl(None),
+                Command::List(None),
+            ])
+            .await?;
+        } else {
+            conn.send(&Command::Capa).await?;
+        }
+        let capa = capa_reply(&mut conn, asked).await?;
         Ok(Transaction {
             conn,
             capa,
             marked: false,
+            listing_sent: with_listing,
         })
     }
 
@@ -223,6 +253,14 @@ async fn capa<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Capabilities, SessionError> {
     let asked = std::time::Instant::now();
     conn.send(&Command::Capa).await?;
+    capa_reply(conn, asked).await
+}
+
+/// The reply to a CAPA sent at `asked`, which is also a round-trip sample.
+async fn capa_reply<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
+    asked: std::time::Instant,
+) -> Result<Capabilities, SessionError> {
     let reply = conn.read_status("CAPA").await?;
     conn.note_rtt(asked.elapsed());
     capa_listing(conn, reply).await

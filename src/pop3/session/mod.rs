@@ -5,8 +5,10 @@
 //! moves bytes and applies timeouts; parsing is `codec`'s. Server replies are
 //! matched to commands by position alone. Pipelining (several commands sent
 //! before their replies are read) follows RFC 2449: only in `Transaction`,
-//! and only when the CAPA asked after login lists PIPELINING; before login
-//! every command waits for its reply.
+//! and only when the server lists PIPELINING; before login every command
+//! waits for its reply. The CAPA after login goes out with STAT, UIDL and
+//! LIST when the CAPA before login listed PIPELINING (which RFC 2449 does
+//! not let change at login); from then on the CAPA after login decides.
 //!
 //! The files, one job each: `error` (how a session fails), `connection`
 //! (bytes to and from one server, with deadlines), `authorization` (the

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 use super::{BodyError, Connection, Greeted, SessionError, Transaction};
 use crate::exit::ExitCode;
 use crate::pop3::auth::{self, Mechanism};
-use crate::pop3::codec::Capabilities;
+use crate::pop3::codec::{Capabilities, Command};
 
 const QUIET: Duration = Duration::from_millis(50);
 
@@ -35,11 +35,16 @@ impl Script {
 
     /// Exactly `line` (CRLF added) arrives, and nothing after it.
     async fn expect(&mut self, line: &str) {
-        let want = format!("{line}\r\n");
+        self.expect_flight(&[line]).await;
+    }
+
+    /// Exactly `lines` (CRLF each) arrive, and nothing after them.
+    async fn expect_flight(&mut self, lines: &[&str]) {
+        let want: String = lines.iter().map(|l| format!("{l}\r\n")).collect();
         let mut got = vec![0u8; want.len()];
         self.0.read_exact(&mut got).await.expect("client line");
         assert_eq!(String::from_utf8_lossy(&got), want);
-        self.silence(&format!("behind {line:?} before its reply"))
+        self.silence(&format!("behind {lines:?} before their replies"))
             .await;
     }
 
@@ -84,6 +89,85 @@ async fn each_login_command_waits_for_its_reply_and_utf8_comes_first() {
     assert!(!t.capa.pipelining());
 }
 
+/// Log in with USER/PASS over `capa_before`, then list the mailbox the way
+/// `fetch` does; the server side is left to the caller after PASS.
+fn login_and_list(
+    capa_before: &[u8],
+    server_conn: Connection<DuplexStream>,
+) -> tokio::task::JoinHandle<Result<(Transaction<DuplexStream>, usize), SessionError>> {
+    let mut g = Greeted::resume(server_conn, "ready".into());
+    g.capa = Capabilities::parse(capa_before);
+    tokio::spawn(async move {
+        g.authenticate("alice", "secret", Mechanism::User).await?;
+        let mut t = g.into_listing_transaction().await?;
+        let listed = t.listing().await?.len();
+        Ok((t, listed))
+    })
+}
+
+async fn answer_listing(server: &mut Script) {
+    server.reply("+OK 1 10\r\n").await;
+    server.reply("+OK\r\n1 uid-1\r\n.\r\n").await;
+    server.reply("+OK\r\n1 10\r\n.\r\n").await;
+}
+
+async fn user_pass(server: &mut Script) {
+    server.expect("USER alice").await;
+    server.reply("+OK\r\n").await;
+    server.expect("PASS secret").await;
+    server.reply("+OK logged in\r\n").await;
+}
+
+#[tokio::test]
+async fn the_listing_goes_out_with_the_capa_after_login_when_pipelining_was_listed_before() {
+    let (conn, mut server) = pair();
+    let session = login_and_list(b"USER\nUIDL\nPIPELINING\n", conn);
+    user_pass(&mut server).await;
+    server
+        .expect_flight(&["CAPA", "STAT", "UIDL", "LIST"])
+        .await;
+    server.reply("+OK\r\nUIDL\r\nPIPELINING\r\n.\r\n").await;
+    answer_listing(&mut server).await;
+    let (t, listed) = session.await.expect("join").expect("listed");
+    assert_eq!(listed, 1);
+    assert!(t.capa.pipelining());
+}
+
+#[tokio::test]
+async fn without_pipelining_before_login_the_capa_after_login_is_awaited_alone() {
+    let (conn, mut server) = pair();
+    let session = login_and_list(b"USER\n", conn);
+    user_pass(&mut server).await;
+    server.expect("CAPA").await;
+    // Announced only after login (as Gmail does): pipelined from here on.
+    server.reply("+OK\r\nUIDL\r\nPIPELINING\r\n.\r\n").await;
+    server.expect_flight(&["STAT", "UIDL", "LIST"]).await;
+    answer_listing(&mut server).await;
+    let (t, listed) = session.await.expect("join").expect("listed");
+    assert_eq!(listed, 1);
+    assert!(t.capa.pipelining());
+}
+
+#[tokio::test]
+async fn a_capa_after_login_without_pipelining_ends_pipelining_after_the_listing() {
+    let (conn, mut server) = pair();
+    let session = login_and_list(b"USER\nPIPELINING\n", conn);
+    user_pass(&mut server).await;
+    server
+        .expect_flight(&["CAPA", "STAT", "UIDL", "LIST"])
+        .await;
+    server.reply("+OK\r\nUIDL\r\n.\r\n").await;
+    answer_listing(&mut server).await;
+    let (mut t, listed) = session.await.expect("join").expect("listed");
+    assert_eq!(listed, 1);
+    assert!(!t.capa.pipelining());
+    // The replies stayed in step: the next command's reply is its own.
+    let noop = tokio::spawn(async move { t.conn.simple(&Command::Noop).await });
+    server.expect("NOOP").await;
+    server.reply("+OK\r\n").await;
+    noop.await.expect("join").expect("NOOP answered");
+}
+
 #[tokio::test]
 async fn sasl_continuations_wait_for_each_challenge() {
     let (conn, mut server) = pair();
@@ -110,6 +194,7 @@ async fn transaction(capa: &[u8]) -> (Transaction<DuplexStream>, Script) {
         conn,
         capa: Capabilities::parse(capa),
         marked: false,
+        listing_sent: false,
     };
     (t, server)
 }

@@ -1,7 +1,8 @@
 //! The TRANSACTION state (`Transaction`): the listing (STAT, UIDL, LIST),
 //! RETR and TOP streamed under their bounds, DELE, RSET and QUIT. The
-//! listing and DELE are pipelined only when the CAPA asked after login lists
-//! PIPELINING; `send_retr` and `send_top` send in one write what they are
+//! listing goes out with the CAPA after login when the CAPA before login
+//! listed PIPELINING (`Greeted::into_listing_transaction`); everything
+//! else is pipelined only when the CAPA after login lists it; `send_retr` and `send_top` send in one write what they are
 //! given, and their callers (`sync::command_window`) decide how many.
 
 use std::convert::Infallible;
@@ -25,6 +26,9 @@ pub struct Transaction<S> {
     pub capa: Capabilities,
     /// Messages are marked deleted (DELE since the last RSET).
     pub(super) marked: bool,
+    /// STAT, UIDL and LIST went out with the CAPA after login
+    /// (`Greeted::into_listing_transaction`); `listing` reads their replies.
+    pub(super) listing_sent: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
@@ -42,14 +46,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
                 source,
             }
         };
-        let pipelining = self.capa.pipelining();
-        if pipelining {
-            self.conn
-                .send_many(&[Command::Stat, Command::Uidl(None), Command::List(None)])
-                .await?;
-        } else {
-            // Without PIPELINING one command at a time (RFC 2449).
-            self.conn.send(&Command::Stat).await?;
+        // All three are on their way when they went out with the CAPA after
+        // login, or go out now in one write with PIPELINING; without it one
+        // command at a time (RFC 2449).
+        let sent = std::mem::take(&mut self.listing_sent);
+        let all_sent = sent || self.capa.pipelining();
+        if !sent {
+            if all_sent {
+                self.conn
+                    .send_many(&[Command::Stat, Command::Uidl(None), Command::List(None)])
+                    .await?;
+            } else {
+                self.conn.send(&Command::Stat).await?;
+            }
         }
         let stat = self.conn.expect_ok("STAT").await?;
         let (count, _) = codec::parse_stat(&stat.text).map_err(malformed("STAT"))?;
@@ -58,7 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
             .saturating_add(LISTING_LINE);
         let why = "more than the messages STAT counted can take";
 
-        if !pipelining {
+        if !all_sent {
             self.conn.send(&Command::Uidl(None)).await?;
         }
         let uidl_reply = self.conn.read_status("UIDL").await?;
@@ -78,7 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
             None
         };
         let Some(uidls) = uidls else {
-            if pipelining {
+            if all_sent {
                 // LIST's reply is on its way: read it, so that nothing is
                 // left unread behind the error.
                 if self.conn.read_status("LIST").await?.status == Status::Ok {
@@ -91,7 +100,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transaction<S> {
                 message: "the server does not support UIDL, which popsync needs to tell new mail from old; ask the provider to enable it".into(),
             });
         };
-        if !pipelining {
+        if !all_sent {
             self.conn.send(&Command::List(None)).await?;
         }
         self.conn.expect_ok("LIST").await?;
