@@ -122,6 +122,10 @@ fn with_pipelining_after_login_stat_uidl_and_list_go_out_together() {
     // STAT goes first (its count bounds the listings), right behind the
     // CAPA after login.
     assert_eq!(transcript[uidl - 1].text, "STAT", "{transcript:?}");
+    assert!(
+        transcript[uidl - 1].ahead,
+        "STAT goes out with the CAPA after login (PIPELINING was listed before login): {transcript:?}"
+    );
     assert!(transcript[uidl].ahead, "{transcript:?}");
     assert_eq!(
         transcript[uidl - 2].text,
