@@ -337,6 +337,54 @@ fn dovecot_missing_mailbox_is_74_naming_it_and_create_true_creates_it() {
 }
 
 #[test]
+fn dovecot_non_ascii_mailbox_name_goes_out_in_modified_utf7() {
+    // The config names the mailbox as a mail program shows it; the server
+    // knows it by its modified UTF-7 name (RFC 3501, section 5.1.3), which
+    // is also Dovecot's folder name on disk.
+    let dovecot = require_imap_dovecot!();
+    let target_user = dovecot.add_user("utf7-imap", "imap-pw-9");
+    let messages: Vec<Vec<u8>> = (1..=2).map(|i| message("utf7", i, 500)).collect();
+    let target = dovecot
+        .target(&target_user, "Entwürfe & Co")
+        .with("create = true");
+    let mut case = Case::new(
+        dovecot,
+        "utf7",
+        messages.clone(),
+        &target,
+        "retention = \"0d\"\n",
+    );
+    let out = case.run();
+    assert_eq!(out.code, 0, "{}", explain(&out));
+    let wire = "Entw&APw-rfe &- Co";
+    assert_eq!(target_user.stored_count(wire), 2);
+    assert_same_bytes(
+        &dovecot.read(&target_user, wire).bodies(),
+        &crlf_all(&messages),
+    );
+    // The next run finds the mailbox under the same name: one more message,
+    // no second mailbox.
+    let third = message("utf7", 3, 500);
+    case.deliver(third.clone());
+    let out = case.run();
+    assert_eq!(out.code, 0, "{}", explain(&out));
+    let mut all = messages;
+    all.push(third);
+    assert_same_bytes(&dovecot.read(&target_user, wire).bodies(), &crlf_all(&all));
+    let folders: Vec<String> = std::fs::read_dir(target_user.maildir())
+        .expect("the user's Maildir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert_eq!(
+        folders,
+        [format!(".{wire}")],
+        "one mailbox, by its encoded name"
+    );
+}
+
+#[test]
 fn dovecot_imap_login_failure_is_77_naming_the_imap_server() {
     let dovecot = require_imap_dovecot!();
     let target_user = dovecot.add_user("login-imap", "imap-pw-6");

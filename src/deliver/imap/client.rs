@@ -142,11 +142,12 @@ impl Conn {
         mailbox: &str,
         create: bool,
     ) -> Result<MailboxState, ImapError> {
-        match self.try_examine(mailbox).await {
+        let wire = wire_name(mailbox);
+        match self.try_examine(mailbox, &wire).await {
             Err(ImapError::MailboxMissing { .. }) if create => {
                 let server = self.server.clone();
                 bounded(&server, self.timeout, "to CREATE", async {
-                    self.session.create(mailbox).await.map_err(|e| match e {
+                    self.session.create(&wire).await.map_err(|e| match e {
                         async_imap::error::Error::No(text) => ImapError::Refused {
                             server: server.clone(),
                             mailbox: mailbox.to_owned(),
@@ -156,16 +157,17 @@ impl Conn {
                     })
                 })
                 .await?;
-                self.try_examine(mailbox).await
+                self.try_examine(mailbox, &wire).await
             }
             other => other,
         }
     }
 
-    async fn try_examine(&mut self, mailbox: &str) -> Result<MailboxState, ImapError> {
+    /// EXAMINE `wire`, the server's name for `mailbox`.
+    async fn try_examine(&mut self, mailbox: &str, wire: &str) -> Result<MailboxState, ImapError> {
         let server = self.server.clone();
         let m = bounded(&server, self.timeout, "to EXAMINE", async {
-            self.session.examine(mailbox).await.map_err(|e| match e {
+            self.session.examine(wire).await.map_err(|e| match e {
                 // A mailbox that cannot be examined cannot take mail either.
                 async_imap::error::Error::No(text) => ImapError::MailboxMissing {
                     server: server.clone(),
@@ -234,7 +236,7 @@ impl Conn {
             // Whatever the I/O error, the connection is gone.
             let lost = |_: std::io::Error| ImapError::dropped(&server, "during APPEND");
             let flag_list = format!("({})", flags.join(" "));
-            let mut line = format!("APPEND {}", quote(mailbox));
+            let mut line = format!("APPEND {}", quote(&wire_name(mailbox)));
             let mut tag = None;
             for (i, m) in messages.iter_mut().enumerate() {
                 // LITERAL- allows non-synchronising literals up to 4096 octets.
@@ -389,6 +391,13 @@ fn uids_of(set: &[UidSetMember]) -> Vec<u32> {
 }
 
 /// An IMAP quoted string (RFC 9051 4.3); the config refuses CR, LF and NUL.
+/// A mailbox name as the server knows it: modified UTF-7 (RFC 3501,
+/// section 5.1.3). The config holds the name as the user reads it, so
+/// "Entwürfe" goes out as "Entw&APw-rfe" and "&" as "&-".
+pub fn wire_name(mailbox: &str) -> String {
+    utf7_imap::encode_utf7_imap(mailbox.to_owned())
+}
+
 pub fn quote(s: &str) -> String {
     let mut q = String::with_capacity(s.len() + 2);
     q.push('"');
@@ -470,6 +479,17 @@ mod tests {
             refusal_of(b"A1 NO [TRYCREATE] x\r\n"),
             ImapError::MailboxMissing { .. }
         ));
+    }
+
+    #[test]
+    fn mailbox_names_go_out_in_modified_utf7() {
+        assert_eq!(wire_name("INBOX"), "INBOX");
+        assert_eq!(wire_name("Archive/2026"), "Archive/2026");
+        assert_eq!(wire_name("Entwürfe & Co"), "Entw&APw-rfe &- Co");
+        assert_eq!(
+            wire_name("Отправленные"),
+            "&BB4EQgQ,BEAEMAQyBDsENQQ9BD0ESwQ1-"
+        );
     }
 
     #[test]
