@@ -4,9 +4,11 @@
 //! proxy password is 77 and a proxy that is down is 69, each naming the
 //! proxy; with `socks5h://` the proxy resolves a name that only it knows
 //! (its own /etc/hosts, in a mount namespace), which `socks5://` cannot.
+//! The IMAP target of an account with a proxy is reached through it too.
 
 mod common;
 mod fault;
+mod imap;
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -173,4 +175,65 @@ fn socks5h_lets_the_proxy_resolve_a_name_only_it_knows() {
         "cannot resolve host name pop.proxy-only.test",
         "stderr",
     );
+}
+
+/// `config` with delivery into the IMAP `target` (a TOML inline table)
+/// instead of the Maildir; without `proxy` when it is empty.
+fn imap_config(env: &TestEnv, srv: &FaultServer, target: &str, proxy: &str) -> String {
+    let cfg = config(env, srv, "127.0.0.1", proxy);
+    let cfg = if proxy.is_empty() {
+        cfg.replace("proxy = \"\"\n", "")
+    } else {
+        cfg
+    };
+    cfg.lines()
+        .map(|l| {
+            if l.starts_with("deliver = ") {
+                format!("deliver = {target}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_imap_target_is_reached_through_the_accounts_proxy_too() {
+    // The IMAP server's name is known only to the proxy: the delivery
+    // works only if the IMAP connection goes through it as well.
+    let env = TestEnv::new();
+    let hosts = env.path().join("proxy-hosts");
+    std::fs::write(&hosts, "127.0.0.1 imap.proxy-only.test localhost\n").expect("hosts");
+    let Some(proxy) = socks(Some(&hosts)) else {
+        return;
+    };
+    let mail = fault::messages(2);
+    let pop = FaultServer::builder().messages(mail.clone()).start();
+    let imap_srv = imap::fault::FaultServer::builder().start();
+    let target = imap::Target::fault_server(&imap_srv, "INBOX")
+        .toml()
+        .replace("host = \"127.0.0.1\"", "host = \"imap.proxy-only.test\"");
+    let remote = format!("socks5h://proxyuser:proxypw@127.0.0.1:{}", proxy.port);
+    let out = env.run_config(
+        &imap_config(&env, &pop, &target, &remote),
+        &["fetch", "test", "-q"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(imap_srv.messages("INBOX").len(), 2);
+    assert!(
+        fault::delivered(&env).is_empty(),
+        "nothing went to the Maildir"
+    );
+
+    // Without the proxy the name does not resolve: the IMAP target is not
+    // reached, and nothing more is appended.
+    let env = TestEnv::new();
+    let out = env.run_config(&imap_config(&env, &pop, &target, ""), &["fetch", "test"]);
+    assert_eq!(out.code, 69, "{}", out.stderr);
+    assert_contains(
+        &out.stderr,
+        "cannot resolve host name imap.proxy-only.test",
+        "stderr",
+    );
+    assert_eq!(imap_srv.messages("INBOX").len(), 2);
 }

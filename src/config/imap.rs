@@ -53,6 +53,9 @@ pub struct ImapSpec {
     pub flags: Vec<String>,
     /// Create `mailbox` when it is missing instead of failing.
     pub create: bool,
+    /// The account's SOCKS5 proxy: every connection of the account goes
+    /// through it, this one too.
+    pub proxy: Option<super::Proxy>,
 }
 
 impl ImapSpec {
@@ -186,6 +189,8 @@ impl RawImap {
             mailbox,
             flags,
             create: self.create.unwrap_or(false),
+            // Set with the account's other settings (`resolve`).
+            proxy: None,
         })
     }
 }

@@ -280,6 +280,11 @@ impl Resolver<'_> {
             None => None,
         };
 
+        let mut deliver = deliver;
+        if let Delivery::Imap(spec) = &mut deliver {
+            spec.proxy.clone_from(&proxy);
+        }
+
         Ok(Account {
             name: name.to_owned(),
             host: host.into_inner(),

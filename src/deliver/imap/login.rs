@@ -52,7 +52,7 @@ impl Greeted {
                 .map_err(ImapError::Net)?,
             ),
         };
-        let tcp = net::connect_tcp(&spec.host, spec.port, timeout)
+        let tcp = net::connect(&spec.host, spec.port, timeout, spec.proxy.as_ref())
             .await
             .map_err(ImapError::Net)?;
         let stream = match (&tls, spec.tls) {
