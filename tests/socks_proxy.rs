@@ -4,11 +4,14 @@
 //! proxy password is 77 and a proxy that is down is 69, each naming the
 //! proxy; with `socks5h://` the proxy resolves a name that only it knows
 //! (its own /etc/hosts, in a mount namespace), which `socks5://` cannot.
-//! The IMAP target of an account with a proxy is reached through it too.
+//! The IMAP target and the OAuth2 token endpoint of an account with a
+//! proxy are reached through it too.
 
 mod common;
 mod fault;
 mod imap;
+mod oauth;
+mod oauthcase;
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -236,4 +239,49 @@ fn the_imap_target_is_reached_through_the_accounts_proxy_too() {
         "stderr",
     );
     assert_eq!(imap_srv.messages("INBOX").len(), 2);
+}
+
+#[test]
+fn the_token_endpoint_is_reached_through_the_accounts_proxy_too() {
+    let Some(proxy) = socks(None) else { return };
+    // 60 s left on the access token: every fetch refreshes it first.
+    let oauthcase::Setup { env, oauth, pop } =
+        oauthcase::setup(oauth::OAuthServer::builder().expires_in(60), 1);
+    oauthcase::login(&env, oauthcase::NAME);
+    let url = format!("socks5://proxyuser:proxypw@127.0.0.1:{}", proxy.port);
+    let with_proxy = oauthcase::account(
+        &env,
+        oauthcase::NAME,
+        &pop,
+        &oauth,
+        "xoauth2",
+        &format!("proxy = \"{url}\""),
+    );
+    oauthcase::write(&env, 5, &[with_proxy]);
+    let out = env.run(&["fetch", oauthcase::NAME]);
+    out.assert_code(0);
+    assert_eq!(oauth.token_requests(oauth::REFRESH_GRANT).len(), 1);
+    assert_eq!(
+        common::maildir_messages(&env.maildir(oauthcase::NAME)).len(),
+        1
+    );
+
+    // With the proxy gone the token cannot be refreshed, although the
+    // endpoint itself is up: it was reached only through the proxy.
+    let port = proxy.port;
+    drop(proxy);
+    pop.add_message(b"Subject: later\n\nlater\n", "uid-later");
+    let out = env.run(&["fetch", oauthcase::NAME]);
+    out.assert_code(75);
+    assert_contains(
+        &out.stderr,
+        &format!("through proxy socks5://proxyuser:***@127.0.0.1:{port}"),
+        "stderr",
+    );
+    assert!(!out.stderr.contains("proxypw"), "{}", out.stderr);
+    assert_eq!(oauth.token_requests(oauth::REFRESH_GRANT).len(), 1);
+    assert_eq!(
+        common::maildir_messages(&env.maildir(oauthcase::NAME)).len(),
+        1
+    );
 }

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 use super::OAuthError;
+use crate::config::Proxy;
 use crate::sanitize::sanitize;
 
 /// The most popsync reads of an endpoint's answer: token answers are small.
@@ -34,11 +35,19 @@ struct RawError {
 
 pub(super) struct Http {
     agent: ureq::Agent,
+    /// The account's proxy as errors name it (`Proxy::describe`).
+    proxy: Option<String>,
 }
 
 impl Http {
-    /// A client trusting the system roots plus `ca_file`.
-    pub(super) fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<Http, OAuthError> {
+    /// A client trusting the system roots plus `ca_file`, going through
+    /// the account's SOCKS5 `proxy` when it has one, as its POP3 and IMAP
+    /// connections do.
+    pub(super) fn new(
+        ca_file: Option<&Path>,
+        timeout: Duration,
+        proxy: Option<&Proxy>,
+    ) -> Result<Http, OAuthError> {
         let certs: Vec<Certificate<'static>> = crate::net::trust_anchor_certs(ca_file)
             .map_err(OAuthError::CaFile)?
             .iter()
@@ -47,7 +56,11 @@ impl Http {
         let tls = TlsConfig::builder()
             .root_certs(RootCerts::Specific(Arc::new(certs)))
             .build();
-        let agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder();
+        if let Some(proxy) = proxy {
+            config = config.proxy(Some(socks(proxy)?));
+        }
+        let agent = config
             .tls_config(tls)
             .https_only(true)
             .max_redirects(0)
@@ -56,7 +69,10 @@ impl Http {
             .user_agent(concat!("popsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        Ok(Http { agent })
+        Ok(Http {
+            agent,
+            proxy: proxy.map(Proxy::describe),
+        })
     }
 
     /// POST `form` to `url`; the success body as `T`, or the OAuth2 error.
@@ -65,7 +81,10 @@ impl Http {
         url: &str,
         form: &[(&str, &str)],
     ) -> Result<Result<T, ErrorReply>, OAuthError> {
-        let endpoint = url.to_owned();
+        let endpoint = match &self.proxy {
+            Some(proxy) => format!("{url} through proxy {proxy}"),
+            None => url.to_owned(),
+        };
         let mut response = self
             .agent
             .post(url)
@@ -106,6 +125,26 @@ impl Http {
             ))),
         }
     }
+}
+
+/// The account's proxy for ureq: `socks5h://` lets the proxy resolve the
+/// endpoint's name, as for the mail servers.
+fn socks(proxy: &Proxy) -> Result<ureq::Proxy, OAuthError> {
+    let protocol = if proxy.remote_dns {
+        ureq::ProxyProtocol::Socks5h
+    } else {
+        ureq::ProxyProtocol::Socks5
+    };
+    let mut builder = ureq::Proxy::builder(protocol)
+        .host(&proxy.host)
+        .port(proxy.port);
+    if let Some((user, password)) = &proxy.auth {
+        builder = builder.username(user).password(password);
+    }
+    builder.build().map_err(|e| OAuthError::Unreachable {
+        endpoint: format!("proxy {}", proxy.describe()),
+        detail: e.to_string(),
+    })
 }
 
 /// Transport failures: certificate problems are 77, everything else about

@@ -42,7 +42,11 @@ impl<'a> Client<'a> {
         Ok(Client {
             account,
             spec,
-            http: Http::new(spec.ca_file.as_deref(), account.timeout)?,
+            http: Http::new(
+                spec.ca_file.as_deref(),
+                account.timeout,
+                account.proxy.as_ref(),
+            )?,
             client_secret,
         })
     }
