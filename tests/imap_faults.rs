@@ -27,6 +27,14 @@ use imap::{ReadArgs, require_imap_dovecot};
 // --- the harness itself ------------------------------------------------------
 
 #[test]
+fn harness_fault_server_recognises_literal_markers() {
+    use imap::fault::literal_at_end;
+    assert_eq!(literal_at_end(b"a APPEND INBOX {12}"), Some((12, false)));
+    assert_eq!(literal_at_end(b"a APPEND INBOX {12+}"), Some((12, true)));
+    assert_eq!(literal_at_end(b"a NOOP"), None);
+}
+
+#[test]
 fn harness_fault_server_speaks_enough_imap_for_imaplib() {
     let srv = FaultServer::builder().start();
     let args = ReadArgs {

@@ -39,7 +39,7 @@ impl Tok {
 }
 
 /// `{n}` or `{n+}` at the end of a line: (n, non-synchronising).
-pub(super) fn literal_at_end(line: &[u8]) -> Option<(usize, bool)> {
+pub fn literal_at_end(line: &[u8]) -> Option<(usize, bool)> {
     let line = std::str::from_utf8(line).ok()?;
     let inner = line.strip_suffix('}')?;
     let open = inner.rfind('{')?;
