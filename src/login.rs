@@ -289,53 +289,75 @@ async fn login(
     let mut greeted = connect(account, tls.as_ref(), trace_for(account, &opts.ui))
         .await?
         .greeted;
+    authenticate(account, &mut greeted, password, &opts.ui).await?;
+    Ok(greeted.into_listing_transaction().await?)
+}
+
+/// Log in with the first mechanism of the account's order that works, the
+/// way `fetch` and `probe --login` both do; the mechanism that worked.
+/// The next one is tried only when nothing was sent that could count
+/// against the account: an AUTH mechanism refused without [AUTH] or a
+/// busy code, or a password SCRAM cannot send (SASLprep refuses it).
+pub async fn authenticate(
+    account: &Account,
+    greeted: &mut Greeted<Transport>,
+    password: &str,
+    ui: &Ui,
+) -> Result<auth::Mechanism, SetupError> {
     let server = greeted.conn.server().to_owned();
     let candidates = auth::candidates(
         &account.mechanisms(),
         &greeted.capa,
-        greeting_for_auth(account, &greeted),
+        greeting_for_auth(account, greeted),
         account.tls == TlsMode::None,
     )
     .map_err(|source| SetupError::Auth {
         server: server.clone(),
         source,
     })?;
-    let attempt = |mech: auth::Mechanism| {
-        opts.ui.verbose(&format!(
+    let mut tried = candidates.iter();
+    while let Some(&mech) = tried.next() {
+        ui.verbose(&format!(
             "{}: logging in to {server} as {} with {}",
             account.name,
             account.user,
             mech.name()
         ));
-    };
-    let mut tried = candidates.iter();
-    let mut outcome = Err(SessionError::NoUsableAuth {
-        server: server.clone(),
-        message: "no login mechanism to try".into(),
-    });
-    while let Some(&mech) = tried.next() {
-        attempt(mech);
-        outcome = greeted.authenticate(&account.user, password, mech).await;
-        match &outcome {
+        let err = match greeted.authenticate(&account.user, password, mech).await {
+            Ok(()) => return Ok(mech),
+            Err(e) => e,
+        };
+        let why = match &err {
+            _ if tried.len() == 0 => None,
             // The server refused an AUTH mechanism without saying the
             // credentials are wrong ([AUTH]) or that it is busy: try the next
             // one it offers. Never after [AUTH], and never after a refused
             // PASS or APOP: that is how accounts get locked.
-            Err(SessionError::AuthFailed {
+            SessionError::AuthFailed {
                 code: None | Some(RespCode::Other(_)),
                 text,
                 ..
-            }) if tried.len() > 0 && matches!(mech, auth::Mechanism::Sasl(_)) => {
-                opts.ui.verbose(&format!(
-                    "{}: {} was refused ({}); trying the next mechanism",
-                    account.name,
-                    mech.name(),
-                    sanitize(text.as_bytes(), 120),
-                ));
+            } if matches!(mech, auth::Mechanism::Sasl(_)) => {
+                Some(format!("was refused ({})", sanitize(text.as_bytes(), 120)))
             }
-            _ => break,
+            // SASLprep refused the password before anything was sent.
+            SessionError::Auth {
+                source: source @ auth::AuthError::SaslPrep { .. },
+                ..
+            } => Some(format!("cannot be used: {source}")),
+            _ => None,
+        };
+        match why {
+            Some(why) => ui.verbose(&format!(
+                "{}: {} {why}; trying the next mechanism",
+                account.name,
+                mech.name(),
+            )),
+            None => return Err(err.into()),
         }
     }
-    outcome?;
-    Ok(greeted.into_listing_transaction().await?)
+    Err(SetupError::Session(SessionError::NoUsableAuth {
+        server,
+        message: "no login mechanism to try".into(),
+    }))
 }

@@ -159,10 +159,22 @@ async fn run(
         let _ = conn.simple(&crate::pop3::codec::Command::Quit).await;
         return Ok(());
     }
-    let mech = mech?;
+    // No mechanism to use: said before the secret is asked for.
+    mech?;
     let password = login::secret(account, state_dir, None)?;
-    match greeted.login(&account.user, &password, mech).await {
-        Ok(session) => {
+    let mut greeted = greeted;
+    // The same order and fallback as `fetch`, so that what probe says
+    // works is what a fetch will do.
+    let logged_in = match login::authenticate(account, &mut greeted, &password, ui).await {
+        Ok(mech) => greeted
+            .into_transaction()
+            .await
+            .map(|session| (mech, session))
+            .map_err(SetupError::from),
+        Err(e) => Err(e),
+    };
+    match logged_in {
+        Ok((mech, session)) => {
             report.login = Some(format!("ok ({})", mech.name()));
             report.capa_after_login = Some(capa_lines(&session.capa));
             describe_capa(&session.capa, report);
@@ -171,7 +183,7 @@ async fn run(
         }
         Err(e) => {
             report.login = Some("failed".into());
-            Err(e.into())
+            Err(e)
         }
     }
 }

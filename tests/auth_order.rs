@@ -3,8 +3,10 @@
 //! SCRAM-SHA-1, PLAIN, LOGIN, USER/PASS, CRAM-MD5, and APOP only when `auth`
 //! names it, however the greeting looks; a refusal that does not blame the
 //! credentials moves on from an AUTH mechanism to the next, never after
-//! `[AUTH]` and never after a refused PASS or APOP. SCRAM SASLpreps the
-//! password (RFC 4013), checked against Dovecot with a non-ASCII password.
+//! `[AUTH]` and never after a refused PASS or APOP; a password SASLprep
+//! refuses moves on from SCRAM before anything is sent; `probe --login`
+//! logs in the same way. SCRAM SASLpreps the password (RFC 4013), checked
+//! against Dovecot with a non-ASCII password.
 
 mod common;
 mod fault;
@@ -142,6 +144,58 @@ fn a_refused_pass_is_never_followed_by_another_mechanism() {
         sent_verb(&sent, "AUTH").is_empty(),
         "tried again after a refused PASS: {sent:?}"
     );
+}
+
+#[test]
+fn a_password_scram_cannot_send_moves_on_to_plain_in_fetch_and_probe() {
+    // U+0007 is a control character, which SASLprep (RFC 4013) prohibits:
+    // SCRAM cannot send this password, PLAIN can.
+    let srv = FaultServer::builder()
+        .tls()
+        .capa(&["USER", "UIDL", "SASL SCRAM-SHA-256 PLAIN"])
+        .credentials("alice", "se\u{7}cret")
+        .messages(mail())
+        .start();
+    let config = |env: &TestEnv, extra: &str| {
+        tls_config(env.path(), &srv, extra)
+            .replace("password = \"secret\"", "password = \"se\\u0007cret\"")
+    };
+    let env = TestEnv::new();
+    let out = env.run_config(&config(&env, ""), &["fetch", "acct", "-v"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_contains(
+        &out.stderr,
+        "SCRAM-SHA-256 cannot be used",
+        "stderr (-v says why SCRAM was passed over)",
+    );
+    let sent = commands(&srv);
+    assert_eq!(sent_verb(&sent, "AUTH").len(), 1, "{sent:?}");
+    assert!(
+        sent_verb(&sent, "AUTH")[0].starts_with("AUTH PLAIN"),
+        "nothing was sent for SCRAM: {sent:?}"
+    );
+    assert_eq!(maildir_messages(&env.path().join("mail")).len(), 1);
+
+    // probe --login logs in the way fetch does.
+    let out = env.run_config(&config(&env, ""), &["probe", "acct", "--login"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_contains(&out.stdout, "ok (PLAIN)", "probe's output");
+
+    // SCRAM alone: nothing to move on to, exit 78 saying what to do.
+    let env = TestEnv::new();
+    let before = sent_verb(&commands(&srv), "AUTH").len();
+    let out = env.run_config(
+        &config(&env, "auth = [\"scram-sha-256\"]"),
+        &["fetch", "acct"],
+    );
+    assert_eq!(out.code, 78, "{}", out.stderr);
+    assert_contains(&out.stderr, "name another mechanism in `auth`", "stderr");
+    assert!(
+        !out.stderr.contains('\u{7}'),
+        "no character of the password is printed: {:?}",
+        out.stderr
+    );
+    assert_eq!(sent_verb(&commands(&srv), "AUTH").len(), before);
 }
 
 #[test]

@@ -175,7 +175,15 @@ impl SaslClient {
             // whatever the Unicode normalisation it was typed in.
             Sasl::ScramSha1 | Sasl::ScramSha256 => stringprep::saslprep(password)
                 .map_err(|e| AuthError::SaslPrep {
-                    detail: e.to_string(),
+                    // Without the character it quotes: that is part of
+                    // the password, and may be a control character.
+                    detail: e
+                        .to_string()
+                        .split('`')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned(),
                 })?
                 .into_owned(),
             _ => password.to_owned(),
@@ -520,6 +528,11 @@ mod tests {
             .unwrap();
         assert!(matches!(e, AuthError::SaslPrep { .. }), "{e}");
         assert_eq!(e.exit_code(), ExitCode::Config);
+        assert!(
+            e.to_string()
+                .contains("(SASLprep, RFC 4013: prohibited character)"),
+            "the message names the problem, not the password's character: {e}"
+        );
         // Other mechanisms send the password as given.
         assert!(SaslClient::new(Sasl::Plain, "user", "bad\u{7}bell").is_ok());
     }
