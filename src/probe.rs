@@ -34,6 +34,9 @@ pub struct CertFacts {
 pub struct Report {
     pub account: String,
     pub server: String,
+    /// The account's SOCKS5 proxy (its password masked); `address` is then
+    /// the proxy's.
+    pub proxy: Option<String>,
     pub address: Option<String>,
     pub tls_version: Option<String>,
     pub tls_cipher: Option<String>,
@@ -92,6 +95,7 @@ pub async fn probe(account: &Account, state_dir: &Path, login: bool, ui: &Ui) ->
     let mut report = Report {
         account: account.name.clone(),
         server: format!("{}:{}", account.host, account.port),
+        proxy: account.proxy.as_ref().map(crate::config::Proxy::describe),
         ..Report::default()
     };
     if let Err(e) = run(account, state_dir, login, ui, &mut report).await {
@@ -213,8 +217,13 @@ impl Report {
         let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<19} {v}\n"));
         line("account:", &self.account);
         line("server:", &self.server);
-        if let Some(a) = &self.address {
-            line("address:", a);
+        if let Some(p) = &self.proxy {
+            line("proxy:", p);
+        }
+        match (&self.address, &self.proxy) {
+            (Some(a), Some(_)) => line("address:", &format!("{a} (the proxy)")),
+            (Some(a), None) => line("address:", a),
+            (None, _) => {}
         }
         if let (Some(v), Some(c)) = (&self.tls_version, &self.tls_cipher) {
             line("tls:", &format!("{v}, {c}"));

@@ -120,6 +120,23 @@ fn mail_comes_through_the_proxy_and_its_failures_name_it() {
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(fault::delivered(&env), sorted(mail));
+    // probe names the proxy, without its password.
+    let out = env.run_config(&config(&env, &srv, "127.0.0.1", &url), &["probe", "test"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_contains(
+        &out.stdout,
+        &format!(
+            "proxy:              socks5://proxyuser:***@127.0.0.1:{}",
+            proxy.port
+        ),
+        "probe's output",
+    );
+    assert_contains(
+        &out.stdout,
+        &format!("127.0.0.1:{} (the proxy)", proxy.port),
+        "probe's output",
+    );
+    assert!(!out.stdout.contains("proxypw"), "{}", out.stdout);
 
     let env = TestEnv::new();
     let wrong = format!("socks5://proxyuser:wrong@127.0.0.1:{}", proxy.port);
