@@ -76,15 +76,17 @@ pub fn run_accounts(
         }) {
             ui.warn(&format!("cannot listen for SIGINT/SIGTERM: {e}"));
         }
-        let limit = Arc::new(tokio::sync::Semaphore::new(jobs));
+        // An account's task is spawned only when a slot is free: each holds
+        // the whole future of a sync (some 12 KB), which spawning every
+        // account up front would keep for all of them at once.
+        let mut waiting = accounts.into_iter().enumerate();
         let mut tasks = tokio::task::JoinSet::new();
-        for (index, account) in accounts.into_iter().enumerate() {
-            let limit = limit.clone();
+        let mut spawn_next = |tasks: &mut tokio::task::JoinSet<(usize, AccountReport)>| {
+            let Some((index, account)) = waiting.next() else {
+                return;
+            };
             let opts = opts.clone();
             tasks.spawn(async move {
-                // The semaphore is never closed, so acquire only fails if it
-                // were; then run without a slot rather than not at all.
-                let _slot = limit.acquire_owned().await.ok();
                 let report = match (stop::requested(), job) {
                     (Some(code), _) => AccountReport::not_started(&account.name, code),
                     (None, Job::Fetch) => {
@@ -99,9 +101,13 @@ pub fn run_accounts(
                 print(&report, &opts.ui, job);
                 (index, report)
             });
+        };
+        for _ in 0..jobs.max(1) {
+            spawn_next(&mut tasks);
         }
         let mut reports = Vec::new();
         while let Some(joined) = tasks.join_next().await {
+            spawn_next(&mut tasks);
             match joined {
                 Ok(r) => reports.push(r),
                 Err(e) => {
