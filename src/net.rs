@@ -227,15 +227,16 @@ fn system_certs() -> &'static [CertificateDer<'static>] {
     CERTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
 }
 
-/// The system's trust anchors as a root store (built once, as above).
-fn system_roots() -> &'static RootCertStore {
-    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+/// The system's trust anchors as a root store (built once, as above, and
+/// shared by every account without a `ca_file`).
+fn system_roots() -> &'static Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let mut roots = RootCertStore::empty();
         for cert in system_certs() {
             let _ = roots.add(cert.clone());
         }
-        roots
+        Arc::new(roots)
     })
 }
 
@@ -294,19 +295,23 @@ impl TlsSettings {
         pin: Option<Fingerprint>,
     ) -> Result<TlsSettings, NetError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = system_roots().clone();
-        if let Some(path) = ca_file {
-            for cert in ca_file_certs(path)? {
-                roots.add(cert).map_err(|e| NetError::CaFile {
-                    path: path.to_owned(),
-                    detail: e.to_string(),
-                })?;
+        let roots = match ca_file {
+            None => system_roots().clone(),
+            Some(path) => {
+                let mut roots = RootCertStore::clone(system_roots());
+                for cert in ca_file_certs(path)? {
+                    roots.add(cert).map_err(|e| NetError::CaFile {
+                        path: path.to_owned(),
+                        detail: e.to_string(),
+                    })?;
+                }
+                Arc::new(roots)
             }
-        }
+        };
         let webpki = if roots.is_empty() {
             None
         } else {
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .ok()
         };
