@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use imap::case::{
     Case, REACH, assert_clean_run_delivers_each_once, assert_kept_on_pop3, bodies, explain,
-    fault_case, message,
+    fault_case, in_fault_server_inbox, message,
 };
 use imap::fault::{Fault, FaultServer, Point, Trigger};
 use imap::{ReadArgs, require_imap_dovecot};
@@ -265,25 +265,12 @@ fn limit_on_append_is_74_and_the_message_waits_on_the_pop3_server() {
 fn message_over_appendlimit_is_74_and_stays_on_the_pop3_server() {
     let dovecot = require_imap_dovecot!();
     let srv = FaultServer::builder().append_limit(4000).start();
-    let pop = dovecot.add_user("alimit-pop", "pop-pw");
     let messages = vec![
         message("alimit", 1, 800),
         message("alimit", 2, 20_000),
         message("alimit", 3, 800),
     ];
-    for m in &messages {
-        pop.deliver(m);
-    }
-    let case = Case {
-        env: common::TestEnv::new(),
-        pop,
-        sent: messages,
-    };
-    case.configure(
-        dovecot,
-        &imap::Target::fault_server(&srv, "INBOX"),
-        "retention = \"0d\"\n",
-    );
+    let case = in_fault_server_inbox(dovecot, "alimit", messages, &srv);
     let out = case.run();
     assert_eq!(out.code, 74, "{}", explain(&out));
     assert!(out.stderr.contains("APPENDLIMIT"), "{}", explain(&out));
@@ -538,25 +525,12 @@ fn a_message_over_appendlimit_does_not_hold_back_the_others_in_a_multiappend() {
         .literal_plus()
         .append_limit(4000)
         .start();
-    let pop = dovecot.add_user("alm-pop", "pop-pw");
     let sent = vec![
         message("alm", 1, 800),
         message("alm", 2, 20_000),
         message("alm", 3, 800),
     ];
-    for m in &sent {
-        pop.deliver(m);
-    }
-    let case = Case {
-        env: common::TestEnv::new(),
-        pop,
-        sent,
-    };
-    case.configure(
-        dovecot,
-        &imap::Target::fault_server(&srv, "INBOX"),
-        "retention = \"0d\"\n",
-    );
+    let case = in_fault_server_inbox(dovecot, "alm", sent, &srv);
     let out = case.run();
     assert_eq!(out.code, 74, "{}", explain(&out));
     assert_kept_on_pop3(&case, &srv, 1);
@@ -575,25 +549,12 @@ fn a_message_over_appendlimit_does_not_hold_back_the_others_in_a_multiappend() {
 fn a_message_over_appendlimit_does_not_hold_back_the_next_ones_without_multiappend() {
     let dovecot = require_imap_dovecot!();
     let srv = FaultServer::builder().append_limit(4000).start();
-    let pop = dovecot.add_user("als-pop", "pop-pw");
     let sent = vec![
         message("als", 1, 800),
         message("als", 2, 20_000),
         message("als", 3, 800),
     ];
-    for m in &sent {
-        pop.deliver(m);
-    }
-    let case = Case {
-        env: common::TestEnv::new(),
-        pop,
-        sent,
-    };
-    case.configure(
-        dovecot,
-        &imap::Target::fault_server(&srv, "INBOX"),
-        "retention = \"0d\"\n",
-    );
+    let case = in_fault_server_inbox(dovecot, "als", sent, &srv);
     let out = case.run();
     assert_eq!(out.code, 74, "{}", explain(&out));
     assert_kept_on_pop3(&case, &srv, 1);

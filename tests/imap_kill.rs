@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use imap::case::{
     Case, NOW, REACH, assert_clean_run_delivers_each_once, assert_same_bytes, bodies, crlf_all,
-    explain, fault_case, message,
+    explain, fault_case, in_fault_server_inbox, message,
 };
 use imap::fault::{Fault, FaultServer, Point, Trigger};
 use imap::require_imap_dovecot;
@@ -422,14 +422,10 @@ fn killed_before_an_append_of_a_message_without_message_id_never_loses_it() {
     // for the interrupted APPEND.
     let dovecot = require_imap_dovecot!();
     let srv = FaultServer::builder().start();
-    let pop = dovecot.add_user("noid-pop", "pop-pw");
     let sent = vec![
         message_without_id("noid", 1, 3000),
         message_without_id("noid", 2, 3000),
     ];
-    for m in &sent {
-        pop.deliver(m);
-    }
     let first = imap::lf_to_crlf(&sent[0]);
     let mut lookalike = first.clone();
     // Same size, other bytes: another message the user already had.
@@ -437,16 +433,7 @@ fn killed_before_an_append_of_a_message_without_message_id_never_loses_it() {
     lookalike[at] = b'#';
     srv.insert("INBOX", &lookalike);
     srv.fault(Trigger::Append(1), Fault::Stall(Point::AfterAppendLine));
-    let case = Case {
-        env: common::TestEnv::new(),
-        pop,
-        sent,
-    };
-    case.configure(
-        dovecot,
-        &imap::Target::fault_server(&srv, "INBOX"),
-        "retention = \"0d\"\n",
-    );
+    let case = in_fault_server_inbox(dovecot, "noid", sent, &srv);
     let mut child = imap::spawn(
         &case.env,
         &["fetch", "--all"],
@@ -532,25 +519,12 @@ fn killed_before_appending_a_second_copy_with_the_same_message_id_never_loses_it
     // it still names it, so the search must not take it for the second.
     let dovecot = require_imap_dovecot!();
     let srv = FaultServer::builder().start();
-    let pop = dovecot.add_user("dupid-pop", "pop-pw");
     let direct = message("dupid", 1, 2000);
     let mut list_copy = b"List-Id: <list.example.org>\n".to_vec();
     list_copy.extend_from_slice(&direct);
     let sent = vec![direct, list_copy];
-    for m in &sent {
-        pop.deliver(m);
-    }
     srv.fault(Trigger::Append(2), Fault::Stall(Point::AfterAppendLine));
-    let case = Case {
-        env: common::TestEnv::new(),
-        pop,
-        sent,
-    };
-    case.configure(
-        dovecot,
-        &imap::Target::fault_server(&srv, "INBOX"),
-        "retention = \"0d\"\n",
-    );
+    let case = in_fault_server_inbox(dovecot, "dupid", sent, &srv);
     let mut child = imap::spawn(
         &case.env,
         &["fetch", "--all"],

@@ -26,6 +26,7 @@ mod dovecot;
 mod env;
 mod mail;
 pub mod servers;
+mod spawned;
 
 use std::path::Path;
 use std::thread;
@@ -37,6 +38,8 @@ pub use dovecot::*;
 pub use env::*;
 #[allow(unused_imports)]
 pub use mail::*;
+#[allow(unused_imports)]
+pub use spawned::*;
 
 /// Starts a throwaway Dovecot with `tests/dovecot/start.sh` options (none,
 /// or e.g. `"--no-stls"`, `"--apop"`, `"--cert", "expired"`), or, when

@@ -144,6 +144,23 @@ pub fn fault_case(
     )
 }
 
+/// A POP3 account holding `messages` delivering into the scripted
+/// server's INBOX, deleting what it delivered (`retention = "0d"`).
+pub fn in_fault_server_inbox(
+    dovecot: &imap::ImapDovecot,
+    name: &str,
+    messages: Vec<Vec<u8>>,
+    srv: &FaultServer,
+) -> Case {
+    Case::new(
+        dovecot,
+        name,
+        messages,
+        &imap::Target::fault_server(srv, "INBOX"),
+        "retention = \"0d\"\n",
+    )
+}
+
 pub fn bodies(srv: &FaultServer, mailbox: &str) -> Vec<Vec<u8>> {
     srv.messages(mailbox).into_iter().map(|m| m.bytes).collect()
 }

@@ -24,10 +24,9 @@ pub mod fault;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use crate::common::{self, Dovecot, TestEnv, toml_string};
+use crate::common::{self, Dovecot, toml_string};
 
 /// Starts (once per test binary) the shared Dovecot with IMAP, or skips the
 /// calling test when Dovecot or its IMAP server is missing and `CI` is not
@@ -569,53 +568,5 @@ pub fn epoch(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> i64 {
     days * 86_400 + h * 3600 + mi * 60 + s
 }
 
-/// Spawns `popsync --config DIR/config.toml ARGS...` with stdout and stderr
-/// into DIR/NAME.stdout and .stderr, for tests that kill it.
-/// `envs` are extra environment variables (e.g. `POPSYNC_NOW`).
-pub fn spawn(env: &TestEnv, args: &[&str], envs: &[(&str, &str)], name: &str) -> Child {
-    let stdout = fs::File::create(env.path().join(format!("{name}.stdout"))).expect("stdout file");
-    let stderr = fs::File::create(env.path().join(format!("{name}.stderr"))).expect("stderr file");
-    env.command()
-        .arg("--config")
-        .arg(env.config_path())
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn popsync")
-}
-
-/// What a spawned run wrote to stderr.
-pub fn spawned_stderr(env: &TestEnv, name: &str) -> String {
-    fs::read_to_string(env.path().join(format!("{name}.stderr"))).unwrap_or_default()
-}
-
-/// Polls `condition` every 2 ms until it holds while `child` still runs
-/// (true), or the child exits or `limit` passes (false).
-pub fn wait_while_running(
-    child: &mut Child,
-    limit: Duration,
-    mut condition: impl FnMut() -> bool,
-) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if condition() {
-            return child.try_wait().expect("try_wait").is_none();
-        }
-        if child.try_wait().expect("try_wait").is_some() || Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// SIGKILLs `child` and reaps it; true if it was still running.
-pub fn kill9(child: &mut Child) -> bool {
-    let running = child.try_wait().expect("try_wait").is_none();
-    if running {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-    running
-}
+#[allow(unused_imports)]
+pub use crate::common::{kill9, spawn_logged as spawn, spawned_stderr, wait_while_running};

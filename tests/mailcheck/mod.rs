@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::common::{Account, Dovecot, TestEnv, User, toml_string};
 
@@ -485,56 +485,13 @@ impl Rng {
     }
 }
 
-/// Spawns `popsync --config DIR/config.toml ARGS...` with stdout and stderr
-/// going to files DIR/NAME.stdout and DIR/NAME.stderr (so an unread pipe can
-/// never block it), for tests that kill it.
+#[allow(unused_imports)]
+pub use crate::common::{kill9, spawned_stderr, wait_while_running};
+
+/// `popsync ARGS` in the background (`common::spawn_logged`, no extra
+/// environment).
 pub fn spawn(env: &TestEnv, args: &[&str], name: &str) -> Child {
-    let stdout = fs::File::create(env.path().join(format!("{name}.stdout"))).expect("stdout file");
-    let stderr = fs::File::create(env.path().join(format!("{name}.stderr"))).expect("stderr file");
-    env.command()
-        .arg("--config")
-        .arg(env.config_path())
-        .args(args)
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn popsync")
-}
-
-/// What a spawned run wrote to stderr.
-pub fn spawned_stderr(env: &TestEnv, name: &str) -> String {
-    fs::read_to_string(env.path().join(format!("{name}.stderr"))).unwrap_or_default()
-}
-
-/// Polls `condition` every millisecond until it holds or `child` exits or
-/// `limit` passes. True when the condition held while the child still ran.
-pub fn wait_while_running(
-    child: &mut Child,
-    limit: Duration,
-    mut condition: impl FnMut() -> bool,
-) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if condition() {
-            return child.try_wait().expect("try_wait").is_none();
-        }
-        if child.try_wait().expect("try_wait").is_some() || Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// SIGKILLs `child` (if it still runs) and reaps it. True if it was still
-/// running, i.e. the kill interrupted it.
-pub fn kill9(child: &mut Child) -> bool {
-    let running = child.try_wait().expect("try_wait").is_none();
-    if running {
-        // Child::kill sends SIGKILL on Unix.
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-    running
+    crate::common::spawn_logged(env, args, &[], name)
 }
 
 /// Number of entries in `dir` (0 if missing).
