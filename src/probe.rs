@@ -145,7 +145,7 @@ async fn run(
     };
     report.address = connected.peer.map(|a| a.to_string());
     report.capa_before_tls = connected.capa_before_tls.as_ref().map(capa_lines);
-    let greeted: Greeted<Transport> = connected.greeted;
+    let mut greeted: Greeted<Transport> = connected.greeted;
     if let Some(info) = greeted.conn.stream().tls_info() {
         report.tls_version = Some(info.version);
         report.tls_cipher = Some(info.cipher);
@@ -166,7 +166,6 @@ async fn run(
     // No mechanism to use: said before the secret is asked for.
     mech?;
     let password = login::secret(account, state_dir, None)?;
-    let mut greeted = greeted;
     // The same order and fallback as `fetch`, so that what probe says
     // works is what a fetch will do.
     let logged_in = match login::authenticate(account, &mut greeted, &password, ui).await {
